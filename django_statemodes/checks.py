@@ -1,0 +1,190 @@
+"""System checks for the ``STATEMODES_*`` settings (ids ``django_statemodes.E0NN``/``W0NN``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.apps import AppConfig
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning
+from django.db import connections
+from django.utils.module_loading import import_string
+
+from django_statemodes.conf import conf
+from django_statemodes.modes import MODES
+from django_statemodes.stateserver.addresses import parse_connection
+
+ENGINE_PREFIX = "django_statemodes.backends."
+MIDDLEWARE = "django_statemodes.middleware.SessionStateMiddleware"
+DJANGO_MIDDLEWARE = "django.contrib.sessions.middleware.SessionMiddleware"
+COOKIELESS_MODES = ("UseCookies", "UseUri", "AutoDetect")
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_settings(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    engine = settings.SESSION_ENGINE
+
+    if conf.STATEMODES_DEFAULT_ACCESS not in MODES:
+        errors.append(
+            Error(
+                "STATEMODES_DEFAULT_ACCESS should be 'ReadWrite', 'ReadOnly' or 'Disabled'.",
+                hint="ASP.NET's <pages enableSessionState> true / ReadOnly / false.",
+                id="django_statemodes.E001",
+            )
+        )
+    if not _positive_number(conf.STATEMODES_STATE_NETWORK_TIMEOUT):
+        errors.append(
+            Error(
+                "STATEMODES_STATE_NETWORK_TIMEOUT should be a positive number of seconds.",
+                id="django_statemodes.E002",
+            )
+        )
+    if not _positive_number(conf.STATEMODES_LOCK_TIMEOUT):
+        errors.append(
+            Error(
+                "STATEMODES_LOCK_TIMEOUT should be a positive number of seconds.",
+                hint="ASP.NET's default is 110 (executionTimeout).",
+                id="django_statemodes.E003",
+            )
+        )
+    if not _positive_int(conf.STATEMODES_LOCK_QUEUE_LIMIT):
+        errors.append(
+            Error(
+                "STATEMODES_LOCK_QUEUE_LIMIT should be a positive integer.",
+                id="django_statemodes.E004",
+            )
+        )
+    if conf.STATEMODES_COOKIELESS not in COOKIELESS_MODES:
+        errors.append(
+            Error(
+                "STATEMODES_COOKIELESS should be 'UseCookies', 'UseUri' or 'AutoDetect'.",
+                id="django_statemodes.E005",
+            )
+        )
+    if engine == ENGINE_PREFIX + "stateserver":
+        try:
+            parse_connection(conf.STATEMODES_STATE_CONNECTION)
+        except (ValueError, AttributeError) as exc:
+            errors.append(
+                Error(
+                    f"STATEMODES_STATE_CONNECTION is not valid: {exc}.",
+                    hint="Use 'tcpip=127.0.0.1:42424'; separate several servers with ';'.",
+                    id="django_statemodes.E006",
+                )
+            )
+    if engine == ENGINE_PREFIX + "custom":
+        errors.extend(_check_custom_provider())
+    if engine == ENGINE_PREFIX + "sql" and conf.STATEMODES_SQL_DATABASE not in connections:
+        errors.append(
+            Error(
+                f"STATEMODES_SQL_DATABASE {conf.STATEMODES_SQL_DATABASE!r} is not in DATABASES.",
+                hint="Name an alias of DATABASES; run 'manage.py installsqlstate' for it.",
+                id="django_statemodes.E008",
+            )
+        )
+    if conf.STATEMODES_COOKIELESS != "UseCookies" and not getattr(
+        settings, "CSRF_USE_SESSIONS", False
+    ):
+        errors.append(
+            Error(
+                "Cookieless sessions need CSRF_USE_SESSIONS = True.",
+                hint="Without cookies the CSRF cookie is missing too; keep the CSRF token in "
+                "the session instead.",
+                id="django_statemodes.E009",
+            )
+        )
+    name = conf.STATEMODES_APPLICATION_NAME
+    if not isinstance(name, str) or not name or len(name) > 280:
+        errors.append(
+            Error(
+                "STATEMODES_APPLICATION_NAME should be a non-empty string of at most 280 characters.",
+                hint="Give every site that shares a store the same explicit name.",
+                id="django_statemodes.E010",
+            )
+        )
+    if not _positive_int(conf.STATEMODES_MAX_SESSION_SIZE):
+        errors.append(
+            Error(
+                "STATEMODES_MAX_SESSION_SIZE should be a positive number of bytes.",
+                id="django_statemodes.E011",
+            )
+        )
+    if not isinstance(conf.STATEMODES_COMPRESSION, bool):
+        errors.append(
+            Error("STATEMODES_COMPRESSION should be a bool.", id="django_statemodes.E012")
+        )
+    if not _positive_int(conf.STATEMODES_INPROC_MAX_SESSIONS):
+        errors.append(
+            Error(
+                "STATEMODES_INPROC_MAX_SESSIONS should be a positive integer.",
+                id="django_statemodes.E013",
+            )
+        )
+
+    middleware = list(settings.MIDDLEWARE)
+    if engine.startswith(ENGINE_PREFIX) and MIDDLEWARE not in middleware:
+        errors.append(
+            Warning(
+                f"SESSION_ENGINE is {engine!r} but {MIDDLEWARE} is not in MIDDLEWARE: "
+                "sessions will not be locked and per-view modes are ignored.",
+                hint=f"Replace {DJANGO_MIDDLEWARE} with {MIDDLEWARE}.",
+                id="django_statemodes.W001",
+            )
+        )
+    if MIDDLEWARE in middleware and DJANGO_MIDDLEWARE in middleware:
+        errors.append(
+            Warning(
+                f"Both {MIDDLEWARE} and {DJANGO_MIDDLEWARE} are in MIDDLEWARE.",
+                hint=f"Remove {DJANGO_MIDDLEWARE}: SessionStateMiddleware replaces it.",
+                id="django_statemodes.W002",
+            )
+        )
+    return errors
+
+
+def _check_custom_provider() -> list[CheckMessage]:
+    from django_statemodes.providers.base import SessionStateProvider
+
+    path = conf.STATEMODES_CUSTOM_PROVIDER
+    hint = (
+        "Set STATEMODES_CUSTOM_PROVIDER to the dotted path of a SessionStateProvider subclass, "
+        "e.g. 'django_statemodes.providers.redis.RedisProvider'."
+    )
+    if not path or not isinstance(path, str):
+        return [
+            Error(
+                "SESSION_ENGINE is the custom engine but STATEMODES_CUSTOM_PROVIDER is not set.",
+                hint=hint,
+                id="django_statemodes.E007",
+            )
+        ]
+    try:
+        provider = import_string(path)
+    except ImportError as exc:
+        return [
+            Error(
+                f"STATEMODES_CUSTOM_PROVIDER {path!r} cannot be imported: {exc}.",
+                hint=hint,
+                id="django_statemodes.E007",
+            )
+        ]
+    if not (isinstance(provider, type) and issubclass(provider, SessionStateProvider)):
+        return [
+            Error(
+                f"STATEMODES_CUSTOM_PROVIDER {path!r} is not a SessionStateProvider subclass.",
+                hint=hint,
+                id="django_statemodes.E007",
+            )
+        ]
+    return []

@@ -1,0 +1,118 @@
+"""One lazy object for every ``STATEMODES_*`` setting.
+
+Reading on access (not at import) keeps ``override_settings`` working. Defaults are inline and
+documented in ``docs/settings.md``; validation is in ``checks.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+
+class Settings:
+    """Shadow Django's settings with the ``STATEMODES_*`` defaults."""
+
+    @property
+    def STATEMODES_STATE_CONNECTION(self) -> str:
+        # ASP.NET stateConnectionString; several servers separated by ";" partition sessions.
+        return getattr(settings, "STATEMODES_STATE_CONNECTION", "tcpip=127.0.0.1:42424")
+
+    @property
+    def STATEMODES_STATE_NETWORK_TIMEOUT(self) -> float:
+        # ASP.NET stateNetworkTimeout, 10 s.
+        return getattr(settings, "STATEMODES_STATE_NETWORK_TIMEOUT", 10.0)
+
+    @property
+    def STATEMODES_STATE_SECRET(self) -> str | None:
+        # Shared secret for a state server bound beyond loopback (--allow-remote).
+        return getattr(settings, "STATEMODES_STATE_SECRET", None)
+
+    @property
+    def STATEMODES_PARTITION_RESOLVER(self) -> str | None:
+        # ASP.NET partitionResolverType: dotted path of a custom resolver.
+        return getattr(settings, "STATEMODES_PARTITION_RESOLVER", None)
+
+    @property
+    def STATEMODES_SQL_DATABASE(self) -> str:
+        return getattr(settings, "STATEMODES_SQL_DATABASE", "default")
+
+    @property
+    def STATEMODES_SQL_RETRY_INTERVAL(self) -> float:
+        # ASP.NET sqlConnectionRetryInterval: 0 means no retry.
+        return getattr(settings, "STATEMODES_SQL_RETRY_INTERVAL", 0.0)
+
+    @property
+    def STATEMODES_PURGE_BATCH_SIZE(self) -> int:
+        return getattr(settings, "STATEMODES_PURGE_BATCH_SIZE", 5000)
+
+    @property
+    def STATEMODES_CUSTOM_PROVIDER(self) -> str | None:
+        return getattr(settings, "STATEMODES_CUSTOM_PROVIDER", None)
+
+    @property
+    def STATEMODES_CUSTOM_PROVIDER_OPTIONS(self) -> dict[str, Any]:
+        # Keyword arguments for the custom provider (ASP.NET <providers><add .../> attributes).
+        return getattr(settings, "STATEMODES_CUSTOM_PROVIDER_OPTIONS", {})
+
+    @property
+    def STATEMODES_REDIS_ALIAS(self) -> str:
+        # The django-redis cache alias the Redis provider uses.
+        return getattr(settings, "STATEMODES_REDIS_ALIAS", "default")
+
+    @property
+    def STATEMODES_COOKIELESS(self) -> str:
+        return getattr(settings, "STATEMODES_COOKIELESS", "UseCookies")
+
+    @property
+    def STATEMODES_REGENERATE_EXPIRED_SESSION_ID(self) -> bool:
+        return getattr(settings, "STATEMODES_REGENERATE_EXPIRED_SESSION_ID", True)
+
+    @property
+    def STATEMODES_COOKIELESS_REFERRER_POLICY(self) -> str | None:
+        return getattr(settings, "STATEMODES_COOKIELESS_REFERRER_POLICY", "same-origin")
+
+    @property
+    def STATEMODES_COOKIELESS_NOINDEX(self) -> bool:
+        return getattr(settings, "STATEMODES_COOKIELESS_NOINDEX", False)
+
+    @property
+    def STATEMODES_COOKIELESS_BIND_USER_AGENT(self) -> bool:
+        return getattr(settings, "STATEMODES_COOKIELESS_BIND_USER_AGENT", False)
+
+    @property
+    def STATEMODES_LOCK_TIMEOUT(self) -> float:
+        # ASP.NET breaks a lock once it is older than executionTimeout (110 s).
+        return getattr(settings, "STATEMODES_LOCK_TIMEOUT", 110.0)
+
+    @property
+    def STATEMODES_LOCK_QUEUE_LIMIT(self) -> int:
+        # ASP.NET aspnet:RequestQueueLimitPerSession, 50 since 4.6.3.
+        return getattr(settings, "STATEMODES_LOCK_QUEUE_LIMIT", 50)
+
+    @property
+    def STATEMODES_DEFAULT_ACCESS(self) -> str:
+        # ASP.NET <pages enableSessionState="true">.
+        return getattr(settings, "STATEMODES_DEFAULT_ACCESS", "ReadWrite")
+
+    @property
+    def STATEMODES_COMPRESSION(self) -> bool:
+        # ASP.NET compressionEnabled, off.
+        return getattr(settings, "STATEMODES_COMPRESSION", False)
+
+    @property
+    def STATEMODES_APPLICATION_NAME(self) -> str:
+        # Explicit, never derived from a deployment path (the classic web-farm trap).
+        return getattr(settings, "STATEMODES_APPLICATION_NAME", "default")
+
+    @property
+    def STATEMODES_MAX_SESSION_SIZE(self) -> int:
+        return getattr(settings, "STATEMODES_MAX_SESSION_SIZE", 4 * 1024 * 1024)
+
+    @property
+    def STATEMODES_INPROC_MAX_SESSIONS(self) -> int:
+        return getattr(settings, "STATEMODES_INPROC_MAX_SESSIONS", 100_000)
+
+
+conf = Settings()

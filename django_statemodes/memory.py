@@ -1,0 +1,347 @@
+"""A thread-safe expiring map of session items with per-item locks.
+
+Django-free on purpose: InProc mode keeps it in the web process, and the state server keeps the
+same store behind TCP. It never waits; instead it calls ``on_unlock(key)`` whenever a lock ends
+(release, write-and-release, removal, expiry), so each adapter wakes its waiters its own way
+(threading events in InProc, futures in the asyncio server).
+
+Expiry is sliding (ASP.NET ``timeout``). Items are kept in one insertion-ordered dict per timeout
+value, moved to the end on every touch: the front of each dict is then always the next item to
+expire, so purging costs O(expired) and no request ever scans the store.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from django_statemodes.providers.base import ExpiredItem, StateItem
+
+__all__ = ["MemoryStore", "StoreFull"]
+
+
+class StoreFull(Exception):
+    """Raised when an item cannot be stored within the store's bounds."""
+
+
+@dataclass(slots=True)
+class _Item:
+    data: Any
+    timeout: int
+    expires: float
+    size: int
+    lock_id: int = 0
+    locked: bool = False
+    lock_date: float = 0.0
+    uninitialized: bool = False
+
+
+def _sizeof(data: Any) -> int:
+    return len(data) if isinstance(data, (bytes, bytearray, memoryview)) else 0
+
+
+class MemoryStore:
+    """Session items in memory, bounded by a count and a byte size.
+
+    Args:
+        max_items: most items kept; past it the item nearest to expiry that is not locked is
+            evicted (reported through ``on_evict``). None means no bound.
+        max_bytes: most payload bytes kept; past it a write raises ``StoreFull`` (a state
+            server must refuse, never silently drop, a session). None means no bound.
+        on_unlock: called with a key after its lock ended, outside the store's mutex.
+        clock: a monotonic clock in seconds (tests inject a fake one).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_items: int | None = None,
+        max_bytes: int | None = None,
+        on_unlock: Callable[[str], None] | None = None,
+        on_evict: Callable[[ExpiredItem], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.on_unlock = on_unlock
+        self.on_evict = on_evict
+        self._clock = clock
+        self._mutex = threading.Lock()
+        self._items: dict[str, _Item] = {}
+        # timeout -> keys in expiry order (dicts keep insertion order; touched keys move last).
+        self._queues: dict[int, dict[str, None]] = {}
+        self.bytes = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def locked_count(self) -> int:
+        return sum(1 for item in self._items.values() if item.locked)
+
+    # Internal helpers; callers hold the mutex.
+
+    def _touch(self, key: str, item: _Item, now: float) -> None:
+        item.expires = now + item.timeout
+        queue = self._queues[item.timeout]
+        del queue[key]
+        queue[key] = None
+
+    def _live(self, key: str, now: float) -> _Item | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        if item.expires <= now:
+            # An expired item is never served, even before the sweep reaches it. It is left in
+            # place for purge_expired(), which reports it (and its data) for session_end.
+            return None
+        return item
+
+    def _drop(self, key: str, item: _Item) -> None:
+        del self._items[key]
+        queue = self._queues[item.timeout]
+        del queue[key]
+        if not queue:
+            del self._queues[item.timeout]
+        self.bytes -= item.size
+
+    def _insert(self, key: str, item: _Item) -> None:
+        self._items[key] = item
+        self._queues.setdefault(item.timeout, {})[key] = None
+        self.bytes += item.size
+
+    def _next_to_expire(self) -> Iterator[tuple[str, _Item]]:
+        fronts = []
+        for queue in self._queues.values():
+            for key in queue:
+                fronts.append((self._items[key].expires, key))
+                break
+        for _, key in sorted(fronts):
+            yield key, self._items[key]
+
+    def _make_room(self, extra_bytes: int, evicted: list[ExpiredItem]) -> None:
+        if self.max_bytes is not None and self.bytes + extra_bytes > self.max_bytes:
+            raise StoreFull(
+                f"storing {extra_bytes} bytes would exceed the store's limit of "
+                f"{self.max_bytes} bytes ({self.bytes} in use)"
+            )
+        if self.max_items is None:
+            return
+        while len(self._items) >= self.max_items:
+            victim = next(
+                ((k, i) for k, i in self._next_to_expire() if not i.locked),
+                None,
+            )
+            if victim is None:
+                raise StoreFull(f"all {len(self._items)} sessions are locked; none can be evicted")
+            key, item = victim
+            self._drop(key, item)
+            self.evictions += 1
+            evicted.append(ExpiredItem(key, item.data))
+
+    def _after(self, unlocked: str | None, evicted: list[ExpiredItem] | None = None) -> None:
+        if unlocked is not None and self.on_unlock is not None:
+            self.on_unlock(unlocked)
+        if evicted and self.on_evict is not None:
+            for expired in evicted:
+                self.on_evict(expired)
+
+    # The provider contract.
+
+    def get(self, key: str) -> StateItem | None:
+        with self._mutex:
+            now = self._clock()
+            item = self._live(key, now)
+            if item is None:
+                return None
+            self._touch(key, item, now)
+            initialize = item.uninitialized
+            item.uninitialized = False
+            return StateItem(
+                data=item.data,
+                locked=item.locked,
+                lock_id=item.lock_id,
+                lock_age=now - item.lock_date if item.locked else 0.0,
+                timeout=item.timeout,
+                initialize=initialize,
+            )
+
+    def get_exclusive(self, key: str) -> StateItem | None:
+        with self._mutex:
+            now = self._clock()
+            item = self._live(key, now)
+            if item is None:
+                return None
+            self._touch(key, item, now)
+            if item.locked:
+                return StateItem(locked=True, lock_id=item.lock_id, lock_age=now - item.lock_date)
+            item.locked = True
+            item.lock_id += 1  # ASP.NET: LockCookie = LockCookie + 1
+            item.lock_date = now
+            initialize = item.uninitialized
+            item.uninitialized = False
+            return StateItem(
+                data=item.data, lock_id=item.lock_id, timeout=item.timeout, initialize=initialize
+            )
+
+    def set_and_release(
+        self,
+        key: str,
+        data: Any,
+        *,
+        lock_id: int | None,
+        timeout: int,
+        new_item: bool = False,
+        release: bool = True,
+    ) -> bool:
+        evicted: list[ExpiredItem] = []
+        size = _sizeof(data)
+        with self._mutex:
+            now = self._clock()
+            item = self._live(key, now)
+            if new_item:
+                if item is not None:
+                    return False
+                stale = self._items.get(key)
+                if stale is not None:  # expired, not yet purged: replaced by the new item
+                    self._drop(key, stale)
+                self._make_room(size, evicted)
+                self._insert(key, _Item(data, timeout, now + timeout, size, lock_id=1))
+                unlocked = None
+            else:
+                if item is None:
+                    return False
+                if lock_id is not None and (not item.locked or item.lock_id != lock_id):
+                    return False  # the lock was broken (stolen) after the lock timeout
+                self._make_room(size - item.size, evicted)
+                self.bytes += size - item.size
+                item.data, item.size, item.uninitialized = data, size, False
+                if timeout != item.timeout:
+                    del self._queues[item.timeout][key]
+                    if not self._queues[item.timeout]:
+                        del self._queues[item.timeout]
+                    item.timeout = timeout
+                    self._queues.setdefault(timeout, {})[key] = None
+                self._touch(key, item, now)
+                unlocked = None
+                if release and lock_id is not None and item.locked:
+                    item.locked = False
+                    unlocked = key
+        self._after(unlocked, evicted)
+        return True
+
+    def release(self, key: str, lock_id: int) -> None:
+        with self._mutex:
+            now = self._clock()
+            item = self._live(key, now)
+            if item is None or not item.locked or item.lock_id != lock_id:
+                return
+            item.locked = False
+            self._touch(key, item, now)
+        self._after(key)
+
+    def remove(self, key: str, lock_id: int | None = None) -> bool:
+        with self._mutex:
+            item = self._items.get(key)
+            if item is None:
+                return False
+            if lock_id is not None and item.locked and item.lock_id != lock_id:
+                return False
+            self._drop(key, item)
+            was_locked = item.locked
+        self._after(key if was_locked else None)
+        return True
+
+    def holds(self, key: str, lock_id: int) -> bool:
+        """Return True while the item is locked with ``lock_id`` (a waiter's re-check)."""
+        with self._mutex:
+            item = self._live(key, self._clock())
+            return item is not None and item.locked and item.lock_id == lock_id
+
+    def reset_timeout(self, key: str) -> None:
+        with self._mutex:
+            now = self._clock()
+            item = self._live(key, now)
+            if item is not None:
+                self._touch(key, item, now)
+
+    def create_uninitialized(self, key: str, timeout: int) -> bool:
+        evicted: list[ExpiredItem] = []
+        with self._mutex:
+            now = self._clock()
+            if self._live(key, now) is not None:
+                return False
+            stale = self._items.get(key)
+            if stale is not None:
+                self._drop(key, stale)
+            self._make_room(0, evicted)
+            item = _Item(None, timeout, now + timeout, 0, lock_id=1, uninitialized=True)
+            self._insert(key, item)
+        self._after(None, evicted)
+        return True
+
+    def purge_expired(
+        self,
+        *,
+        on_expired: Callable[[ExpiredItem], None] | None = None,
+        dry_run: bool = False,
+        batch_size: int | None = None,
+    ) -> int:
+        expired: list[ExpiredItem] = []
+        with self._mutex:
+            now = self._clock()
+            for timeout in list(self._queues):
+                queue = self._queues[timeout]
+                for key in list(queue):
+                    item = self._items[key]
+                    if item.expires > now:
+                        break  # the rest of this queue expires later
+                    expired.append(ExpiredItem(key, item.data))
+                    if not dry_run:
+                        self._drop(key, item)
+        if on_expired is not None and not dry_run:
+            for item_ in expired:
+                on_expired(item_)
+        if self.on_unlock is not None and not dry_run:
+            for item_ in expired:
+                self.on_unlock(item_.session_key)
+        return len(expired)
+
+    def next_expiry(self) -> float | None:
+        """Return the clock time of the next expiry, or None when empty."""
+        with self._mutex:
+            return min((item.expires for _, item in self._next_to_expire()), default=None)
+
+    def snapshot(self) -> list[tuple[str, Any, int, float]]:
+        """Return ``(key, data, timeout, seconds_left)`` for every live item, for persistence."""
+        with self._mutex:
+            now = self._clock()
+            return [
+                (key, item.data, item.timeout, item.expires - now)
+                for key, item in self._items.items()
+                if item.expires > now and not item.uninitialized
+            ]
+
+    def restore(self, items: list[tuple[str, Any, int, float]]) -> int:
+        """Insert unlocked items from ``snapshot()`` with their remaining lifetimes.
+
+        Items are inserted soonest-to-expire first, which keeps every queue in expiry order.
+        Returns how many were restored (already expired ones are skipped).
+        """
+        restored = 0
+        with self._mutex:
+            now = self._clock()
+            for key, data, timeout, seconds_left in sorted(items, key=lambda i: i[3]):
+                if seconds_left <= 0:
+                    continue
+                stale = self._items.get(key)
+                if stale is not None:
+                    self._drop(key, stale)
+                item = _Item(data, timeout, now + min(seconds_left, timeout), _sizeof(data))
+                self._insert(key, item)
+                restored += 1
+        return restored

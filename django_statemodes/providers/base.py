@@ -1,0 +1,195 @@
+"""The provider contract: the Pythonic form of ASP.NET's ``SessionStateStoreProviderBase``.
+
+Every mode is a provider of this one contract: InProc, StateServer, SQL and Redis alike, and any
+class named by ``STATEMODES_CUSTOM_PROVIDER``. A provider stores opaque payloads under session
+keys; the session core (``backends/base.py``) owns everything else: the lock lifecycle, waiting,
+lock stealing, access modes, serialization, size limits and signals.
+
+Locks follow ASP.NET: each item has a ``lock_id`` (ASP.NET's LockCookie) that grows by one on
+every exclusive get. Writes, releases and removals that carry a ``lock_id`` take effect only while
+the stored one still matches, so the holder of a broken lock can never overwrite the new holder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from asgiref.sync import sync_to_async
+
+__all__ = ["ExpiredItem", "SessionStateProvider", "StateItem"]
+
+
+@dataclass(frozen=True, slots=True)
+class StateItem:
+    """What ``get`` or ``get_exclusive`` found under a key.
+
+    ``locked`` is true when another request holds the lock; ``get_exclusive`` then returns no
+    ``data`` and the holder's ``lock_id`` and ``lock_age``. After a successful ``get_exclusive``
+    ``lock_id`` is the caller's own. ``initialize`` is ASP.NET's ``InitializeItem`` action: the
+    first read of an item made by ``create_uninitialized``.
+    """
+
+    data: Any = None
+    locked: bool = False
+    lock_id: int = 0
+    lock_age: float = 0.0
+    timeout: int = 0
+    initialize: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiredItem:
+    """A session that ``purge_expired`` removed; ``data`` is ``None`` if the store cannot tell."""
+
+    session_key: str
+    data: Any = None
+
+
+class SessionStateProvider:
+    """Base class for session-state stores, and for ``STATEMODES_CUSTOM_PROVIDER`` classes.
+
+    Keys are Django session keys. Payloads are ``bytes`` (already serialized and, if enabled,
+    compressed by the core), except for providers that set ``stores_objects = True``: they keep
+    the session's dict itself, as ASP.NET InProc keeps live objects. Timeouts are whole seconds
+    of sliding expiry: every get, exclusive get, release and reset moves the expiry to
+    ``now + timeout``. An expired item must never be returned, even if it was not purged yet.
+    """
+
+    #: True if payloads are live Python dicts (never serialized); only sensible in-process.
+    stores_objects: ClassVar[bool] = False
+
+    #: Longest sleep of the default ``wait_for_release`` back-off, in seconds.
+    poll_interval: ClassVar[float] = 0.05
+
+    def __init__(self, **options: Any) -> None:
+        """Take provider options (``STATEMODES_CUSTOM_PROVIDER_OPTIONS`` in Custom mode)."""
+        self.options = options
+
+    # Methods that subclasses must implement.
+
+    def get(self, session_key: str) -> StateItem | None:
+        """Return the item without locking it (even if locked), or None if missing or expired."""
+        raise NotImplementedError("subclasses of SessionStateProvider must provide a get() method")
+
+    def get_exclusive(self, session_key: str) -> StateItem | None:
+        """Lock and return the item, or return it with ``locked=True`` and no data if held.
+
+        Return None if the item is missing or expired. Never wait: the core does the waiting.
+        """
+        raise NotImplementedError(
+            "subclasses of SessionStateProvider must provide a get_exclusive() method"
+        )
+
+    def set_and_release(
+        self,
+        session_key: str,
+        data: Any,
+        *,
+        lock_id: int | None,
+        timeout: int,
+        new_item: bool = False,
+        release: bool = True,
+    ) -> bool:
+        """Store ``data`` and return True, or return False if the write is refused.
+
+        With ``new_item`` insert only if the key is absent (refused if present). Otherwise update
+        only an existing item, and when ``lock_id`` is given only while it still holds that lock;
+        ``lock_id=None`` updates whatever the lock state (Django's unlocked last-write-wins, for
+        code that uses a store outside a request). ``release`` unlocks the item in the same call;
+        ``release=False`` keeps the lock (a mid-request ``save()``).
+        """
+        raise NotImplementedError(
+            "subclasses of SessionStateProvider must provide a set_and_release() method"
+        )
+
+    def release(self, session_key: str, lock_id: int) -> None:
+        """Unlock the item if it is still locked with ``lock_id``; slide its expiry."""
+        raise NotImplementedError(
+            "subclasses of SessionStateProvider must provide a release() method"
+        )
+
+    def remove(self, session_key: str, lock_id: int | None = None) -> bool:
+        """Delete the item (if ``lock_id`` is given, only while it holds that lock)."""
+        raise NotImplementedError(
+            "subclasses of SessionStateProvider must provide a remove() method"
+        )
+
+    def reset_timeout(self, session_key: str) -> None:
+        """Slide the item's expiry by its stored timeout without reading it."""
+        raise NotImplementedError(
+            "subclasses of SessionStateProvider must provide a reset_timeout() method"
+        )
+
+    def create_uninitialized(self, session_key: str, timeout: int) -> bool:
+        """Insert an empty placeholder item unless the key exists; return True if inserted."""
+        raise NotImplementedError(
+            "subclasses of SessionStateProvider must provide a create_uninitialized() method"
+        )
+
+    def purge_expired(
+        self,
+        *,
+        on_expired: Callable[[ExpiredItem], None] | None = None,
+        dry_run: bool = False,
+        batch_size: int | None = None,
+    ) -> int:
+        """Remove expired items and return how many there were.
+
+        If ``on_expired`` is given, call it with each removed item and its payload (so the core
+        can send ``session_end``); without it, providers should not fetch payloads at all.
+        ``dry_run`` counts without removing.
+        """
+        raise NotImplementedError(
+            "subclasses of SessionStateProvider must provide a purge_expired() method"
+        )
+
+    # Hooks with a working default that providers may override.
+
+    def wait_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:
+        """Block until the lock ``lock_id`` may have been released, or ``timeout`` passes.
+
+        The default polls with a short back-off (not ASP.NET's fixed 500 ms). Override it with a
+        real wake-up where the store has one (a condition variable, LISTEN/NOTIFY, pub/sub).
+        Returning early is always allowed: the core simply tries ``get_exclusive`` again.
+        """
+        time.sleep(min(timeout, self.poll_interval))
+
+    def close(self) -> None:
+        """Release connections and other resources (called when settings change)."""
+
+    # Async twins. The defaults run the sync method in a thread (Django's SessionBase does the
+    # same); a provider with a native async client overrides them.
+
+    async def aget(self, session_key: str) -> StateItem | None:
+        return await sync_to_async(self.get)(session_key)
+
+    async def aget_exclusive(self, session_key: str) -> StateItem | None:
+        return await sync_to_async(self.get_exclusive)(session_key)
+
+    async def aset_and_release(
+        self,
+        session_key: str,
+        data: Any,
+        *,
+        lock_id: int | None,
+        timeout: int,
+        new_item: bool = False,
+        release: bool = True,
+    ) -> bool:
+        return await sync_to_async(self.set_and_release)(
+            session_key, data, lock_id=lock_id, timeout=timeout, new_item=new_item, release=release
+        )
+
+    async def arelease(self, session_key: str, lock_id: int) -> None:
+        await sync_to_async(self.release)(session_key, lock_id)
+
+    async def aremove(self, session_key: str, lock_id: int | None = None) -> bool:
+        return await sync_to_async(self.remove)(session_key, lock_id)
+
+    async def await_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:
+        """Async ``wait_for_release``: the default sleeps on the event loop, never blocking it."""
+        await asyncio.sleep(min(timeout, self.poll_interval))

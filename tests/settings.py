@@ -1,0 +1,47 @@
+"""Settings for the test suite: SQLite by default, services at 127.0.0.1 when asked for."""
+
+import os
+
+SECRET_KEY = "NOTASECRET"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+USE_TZ = True
+ROOT_URLCONF = "tests.urls"
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("STATEMODES_TEST_SQLITE", ":memory:"),
+    },
+}
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django_statemodes",
+]
+MIDDLEWARE = [
+    "django_statemodes.middleware.SessionStateMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+SESSION_ENGINE = "django_statemodes.backends.inproc"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+    }
+]
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+
+# Django's own session tests, fetched from the sdist (tests/djangotests.py), need their app.
+if os.environ.get("STATEMODES_DJANGO_TESTS", "1") == "1":
+    import sys
+
+    from tests.djangotests import django_tests_path
+
+    sys.path.insert(0, str(django_tests_path()))
+    INSTALLED_APPS.append("sessions_tests")
