@@ -126,7 +126,8 @@ class SessionStateMiddleware(SessionMiddleware):
         if mode is None:
             return
         session = request.session
-        name = getattr(view_func, "__qualname__", None) or repr(view_func)
+        target = getattr(view_func, "view_class", view_func)  # class-based views: the class
+        name = f"{target.__module__}.{getattr(target, '__qualname__', repr(target))}"
         if isinstance(session, StateModeSessionBase):
             if (
                 mode == READ_WRITE
@@ -137,7 +138,7 @@ class SessionStateMiddleware(SessionMiddleware):
                 # again, locked, so the view's writes cannot lose a concurrent update.
                 del session._session_cache
             session.access = mode
-            session.view_name = f"{view_func.__module__}.{name}"
+            session.view_name = name
         elif mode == DISABLED:
             # Django's own engines: replace the session with one that refuses every use.
             from django_statemodes.backends.off import SessionStore as Off

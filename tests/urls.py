@@ -1,5 +1,20 @@
 from __future__ import annotations
 
-from django.urls import URLPattern
+from django.urls import path
 
-urlpatterns: list[URLPattern] = []
+from tests import views
+
+urlpatterns = [
+    path("increment/", views.increment),
+    path("read/", views.read),
+    path("read-only/", views.read_only),
+    path("read-only-write/", views.read_only_write),
+    path("disabled/", views.disabled),
+    path("disabled-touch/", views.disabled_touch),
+    path("async-increment/", views.async_increment),
+    path("async-read-only/", views.async_read_only),
+    path("cbv-read-only/", views.ReadOnlyView.as_view()),
+    path("server-error/", views.server_error),
+    path("raises/", views.raises),
+    path("release-early/", views.release_early),
+]

@@ -1,0 +1,110 @@
+"""MemoryStore, without Django: expiry order, bounds, unlock notifications, snapshots."""
+
+from __future__ import annotations
+
+import pytest
+
+from django_statemodes.memory import MemoryStore, StoreFull
+from django_statemodes.providers.base import ExpiredItem
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def insert(store: MemoryStore, key: str, data: object = b"x", timeout: int = 60) -> None:
+    assert store.set_and_release(key, data, lock_id=None, timeout=timeout, new_item=True)
+
+
+def test_purge_finds_expired_items_in_expiry_order_without_scanning_live_ones() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    insert(store, "a", timeout=10)
+    insert(store, "b", timeout=30)
+    clock.now += 5
+    insert(store, "c", timeout=10)
+    clock.now += 6  # a expired (t=10), c not yet (t=15)
+    seen: list[ExpiredItem] = []
+    assert store.purge_expired(on_expired=seen.append) == 1
+    assert [item.session_key for item in seen] == ["a"]
+    assert len(store) == 2
+
+
+def test_a_read_slides_the_item_to_the_back_of_its_queue() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    insert(store, "a", timeout=10)
+    insert(store, "b", timeout=10)
+    clock.now += 8
+    assert store.get("a") is not None  # a now expires at t+18, after b
+    clock.now += 3
+    seen: list[ExpiredItem] = []
+    store.purge_expired(on_expired=seen.append)
+    assert [item.session_key for item in seen] == ["b"]
+    assert store.get("a") is not None
+
+
+def test_max_items_evicts_the_unlocked_item_nearest_to_expiry() -> None:
+    clock = Clock()
+    evicted: list[ExpiredItem] = []
+    store = MemoryStore(max_items=2, clock=clock, on_evict=evicted.append)
+    insert(store, "old", data="old")
+    clock.now += 1
+    insert(store, "new", data="new")
+    assert store.get_exclusive("old") is not None  # touched and locked: not evictable
+    insert(store, "third")
+    assert [item.session_key for item in evicted] == ["new"]
+    assert evicted[0].data == "new"
+    assert store.evictions == 1
+
+
+def test_a_store_full_of_locked_items_refuses_with_a_clear_error() -> None:
+    store = MemoryStore(max_items=1)
+    insert(store, "a")
+    assert store.get_exclusive("a") is not None
+    with pytest.raises(StoreFull, match="locked"):
+        insert(store, "b")
+
+
+def test_max_bytes_refuses_rather_than_dropping_a_session() -> None:
+    store = MemoryStore(max_bytes=100)
+    insert(store, "a", data=b"x" * 60)
+    with pytest.raises(StoreFull, match="100 bytes"):
+        insert(store, "b", data=b"x" * 60)
+    assert store.bytes == 60
+    assert store.get("a") is not None
+
+
+def test_every_end_of_a_lock_is_reported_once() -> None:
+    unlocked: list[str] = []
+    store = MemoryStore(on_unlock=unlocked.append)
+    insert(store, "a")
+    item = store.get_exclusive("a")
+    assert item is not None
+    store.set_and_release("a", b"y", lock_id=item.lock_id, timeout=60, release=False)
+    assert unlocked == []
+    store.set_and_release("a", b"z", lock_id=item.lock_id, timeout=60)
+    assert unlocked == ["a"]
+    again = store.get_exclusive("a")
+    assert again is not None
+    store.remove("a", again.lock_id)
+    assert unlocked == ["a", "a"]
+
+
+def test_snapshot_and_restore_keep_data_and_remaining_lifetime() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    insert(store, "a", data=b"A", timeout=100)
+    clock.now += 40
+    insert(store, "b", data=b"B", timeout=100)
+    saved = store.snapshot()
+    fresh = MemoryStore(clock=clock)
+    assert fresh.restore(saved) == 2
+    clock.now += 61  # a had 60 s left, b 100 s
+    assert fresh.get("a") is None
+    item = fresh.get("b")
+    assert item is not None and item.data == b"B" and not item.locked

@@ -1,0 +1,230 @@
+"""SessionStateMiddleware: per-view modes, locking through requests, failures, async."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from django.conf import settings
+from django.test import AsyncClient, Client, override_settings
+
+from django_statemodes.backends import base as core
+from django_statemodes.backends.inproc import SessionStore
+from django_statemodes.exceptions import SessionStateDisabled, SessionStateReadOnly
+from tests import engines
+
+COOKIE = settings.SESSION_COOKIE_NAME
+
+
+@pytest.fixture
+def client() -> Client:
+    return Client()
+
+
+@pytest.fixture
+def session_key(client: Client) -> Iterator[str]:
+    response = client.get("/increment/")
+    assert response.json() == {"counter": 1}
+    key = response.cookies[COOKIE].value
+    yield key
+    SessionStore().delete(key)
+
+
+def hold_lock(key: str) -> SessionStore:
+    """Take the session's lock as a long request would, and keep it."""
+    holder = SessionStore(key, access="ReadWrite")
+    assert holder["counter"] >= 0
+    assert holder._lock_id is not None
+    return holder
+
+
+def test_a_new_session_gets_a_cookie_and_vary_cookie(client: Client) -> None:
+    response = client.get("/increment/")
+    assert response.status_code == 200
+    assert COOKIE in response.cookies
+    assert response.cookies[COOKIE]["httponly"] is True
+    assert response["Vary"] == "Cookie"
+    assert client.get("/increment/").json() == {"counter": 2}
+
+
+def test_the_lock_is_released_when_the_response_is_produced(
+    client: Client, session_key: str
+) -> None:
+    client.get("/increment/")
+    item = SessionStore.get_provider().get(session_key)
+    assert item is not None and item.locked is False
+
+
+def test_read_only_view_reads_without_cookie_or_lock(client: Client, session_key: str) -> None:
+    response = client.get("/read-only/")
+    assert response.json() == {"counter": 1}
+    assert COOKIE not in response.cookies
+    assert response["Vary"] == "Cookie"
+    item = SessionStore.get_provider().get(session_key)
+    assert item is not None and item.lock_id == 1  # never taken: no exclusive get happened
+
+
+def test_read_only_view_is_answered_while_a_writer_holds_the_lock(
+    client: Client, session_key: str, settings: object
+) -> None:
+    holder = hold_lock(session_key)
+    holder["counter"] = 50  # not committed yet
+    started = time.monotonic()
+    response = client.get("/read-only/")
+    assert time.monotonic() - started < 1.0
+    assert response.json() == {"counter": 1}  # the last committed value
+    holder.finish(save=True)
+    assert client.get("/read-only/").json() == {"counter": 50}
+
+
+def test_a_write_in_a_read_only_view_raises_naming_the_view(
+    client: Client, session_key: str
+) -> None:
+    with pytest.raises(SessionStateReadOnly, match="tests.views.read_only_write"):
+        client.get("/read-only-write/")
+    assert client.get("/read/").json() == {"counter": 1}
+
+
+def test_class_based_view_attribute_sets_the_mode(client: Client, session_key: str) -> None:
+    assert client.get("/cbv-read-only/").json() == {"counter": 1}
+    with pytest.raises(SessionStateReadOnly, match="ReadOnlyView"):
+        client.post("/cbv-read-only/")
+
+
+@override_settings(SESSION_ENGINE="tests.engine_counting")
+def test_a_disabled_view_does_no_store_io_and_sets_no_cookie() -> None:
+    client = Client()
+    client.get("/increment/")  # a session exists and its cookie is sent
+    assert COOKIE in client.cookies
+    engines.calls.clear()
+    response = client.get("/disabled/")
+    assert response.content == b"no session here"
+    assert sum(engines.calls.values()) == 0
+    assert COOKIE not in response.cookies  # neither set nor deleted
+    assert not response.has_header("Vary")
+
+
+def test_touching_the_session_in_a_disabled_view_raises(client: Client) -> None:
+    with pytest.raises(SessionStateDisabled, match="disabled for this request"):
+        client.get("/disabled-touch/")
+
+
+@override_settings(STATEMODES_DEFAULT_ACCESS="ReadOnly")
+def test_default_access_applies_to_unmarked_views(session_key: str) -> None:
+    client = Client()
+    client.cookies[COOKIE] = session_key
+    with pytest.raises(SessionStateReadOnly):
+        client.get("/increment/")
+
+
+@override_settings(STATEMODES_LOCK_TIMEOUT=30)
+def test_a_5xx_response_releases_the_lock_without_saving(client: Client, session_key: str) -> None:
+    response = client.get("/server-error/")
+    assert response.status_code == 500
+    started = time.monotonic()
+    assert client.get("/increment/").json() == {"counter": 2}  # 999 was not saved
+    assert time.monotonic() - started < 2.0  # and nobody waited for a leaked lock
+
+
+@override_settings(STATEMODES_LOCK_TIMEOUT=30)
+def test_an_exception_in_the_view_releases_the_lock_without_saving(session_key: str) -> None:
+    client = Client(raise_request_exception=False)
+    client.cookies[COOKIE] = session_key
+    assert client.get("/raises/").status_code == 500
+    started = time.monotonic()
+    assert client.get("/increment/").json() == {"counter": 2}
+    assert time.monotonic() - started < 2.0
+
+
+def test_release_saves_and_unlocks_before_the_response(client: Client, session_key: str) -> None:
+    response = client.get("/release-early/")
+    assert response.json() == {"released": True}
+    assert client.get("/read/").json() == {"counter": 2}
+
+
+@override_settings(STATEMODES_LOCK_TIMEOUT=1.0)
+def test_a_stale_holders_write_is_refused_with_session_interrupted(
+    client: Client, session_key: str
+) -> None:
+    stale = hold_lock(session_key)
+    stale["counter"] = 1000
+    assert client.get("/increment/").json() == {"counter": 2}  # broke the 1 s old lock
+    with pytest.raises(core.SessionLockLost):
+        stale.finish(save=True)
+    assert client.get("/read/").json() == {"counter": 2}
+
+
+@override_settings(SESSION_ENGINE="tests.engine_down")
+def test_an_unreachable_store_answers_503_with_a_clear_message() -> None:
+    client = Client()
+    client.cookies[COOKIE] = "a" * 32
+    response = client.get("/increment/")
+    assert response.status_code == 503
+    assert response["Retry-After"]
+    assert b"Unable to make the session state request" in response.content
+
+
+@override_settings(STATEMODES_LOCK_QUEUE_LIMIT=1, STATEMODES_LOCK_TIMEOUT=30)
+def test_a_full_queue_answers_503_with_retry_after(session_key: str) -> None:
+    holder = hold_lock(session_key)
+    results: list[int] = []
+
+    def waiter() -> None:
+        waiting = Client()
+        waiting.cookies[COOKIE] = session_key
+        results.append(waiting.get("/increment/").status_code)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while core._waiting.get(session_key, 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    extra = Client()
+    extra.cookies[COOKIE] = session_key
+    response = extra.get("/increment/")
+    holder.finish(save=False)
+    thread.join(timeout=10)
+    assert response.status_code == 503
+    assert response["Retry-After"]
+    assert b"queue limit" in response.content
+    assert results == [200]
+
+
+@override_settings(SESSION_ENGINE="django.contrib.sessions.backends.cache")
+def test_django_engines_still_work_without_locking() -> None:
+    client = Client()
+    assert client.get("/increment/").json() == {"counter": 1}
+    assert client.get("/increment/").json() == {"counter": 2}
+    assert client.get("/read-only/").json() == {"counter": 2}
+    response = client.get("/disabled/")
+    assert COOKIE not in response.cookies
+    with pytest.raises(SessionStateDisabled):
+        client.get("/disabled-touch/")
+
+
+@override_settings(SESSION_ENGINE="django_statemodes.backends.off")
+def test_off_engine_refuses_use_and_sets_no_cookie() -> None:
+    client = Client()
+    assert client.get("/disabled/").content == b"no session here"
+    with pytest.raises(SessionStateDisabled, match="SESSION_ENGINE"):
+        client.get("/increment/")
+
+
+def test_async_views_use_the_native_async_path() -> None:
+    async def scenario() -> None:
+        client = AsyncClient()
+        first = await client.get("/async-increment/")
+        assert first.json() == {"counter": 1}
+        assert COOKIE in first.cookies
+        second = await client.get("/async-increment/")
+        assert second.json() == {"counter": 2}
+        read = await client.get("/async-read-only/")
+        assert read.json() == {"counter": 2}
+        assert COOKIE not in read.cookies
+        item = SessionStore.get_provider().get(first.cookies[COOKIE].value)
+        assert item is not None and item.locked is False  # released by afinish()
+
+    asyncio.run(scenario())

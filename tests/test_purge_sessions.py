@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import time
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test import override_settings
+
+from django_statemodes.backends.inproc import SessionStore
+from django_statemodes.signals import session_end
+
+
+def purge(*args: str) -> str:
+    out = StringIO()
+    call_command("purge_sessions", *args, stdout=out)
+    return out.getvalue()
+
+
+def make_expiring(value: str) -> str:
+    store = SessionStore()
+    store["name"] = value
+    store.set_expiry(1)
+    store.save()
+    assert store.session_key is not None
+    return store.session_key
+
+
+def test_dry_run_counts_then_purge_removes_and_sends_session_end() -> None:
+    SessionStore.purge()  # start from a clean store
+    keys = {make_expiring("a"), make_expiring("b")}
+    live = SessionStore()
+    live["name"] = "live"
+    live.save()
+    time.sleep(2.1)
+    assert purge("--dry-run") == "2 expired session(s) would be purged.\n"
+    ended: list[tuple[str, Any, str]] = []
+
+    def receiver(sender: Any, session_key: str, data: Any, reason: str, **kw: Any) -> None:
+        ended.append((session_key, data, reason))
+
+    session_end.connect(receiver)
+    try:
+        assert "Purged 2 expired session(s)." in purge()
+    finally:
+        session_end.disconnect(receiver)
+    assert {key for key, _, _ in ended} == keys
+    assert all(reason == "expired" and data["name"] in "ab" for _, data, reason in ended)
+    assert live.session_key is not None and SessionStore().exists(live.session_key)
+
+
+def test_verbosity_zero_prints_nothing() -> None:
+    assert purge("--verbosity", "0") == ""
+
+
+@override_settings(SESSION_ENGINE="django.contrib.sessions.backends.cache")
+def test_django_engines_are_purged_like_clearsessions() -> None:
+    assert purge() == "Expired sessions purged.\n"
+    with pytest.raises(CommandError, match="cannot count"):
+        purge("--dry-run")
+
+
+def test_a_bad_batch_size_is_refused() -> None:
+    with pytest.raises(CommandError, match="--batch-size"):
+        purge("--batch-size", "0")
