@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import View
 
@@ -9,7 +11,11 @@ from django_statemodes.decorators import session_disabled, session_readonly, ses
 
 
 def increment(request: HttpRequest) -> JsonResponse:
-    request.session["counter"] = request.session.get("counter", 0) + 1
+    value = request.session.get("counter", 0)
+    # ?work=<ms>: the view's own work between reading and writing (a query, a template), the
+    # window in which unlocked engines lose concurrent updates.
+    time.sleep(int(request.GET.get("work", 0)) / 1000)
+    request.session["counter"] = value + 1
     return JsonResponse({"counter": request.session["counter"]})
 
 
