@@ -104,7 +104,7 @@ def check_settings(
                 id="django_statemodes.E009",
             )
         )
-    name = conf.STATEMODES_APPLICATION_NAME
+    name: object = conf.STATEMODES_APPLICATION_NAME
     if not isinstance(name, str) or not name or len(name) > 280:
         errors.append(
             Error(
@@ -120,7 +120,8 @@ def check_settings(
                 id="django_statemodes.E011",
             )
         )
-    if not isinstance(conf.STATEMODES_COMPRESSION, bool):
+    compression: object = conf.STATEMODES_COMPRESSION
+    if not isinstance(compression, bool):
         errors.append(
             Error("STATEMODES_COMPRESSION should be a bool.", id="django_statemodes.E012")
         )

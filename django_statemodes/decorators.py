@@ -26,16 +26,19 @@ def session_state(mode: SessionStateMode) -> Callable[[V], V]:
 
     def decorator(view_func: V) -> V:
         # Decorators are nicer if they don't have side effects, so return a new function.
+        _view_wrapper: Callable[..., Any]
         if iscoroutinefunction(view_func):
 
-            async def _view_wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
+            async def _async_wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
                 return await view_func(request, *args, **kwargs)
 
+            _view_wrapper = _async_wrapper
         else:
 
-            def _view_wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
+            def _sync_wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
                 return view_func(request, *args, **kwargs)
 
+            _view_wrapper = _sync_wrapper
         wrapper = wraps(view_func)(_view_wrapper)
         wrapper.session_state = mode  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]

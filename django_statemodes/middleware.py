@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from importlib import import_module
-from typing import Any
+from typing import Any, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
@@ -71,7 +71,7 @@ class SessionStateMiddleware(SessionMiddleware):
     def __init__(
         self, get_response: Callable[[HttpRequest], HttpResponseBase | Awaitable[HttpResponseBase]]
     ) -> None:
-        self.get_response = get_response  # type: ignore[assignment]
+        self.get_response = get_response
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:
             markcoroutinefunction(self)
@@ -111,7 +111,8 @@ class SessionStateMiddleware(SessionMiddleware):
         session_key = self.get_session_key(request)
         if self.locking:
             default: SessionStateMode = conf.STATEMODES_DEFAULT_ACCESS  # type: ignore[assignment]
-            request.session = self.SessionStore(session_key, access=default)
+            store = cast(type[StateModeSessionBase], self.SessionStore)
+            request.session = store(session_key, access=default)
         else:
             request.session = self.SessionStore(session_key)
 
@@ -275,13 +276,13 @@ class SessionStateMiddleware(SessionMiddleware):
         """Send the session key to the client (a cookie; cookieless overrides)."""
         response.set_cookie(
             settings.SESSION_COOKIE_NAME,
-            session.session_key,
+            session.session_key or "",
             max_age=max_age,
             expires=expires,
             domain=settings.SESSION_COOKIE_DOMAIN,
             path=settings.SESSION_COOKIE_PATH,
-            secure=settings.SESSION_COOKIE_SECURE or None,
-            httponly=settings.SESSION_COOKIE_HTTPONLY or None,
+            secure=bool(settings.SESSION_COOKIE_SECURE),
+            httponly=bool(settings.SESSION_COOKIE_HTTPONLY),
             samesite=settings.SESSION_COOKIE_SAMESITE,
         )
 

@@ -161,7 +161,7 @@ class StateModeSessionBase(SessionBase):
     # Access modes.
 
     @property
-    def modified(self) -> bool:  # type: ignore[override]
+    def modified(self) -> bool:
         return self._modified
 
     @modified.setter
@@ -197,11 +197,11 @@ class StateModeSessionBase(SessionBase):
 
     def _get_session(self, no_load: bool = False) -> dict[str, Any]:
         self._check_enabled()
-        return super()._get_session(no_load)
+        return super()._get_session(no_load)  # type: ignore[misc,no-any-return]
 
     async def _aget_session(self, no_load: bool = False) -> dict[str, Any]:
         self._check_enabled()
-        return await super()._aget_session(no_load)
+        return await super()._aget_session(no_load)  # type: ignore[misc,no-any-return]
 
     _session = property(_get_session)
 
@@ -219,7 +219,7 @@ class StateModeSessionBase(SessionBase):
             self._check_value(key, value)
         await super().aset(key, value)
 
-    def update(self, dict_: Any) -> None:
+    def update(self, dict_: Any) -> None:  # type: ignore[override]
         self._check_writable()
         if not self._provider.stores_objects:
             for key, value in dict(dict_).items():

@@ -38,8 +38,8 @@ class SessionStore(SessionBase):
 
     _session = property(_get_session)
 
-    clear = exists = create = save = delete = load = flush = cycle_key = _refuse  # type: ignore[assignment]
-    aexists = acreate = asave = adelete = aload = aflush = acycle_key = _refuse  # type: ignore[assignment]
+    clear = exists = create = save = delete = load = flush = cycle_key = _refuse
+    aexists = acreate = asave = adelete = aload = aflush = acycle_key = _refuse
 
     @classmethod
     def clear_expired(cls) -> None:
