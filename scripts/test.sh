@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: a virtualenv with the package and its extras, the
+# services, then ruff, mypy and pytest. Extra arguments go to pytest.
+#
+#   PYTHON   interpreter for the virtualenv         (default: python3)
+#   DJANGO   a pip requirement pinning Django        (default: the newest the interpreter takes)
+#   VENV     where the virtualenv lives              (default: .venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "test: creating $VENV with $("$PYTHON" --version 2>&1)"
+    "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --quiet --disable-pip-version-check)
+"${PIP[@]}" install --upgrade "pip>=25.1"
+"${PIP[@]}" install -e ".[postgres,redis]" --group test --group lint ${DJANGO:+"$DJANGO"}
+echo "test: $("$VENV/bin/python" --version), Django $("$VENV/bin/python" -m django --version)"
+
+scripts/services.sh
+if [ -x scripts/install-browser.sh ]; then
+    scripts/install-browser.sh
+fi
+
+# A missing service fails its tests instead of skipping them.
+export STATEMODES_REQUIRE_SERVICES=${STATEMODES_REQUIRE_SERVICES:-1}
+
+"$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
+STATEMODES_DJANGO_TESTS=0 "$VENV/bin/mypy" django_statemodes
+"$VENV/bin/python" -m pytest "$@"
