@@ -45,3 +45,14 @@ if os.environ.get("STATEMODES_DJANGO_TESTS", "1") == "1":
 
     sys.path.insert(0, str(django_tests_path()))
     INSTALLED_APPS.append("sessions_tests")
+
+# The Redis provider's tests (tests/test_redis_*.py) use db 15 of the Redis at 127.0.0.1:6379;
+# django-redis connects lazily, so nothing breaks when Redis is not running.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "statemodes-redis": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": "redis://127.0.0.1:6379/15",
+        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 5},
+    },
+}

@@ -1,0 +1,426 @@
+"""The Redis provider: session state in Redis through django-redis, with ASP.NET locking.
+
+Each session is one hash, ``<prefix>:<application>:s:{<session key>}``, with the fields
+``d`` (payload), ``ex`` (expiry, ms of the Redis server's clock), ``to`` (timeout, s), ``lk``
+(locked), ``lid`` (ASP.NET's LockCookie), ``lt`` (lock date, ms) and ``in`` (ASP.NET's
+InitializeItem flag). Every operation is one Lua script run with EVALSHA, so lock+load and
+save+release are one round trip each and atomic on the server; lock ages use the server's clock,
+so web servers with skewed clocks agree.
+
+Expiry slides on every get, exclusive get, release and reset. An item past ``ex`` is never
+served. A sorted set per application, ``<prefix>:<application>:expiry`` (score = ``ex``), lets
+``purge_expired`` find expired sessions with their data for ``session_end``; the hash itself
+also carries a Redis TTL of ``timeout + end_grace`` seconds, so Redis frees the memory even if
+nobody purges (a session purged after that is still reported, without its data).
+
+Waiters are woken without polling: a release pushes a token on ``<prefix>:<application>:w:{key}``
+(a list that expires after ``WAKE_TTL_MS``) in the same script, and a waiter blocks on it with
+BLPOP. A release that happens between the waiter's exclusive get and its BLPOP leaves the token
+in the list, so no wake-up is lost.
+
+The ``{key}`` hash tags put a session's hash and wake-up list on the same shard of django-redis's
+``ShardClient``; each shard keeps its own expiry set.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.core.exceptions import ImproperlyConfigured
+from redis import Redis
+from redis.commands.core import Script
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from django_statemodes.conf import conf
+from django_statemodes.exceptions import SessionStoreUnavailable
+from django_statemodes.providers.base import ExpiredItem, SessionStateProvider, StateItem
+
+__all__ = ["RedisProvider"]
+
+# How long a release's wake-up token waits for a waiter that has not reached BLPOP yet.
+WAKE_TTL_MS = 5000
+# Longest single BLPOP: a waiter re-checks the lock at least this often, whatever happens.
+MAX_BLOCK = 5.0
+
+# Errors that mean "the store cannot be reached now" (503), not a bug. ReadOnlyError is a
+# replica answering during a Sentinel failover, before the client has found the new primary.
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+
+# Shared Lua: the server's clock in ms, and the slide of an item's expiry by its timeout.
+# KEYS[1] item hash, KEYS[2] expiry set, KEYS[3] wake-up list; ARGV[1] session key,
+# ARGV[2] end_grace in ms.
+_PRELUDE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function slide(to)
+  local ex = now + to * 1000
+  redis.call('PEXPIRE', KEYS[1], to * 1000 + tonumber(ARGV[2]))
+  redis.call('ZADD', KEYS[2], ex, ARGV[1])
+  return ex
+end
+local function wake()
+  redis.call('DEL', KEYS[3])
+  redis.call('RPUSH', KEYS[3], '1')
+  redis.call('PEXPIRE', KEYS[3], @WAKE_TTL_MS@)
+end
+""".replace("@WAKE_TTL_MS@", str(WAKE_TTL_MS))
+
+# ARGV[3]: '1' for an exclusive get. Returns nil, {1, lock_id, lock_age_ms} when held by
+# another request, or {locked, lock_id, lock_age_ms, timeout, initialize, data}.
+_GET = (
+    _PRELUDE
+    + """
+local f = redis.call('HMGET', KEYS[1], 'ex', 'to', 'lk', 'lid', 'lt', 'in')
+if not f[1] or tonumber(f[1]) <= now then return nil end
+local to = tonumber(f[2])
+local ex = slide(to)
+local lid = tonumber(f[4])
+local init = 0
+if f[6] == '1' then init = 1 end
+if f[3] == '1' and ARGV[3] == '1' then
+  redis.call('HSET', KEYS[1], 'ex', ex)
+  return {1, lid, now - tonumber(f[5])}
+end
+if f[3] == '1' then
+  redis.call('HSET', KEYS[1], 'ex', ex, 'in', '0')
+  return {1, lid, now - tonumber(f[5]), to, init, redis.call('HGET', KEYS[1], 'd')}
+end
+if ARGV[3] == '1' then
+  lid = lid + 1
+  redis.call('HSET', KEYS[1], 'ex', ex, 'in', '0', 'lk', '1', 'lid', lid, 'lt', now)
+else
+  redis.call('HSET', KEYS[1], 'ex', ex, 'in', '0')
+end
+return {0, lid, 0, to, init, redis.call('HGET', KEYS[1], 'd')}
+"""
+)
+
+# ARGV[3] payload, ARGV[4] lock id or '', ARGV[5] timeout, ARGV[6] new item, ARGV[7] release,
+# ARGV[8] '1' to create an uninitialized item (no payload). Returns 1 if written, else 0.
+_SET = (
+    _PRELUDE
+    + """
+local to = tonumber(ARGV[5])
+local f = redis.call('HMGET', KEYS[1], 'ex', 'lk', 'lid')
+local live = f[1] and tonumber(f[1]) > now
+if ARGV[6] == '1' then
+  if live then return 0 end
+  redis.call('DEL', KEYS[1])
+  local ex = slide(to)
+  if ARGV[8] == '1' then
+    redis.call('HSET', KEYS[1], 'ex', ex, 'to', to, 'lk', '0', 'lid', 1, 'lt', 0, 'in', '1')
+  else
+    redis.call('HSET', KEYS[1], 'd', ARGV[3], 'ex', ex, 'to', to, 'lk', '0', 'lid', 1,
+               'lt', 0, 'in', '0')
+  end
+  return 1
+end
+if not live then return 0 end
+if ARGV[4] ~= '' and (f[2] ~= '1' or tonumber(f[3]) ~= tonumber(ARGV[4])) then return 0 end
+local ex = slide(to)
+if ARGV[7] == '1' and ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[1], 'd', ARGV[3], 'ex', ex, 'to', to, 'in', '0', 'lk', '0')
+  wake()
+else
+  redis.call('HSET', KEYS[1], 'd', ARGV[3], 'ex', ex, 'to', to, 'in', '0')
+end
+return 1
+"""
+)
+
+# ARGV[3] lock id, or '' for a reset_timeout. Unlocks (if the lock id matches) and slides.
+_RELEASE = (
+    _PRELUDE
+    + """
+local f = redis.call('HMGET', KEYS[1], 'ex', 'to', 'lk', 'lid')
+if not f[1] or tonumber(f[1]) <= now then return 0 end
+if ARGV[3] == '' then
+  redis.call('HSET', KEYS[1], 'ex', slide(tonumber(f[2])))
+  return 1
+end
+if f[3] ~= '1' or tonumber(f[4]) ~= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], 'ex', slide(tonumber(f[2])), 'lk', '0')
+wake()
+return 1
+"""
+)
+
+# ARGV[3] lock id or ''. Deletes the item unless another request holds its lock.
+_REMOVE = (
+    _PRELUDE
+    + """
+local f = redis.call('HMGET', KEYS[1], 'lk', 'lid')
+if not f[1] then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+if ARGV[3] ~= '' and f[1] == '1' and tonumber(f[2]) ~= tonumber(ARGV[3]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if f[1] == '1' then wake() end
+return 1
+"""
+)
+
+# KEYS[1] expiry set; ARGV[1] item key prefix, ARGV[2] wake-up key prefix, ARGV[3] batch size,
+# ARGV[4] '1' to return payloads, ARGV[5] '1' for a dry run (count only).
+# Returns {session key, payload or nil, ...} for the expired items it removed.
+_PURGE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[5] == '1' then return redis.call('ZCOUNT', KEYS[1], '-inf', now) end
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, m in ipairs(members) do
+  local k = ARGV[1] .. '{' .. m .. '}'
+  local f = redis.call('HMGET', k, 'ex', 'lk', 'd')
+  if f[1] and tonumber(f[1]) > now then
+    redis.call('ZADD', KEYS[1], f[1], m)
+  else
+    redis.call('ZREM', KEYS[1], m)
+    if f[1] then
+      redis.call('DEL', k)
+      if f[2] == '1' then
+        local w = ARGV[2] .. '{' .. m .. '}'
+        redis.call('DEL', w)
+        redis.call('RPUSH', w, '1')
+        redis.call('PEXPIRE', w, @WAKE_TTL_MS@)
+      end
+    end
+    out[#out + 1] = m
+    if ARGV[4] == '1' and f[3] then out[#out + 1] = f[3] else out[#out + 1] = false end
+  end
+end
+return out
+""".replace("@WAKE_TTL_MS@", str(WAKE_TTL_MS))
+
+
+def _django_redis_client(alias: str) -> Any:
+    """Return django-redis's client object (``caches[alias].client``) for ``alias``."""
+    from django.conf import settings
+    from django.core.cache import caches
+
+    if alias not in settings.CACHES:
+        raise ImproperlyConfigured(
+            f"STATEMODES_REDIS_ALIAS is {alias!r}, which is not an alias in CACHES. "
+            "Add a django-redis cache under that alias (BACKEND "
+            "'django_redis.cache.RedisCache') or set STATEMODES_REDIS_ALIAS to one."
+        )
+    client = getattr(caches[alias], "client", None)
+    if client is None or not hasattr(client, "get_client"):
+        caches_setting: dict[str, Any] = settings.CACHES
+        backend = caches_setting[alias].get("BACKEND")
+        raise ImproperlyConfigured(
+            f"The cache {alias!r} (STATEMODES_REDIS_ALIAS) uses {backend!r}; the Redis "
+            "provider needs django-redis ('django_redis.cache.RedisCache')."
+        )
+    return client
+
+
+class RedisProvider(SessionStateProvider):
+    """Session state in Redis, reached through a django-redis cache alias.
+
+    Options (``STATEMODES_CUSTOM_PROVIDER_OPTIONS``): ``cache_alias`` (default
+    ``STATEMODES_REDIS_ALIAS``), ``key_prefix`` (default ``"statemodes"``) and ``end_grace``
+    (seconds an expired session's data is kept for ``session_end``, default 3600).
+    """
+
+    def __init__(
+        self,
+        *,
+        cache_alias: str | None = None,
+        key_prefix: str = "statemodes",
+        end_grace: int = 3600,
+    ) -> None:
+        super().__init__(cache_alias=cache_alias, key_prefix=key_prefix, end_grace=end_grace)
+        self.cache_alias = cache_alias or conf.STATEMODES_REDIS_ALIAS
+        self.namespace = f"{key_prefix}:{conf.STATEMODES_APPLICATION_NAME}:"
+        self.end_grace_ms = str(int(end_grace) * 1000)
+        self.expiry_key = self.namespace + "expiry"
+        self._mutex = threading.Lock()
+        self._connected = False
+        self._primary: Redis | None = None
+        self._shards: Any = None
+        self._scripts: dict[str, Script] = {}
+
+    # Connections: resolved once (django-redis shares its pools between threads).
+
+    def _connect(self) -> None:
+        with self._mutex:
+            if self._connected:
+                return
+            client = _django_redis_client(self.cache_alias)
+            if hasattr(client, "get_server") and hasattr(client, "_serverdict"):
+                self._shards = client  # ShardClient: one server per key, by hash ring
+            else:
+                # write=True: the primary, never a replica (every read slides the expiry).
+                self._primary = client.get_client(write=True)
+            script_owner = self._primary or next(iter(client._serverdict.values()))
+            for name, source in (
+                ("get", _GET),
+                ("set", _SET),
+                ("release", _RELEASE),
+                ("remove", _REMOVE),
+                ("purge", _PURGE),
+            ):
+                self._scripts[name] = script_owner.register_script(source)
+            self._connected = True
+
+    def _server(self, item_key: str) -> Redis:
+        if not self._connected:
+            self._connect()
+        if self._primary is not None:
+            return self._primary
+        server: Redis = self._shards.get_server(item_key)
+        return server
+
+    def _servers(self) -> list[Redis]:
+        if not self._connected:
+            self._connect()
+        if self._primary is not None:
+            return [self._primary]
+        return list(self._shards._serverdict.values())
+
+    @contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        try:
+            yield
+        except UNAVAILABLE as exc:
+            raise SessionStoreUnavailable(
+                f"Unable to make the session state request to Redis (cache alias "
+                f"{self.cache_alias!r}): {exc}. Check that Redis is running and that "
+                "STATEMODES_REDIS_ALIAS names the right CACHES entry.",
+                setting="STATEMODES_REDIS_ALIAS",
+            ) from exc
+
+    def _keys(self, session_key: str) -> list[str]:
+        tag = "{" + session_key + "}"
+        return [f"{self.namespace}s:{tag}", self.expiry_key, f"{self.namespace}w:{tag}"]
+
+    def _run(self, name: str, session_key: str | None, *args: Any) -> Any:
+        if not isinstance(session_key, str):
+            return None  # exists(None) and friends: Django asks about keys not made yet
+        keys = self._keys(session_key)
+        with self._unavailable():
+            client = self._server(keys[0])
+            return self._scripts[name](keys, [session_key, self.end_grace_ms, *args], client)
+
+    # The contract.
+
+    def _item(self, reply: Any) -> StateItem | None:
+        if reply is None:
+            return None
+        if len(reply) == 3:  # held by another request: no data
+            return StateItem(locked=True, lock_id=int(reply[1]), lock_age=int(reply[2]) / 1000)
+        locked, lock_id, age, timeout, initialize, data = reply
+        return StateItem(
+            data=data,
+            locked=bool(locked),
+            lock_id=int(lock_id),
+            lock_age=int(age) / 1000,
+            timeout=int(timeout),
+            initialize=bool(initialize),
+        )
+
+    def get(self, session_key: str) -> StateItem | None:
+        return self._item(self._run("get", session_key, "0"))
+
+    def get_exclusive(self, session_key: str) -> StateItem | None:
+        return self._item(self._run("get", session_key, "1"))
+
+    def set_and_release(
+        self,
+        session_key: str,
+        data: Any,
+        *,
+        lock_id: int | None,
+        timeout: int,
+        new_item: bool = False,
+        release: bool = True,
+    ) -> bool:
+        if not isinstance(data, bytes):
+            raise TypeError(f"RedisProvider stores bytes payloads, not {type(data).__name__}")
+        lock = "" if lock_id is None else str(int(lock_id))
+        flags = ("1" if new_item else "0", "1" if release else "0", "0")
+        return bool(self._run("set", session_key, data, lock, str(int(timeout)), *flags))
+
+    def release(self, session_key: str, lock_id: int) -> None:
+        self._run("release", session_key, str(int(lock_id)))
+
+    def remove(self, session_key: str, lock_id: int | None = None) -> bool:
+        lock = "" if lock_id is None else str(int(lock_id))
+        return bool(self._run("remove", session_key, lock))
+
+    def reset_timeout(self, session_key: str) -> None:
+        self._run("release", session_key, "")
+
+    def create_uninitialized(self, session_key: str, timeout: int) -> bool:
+        return bool(self._run("set", session_key, b"", "", str(int(timeout)), "1", "0", "1"))
+
+    def purge_expired(
+        self,
+        *,
+        on_expired: Callable[[ExpiredItem], None] | None = None,
+        dry_run: bool = False,
+        batch_size: int | None = None,
+    ) -> int:
+        batch = batch_size or conf.STATEMODES_PURGE_BATCH_SIZE
+        want_data = "1" if on_expired is not None else "0"
+        args = [self.namespace + "s:", self.namespace + "w:", str(batch), want_data]
+        total = 0
+        with self._unavailable():
+            for server in self._servers():
+                script = self._scripts["purge"]
+                if dry_run:
+                    total += int(script([self.expiry_key], [*args, "1"], server))
+                    continue
+                while True:  # one batch per script run: Redis is never blocked for long
+                    reply = script([self.expiry_key], [*args, "0"], server)
+                    pairs = list(zip(reply[::2], reply[1::2], strict=True))
+                    total += len(pairs)
+                    if on_expired is not None:
+                        for key, data in pairs:
+                            on_expired(ExpiredItem(key.decode(), data))
+                    if len(pairs) < batch:
+                        break
+        return total
+
+    # Waiting: BLPOP on the session's wake-up list (see the module docstring).
+
+    def _block_limit(self, server: Redis) -> float:
+        # A BLPOP longer than the socket timeout would fail as a timeout, not return.
+        socket_timeout = server.connection_pool.connection_kwargs.get("socket_timeout")
+        limit = MAX_BLOCK
+        if socket_timeout:
+            limit = min(limit, max(0.05, float(socket_timeout) - 0.5))
+        return limit
+
+    def wait_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:
+        wake_key = self._keys(session_key)[2]
+        with self._unavailable():
+            server = self._server(self._keys(session_key)[0])
+            seconds = min(timeout, self._block_limit(server))
+            if seconds <= 0:
+                return
+            server.blpop([wake_key], timeout=max(seconds, 0.01))
+
+    async def await_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:
+        # A blocking BLPOP in a worker thread of its own: woken at once, never polling, and
+        # never holding the request's thread-sensitive executor.
+        await sync_to_async(self.wait_for_release, thread_sensitive=False)(
+            session_key, lock_id, timeout
+        )
+
+    def close(self) -> None:
+        # django-redis owns the connection pools; forget the clients so settings changes apply.
+        with self._mutex:
+            self._connected = False
+            self._primary = None
+            self._shards = None
+            self._scripts = {}
