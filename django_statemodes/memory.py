@@ -123,14 +123,14 @@ class MemoryStore:
         for _, key in sorted(fronts):
             yield key, self._items[key]
 
-    def _make_room(self, extra_bytes: int, evicted: list[ExpiredItem]) -> None:
+    def _make_room(self, extra_bytes: int, evicted: list[ExpiredItem], new: bool = True) -> None:
         if self.max_bytes is not None and self.bytes + extra_bytes > self.max_bytes:
             raise StoreFull(
                 f"storing {extra_bytes} bytes would exceed the store's limit of "
                 f"{self.max_bytes} bytes ({self.bytes} in use)"
             )
-        if self.max_items is None:
-            return
+        if self.max_items is None or not new:
+            return  # an update does not add an item: nothing to evict
         while len(self._items) >= self.max_items:
             victim = next(
                 ((k, i) for k, i in self._next_to_expire() if not i.locked),
@@ -217,7 +217,8 @@ class MemoryStore:
                     return False
                 if lock_id is not None and (not item.locked or item.lock_id != lock_id):
                     return False  # the lock was broken (stolen) after the lock timeout
-                self._make_room(size - item.size, evicted)
+                if size != item.size:
+                    self._make_room(size - item.size, evicted, new=False)
                 self.bytes += size - item.size
                 item.data, item.size, item.uninitialized = data, size, False
                 if timeout != item.timeout:

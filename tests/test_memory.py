@@ -62,6 +62,16 @@ def test_max_items_evicts_the_unlocked_item_nearest_to_expiry() -> None:
     assert store.evictions == 1
 
 
+def test_updating_an_item_of_a_full_store_evicts_nothing() -> None:
+    evicted: list[ExpiredItem] = []
+    store = MemoryStore(max_items=2, on_evict=evicted.append)
+    insert(store, "a")
+    insert(store, "b")
+    assert store.set_and_release("a", b"new", lock_id=None, timeout=60)
+    assert evicted == []
+    assert len(store) == 2
+
+
 def test_a_store_full_of_locked_items_refuses_with_a_clear_error() -> None:
     store = MemoryStore(max_items=1)
     insert(store, "a")
