@@ -91,9 +91,25 @@ _providers: dict[type[StateModeSessionBase], SessionStateProvider] = {}
 _providers_mutex = threading.Lock()
 
 
+# Settings the core reads on every use: changing them must not rebuild (and so empty) a
+# provider that keeps sessions in the process, such as a Custom-mode provider over a dict.
+_CORE_SETTINGS = frozenset(
+    {
+        "STATEMODES_LOCK_TIMEOUT",
+        "STATEMODES_LOCK_QUEUE_LIMIT",
+        "STATEMODES_DEFAULT_ACCESS",
+        "STATEMODES_COMPRESSION",
+        "STATEMODES_MAX_SESSION_SIZE",
+        "STATEMODES_REGENERATE_EXPIRED_SESSION_ID",
+    }
+)
+
+
 @receiver(setting_changed)
 def _reset_providers(*, setting: str, **kwargs: Any) -> None:
     # Providers are built from settings once; override_settings in tests needs a rebuild.
+    if setting in _CORE_SETTINGS:
+        return
     if setting.startswith("STATEMODES_") or setting in {"CACHES", "DATABASES"}:
         with _providers_mutex:
             providers = list(_providers.values())
