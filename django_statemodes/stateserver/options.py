@@ -1,0 +1,116 @@
+"""Command-line options of the state server, shared by ``python -m`` and ``runstateserver``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from .server import ServerConfig
+
+__all__ = ["SECRET_ENV", "add_arguments", "build_config", "format_stats", "parse_size"]
+
+SECRET_ENV = "STATEMODES_STATE_SECRET"
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """Parse ``1073741824``, ``512M`` or ``2G`` (binary units) into bytes."""
+    value = text.strip().upper().removesuffix("B")
+    unit = value[-1:] if value[-1:] in _UNITS else ""
+    number = value[: len(value) - len(unit)]
+    try:
+        size = int(float(number) * _UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}: use bytes, or K, M, G") from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be positive")
+    return size
+
+
+def add_arguments(parser: Any, *, with_address: bool = True) -> None:
+    """Add the server's options to an argparse (or Django command) parser."""
+    if with_address:
+        parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+        parser.add_argument("--port", type=int, default=42424, help="port (42424, as ASP.NET)")
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback address (ASP.NET AllowRemoteConnection); needs a secret",
+    )
+    parser.add_argument(
+        "--secret-file",
+        help=f"file holding the shared secret (else the {SECRET_ENV} environment variable)",
+    )
+    parser.add_argument("--snapshot", help="keep sessions in this file over restarts")
+    parser.add_argument(
+        "--snapshot-interval", type=float, default=60.0, help="seconds between snapshots (60)"
+    )
+    parser.add_argument(
+        "--max-memory",
+        type=parse_size,
+        help="most session payload bytes held, e.g. 2G; writes past it are refused",
+    )
+    parser.add_argument(
+        "--purge-interval",
+        type=float,
+        default=60.0,
+        help="seconds between sweeps of expired sessions (60; 0 leaves it to purge_sessions)",
+    )
+    parser.add_argument(
+        "--frame-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a client may take to finish a started frame (30)",
+    )
+    parser.add_argument(
+        "--stats",
+        action="store_true",
+        help="print the statistics of the server running at the address, then exit",
+    )
+
+
+def read_secret(secret_file: str | None) -> bytes | None:
+    """Return the secret from ``--secret-file`` or the environment, stripped; None if unset."""
+    if secret_file:
+        with open(secret_file, "rb") as stream:
+            secret = stream.read().strip()
+        if not secret:
+            raise ValueError(f"the secret file {secret_file} is empty")
+        return secret
+    value = os.environ.get(SECRET_ENV, "").strip()
+    return value.encode() if value else None
+
+
+def build_config(options: dict[str, Any], host: str, port: int) -> ServerConfig:
+    """Build a ServerConfig from parsed options; raise ValueError with a clear message."""
+    return ServerConfig(
+        host=host,
+        port=port,
+        allow_remote=options["allow_remote"],
+        secret=read_secret(options.get("secret_file")),
+        snapshot=options.get("snapshot"),
+        snapshot_interval=options["snapshot_interval"],
+        max_memory=options.get("max_memory"),
+        purge_interval=options["purge_interval"],
+        frame_timeout=options["frame_timeout"],
+    )
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """Render the STATS reply for a terminal."""
+    lines = [
+        f"sessions:              {stats['sessions']}",
+        f"bytes:                 {stats['bytes']}"
+        + (f" of {stats['max_memory']}" if stats.get("max_memory") else ""),
+        f"locks:                 {stats['locks']}",
+        f"waiters:               {stats['waiters']}",
+        f"connections:           {stats['connections']}",
+        f"operations/s:          {stats['operations_per_second']}",
+        f"operations:            {stats['operations']}",
+        f"uptime (s):            {stats['uptime']}",
+        f"snapshot:              {stats.get('snapshot') or 'off'}",
+        "applications:          " + json.dumps(stats.get("applications", {})),
+    ]
+    return "\n".join(lines)

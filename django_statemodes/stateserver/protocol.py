@@ -1,0 +1,797 @@
+"""The state server's wire protocol, sans-IO: bytes in, events out (the h11 shape).
+
+No socket, asyncio or Django here: the blocking client, the asyncio client and the asyncio server
+are thin adapters that move bytes between a socket and a ``Connection``. The format is specified
+in ``docs/stateserver-protocol.md``; this module is its reference implementation.
+
+Every frame is ``length:u32 | type:u8 | request_id:u32 | body`` in network byte order, where
+``length`` counts the bytes after itself (type, request id and body). A peer refuses frames longer
+than ``max_frame_size`` before buffering them, so a connection never holds more than one frame
+plus one read of bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final
+
+__all__ = [
+    "CLIENT",
+    "CLOSED",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "NEED_DATA",
+    "PROTOCOL_VERSION",
+    "SERVER",
+    "Connection",
+    "ErrorCode",
+    "Event",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteProtocolError",
+]
+
+PROTOCOL_VERSION: Final = 1
+MIN_PROTOCOL_VERSION: Final = 1
+# Room for STATEMODES_MAX_SESSION_SIZE (4 MiB by default) plus headers, with margin.
+DEFAULT_MAX_FRAME_SIZE: Final = 8 * 1024 * 1024
+NONCE_SIZE: Final = 16
+MAX_KEY_LENGTH: Final = 255
+MAX_APPLICATION_LENGTH: Final = 1024
+NO_LOCK: Final = (1 << 64) - 1  # lock_id=None on the wire
+NO_DATA: Final = (1 << 32) - 1  # data=None inside an expired-items batch
+
+_HEADER = struct.Struct("!IBI")
+_U8 = struct.Struct("!B")
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_U64 = struct.Struct("!Q")
+_WELCOME = struct.Struct("!BBB16s")
+_HELLO = struct.Struct("!B16sB")
+_ITEM = struct.Struct("!BQdI")
+_SET = struct.Struct("!BQI")
+_LOCK = struct.Struct("!Q")
+_WAIT = struct.Struct("!QI")
+_ERROR = struct.Struct("!H")
+HEADER_SIZE: Final = _HEADER.size
+# length counts type and request id too.
+_MIN_LENGTH: Final = HEADER_SIZE - _U32.size
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+CLIENT: Final = Role.CLIENT
+SERVER: Final = Role.SERVER
+
+
+class Status(enum.Enum):
+    """What ``next_event`` returns when it has no event."""
+
+    NEED_DATA = "NEED_DATA"
+    CLOSED = "CLOSED"
+
+
+NEED_DATA: Final = Status.NEED_DATA
+CLOSED: Final = Status.CLOSED
+
+
+class ErrorCode(enum.IntEnum):
+    """Codes of ``Error`` replies (documented in docs/stateserver-protocol.md)."""
+
+    BAD_FRAME = 1
+    UNSUPPORTED_VERSION = 2
+    AUTH_REQUIRED = 3
+    AUTH_FAILED = 4
+    FRAME_TOO_LARGE = 5
+    STORE_FULL = 6
+    UNKNOWN_TYPE = 7
+    NOT_READY = 8
+    SHUTTING_DOWN = 9
+    INTERNAL = 10
+
+
+class ProtocolError(Exception):
+    """The protocol was broken; the connection cannot be used any further."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.BAD_FRAME) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to send something the protocol forbids (a bug in our adapter or caller)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol forbids (garbage, an oversized frame, ...)."""
+
+
+# Events. Handshake events carry no request id; every other event does.
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    TYPE: ClassVar[int] = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome(Event):
+    """Server -> client, first frame: versions spoken, a fresh nonce, whether a secret is needed."""
+
+    TYPE: ClassVar[int] = 0x01
+    min_version: int = MIN_PROTOCOL_VERSION
+    max_version: int = PROTOCOL_VERSION
+    nonce: bytes = bytes(NONCE_SIZE)
+    auth_required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Event):
+    """Client -> server: the version chosen, the application namespace, the secret's proof."""
+
+    TYPE: ClassVar[int] = 0x02
+    version: int = PROTOCOL_VERSION
+    application: str = "default"
+    client_nonce: bytes = bytes(NONCE_SIZE)
+    proof: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Ready(Event):
+    """Server -> client: the handshake succeeded; ``proof`` shows the server knows the secret."""
+
+    TYPE: ClassVar[int] = 0x03
+    proof: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Request(Event):
+    request_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRequest(Request):
+    key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Get(KeyRequest):
+    TYPE: ClassVar[int] = 0x10
+
+
+@dataclass(frozen=True, slots=True)
+class GetExclusive(KeyRequest):
+    TYPE: ClassVar[int] = 0x11
+
+
+@dataclass(frozen=True, slots=True)
+class SetAndRelease(KeyRequest):
+    TYPE: ClassVar[int] = 0x12
+    data: bytes | None = None
+    lock_id: int | None = None
+    timeout: int = 0
+    new_item: bool = False
+    release: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Release(KeyRequest):
+    TYPE: ClassVar[int] = 0x13
+    lock_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Remove(KeyRequest):
+    TYPE: ClassVar[int] = 0x14
+    lock_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResetTimeout(KeyRequest):
+    TYPE: ClassVar[int] = 0x15
+
+
+@dataclass(frozen=True, slots=True)
+class CreateUninitialized(KeyRequest):
+    TYPE: ClassVar[int] = 0x16
+    timeout: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeExpired(Request):
+    TYPE: ClassVar[int] = 0x17
+    with_data: bool = False
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Wait(KeyRequest):
+    """Answered by ``Released`` once the lock ``lock_id`` ends, or when ``timeout`` passes."""
+
+    TYPE: ClassVar[int] = 0x18
+    lock_id: int = 0
+    timeout: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Request):
+    TYPE: ClassVar[int] = 0x19
+    payload: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Stats(Request):
+    TYPE: ClassVar[int] = 0x1A
+
+
+@dataclass(frozen=True, slots=True)
+class Purge(Request):
+    """Remove every session of the connection's application."""
+
+    TYPE: ClassVar[int] = 0x1B
+
+
+@dataclass(frozen=True, slots=True)
+class Reply(Event):
+    request_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Item(Reply):
+    """Answer to Get and GetExclusive (``StateItem`` on the wire)."""
+
+    TYPE: ClassVar[int] = 0x20
+    data: bytes | None = None
+    locked: bool = False
+    lock_id: int = 0
+    lock_age: float = 0.0
+    timeout: int = 0
+    initialize: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NotFound(Reply):
+    TYPE: ClassVar[int] = 0x21
+
+
+@dataclass(frozen=True, slots=True)
+class Result(Reply):
+    """A boolean (0/1) or a count."""
+
+    TYPE: ClassVar[int] = 0x22
+    value: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiredBatch(Reply):
+    """Part of the answer to PurgeExpired(with_data=True); a ``Result`` with the count ends it."""
+
+    TYPE: ClassVar[int] = 0x23
+    items: tuple[tuple[str, bytes | None], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Released(Reply):
+    """Answer to Wait: ``released`` is False when the wait timed out."""
+
+    TYPE: ClassVar[int] = 0x24
+    released: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(Reply):
+    TYPE: ClassVar[int] = 0x25
+    payload: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class StatsReply(Reply):
+    TYPE: ClassVar[int] = 0x26
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Reply):
+    """An error answer; request id 0 when it concerns the connection, which then closes."""
+
+    TYPE: ClassVar[int] = 0x7F
+    code: int = ErrorCode.INTERNAL
+    message: str = ""
+
+
+# Encoding. Each encoder returns the body; decoders take (request_id, body).
+
+
+def _key(key: str) -> bytes:
+    raw = key.encode("ascii")
+    if not 0 < len(raw) <= MAX_KEY_LENGTH:
+        raise LocalProtocolError(f"session key of {len(raw)} bytes (1 to {MAX_KEY_LENGTH})")
+    return _U8.pack(len(raw)) + raw
+
+
+def _read_key(body: bytes, offset: int) -> tuple[str, int]:
+    if offset >= len(body):
+        raise RemoteProtocolError("frame ends before its session key")
+    length = body[offset]
+    end = offset + 1 + length
+    if length == 0 or end > len(body):
+        raise RemoteProtocolError("bad session key length")
+    try:
+        return body[offset + 1 : end].decode("ascii"), end
+    except UnicodeDecodeError:
+        raise RemoteProtocolError("session key is not ASCII") from None
+
+
+def _lock(lock_id: int | None) -> int:
+    if lock_id is None:
+        return NO_LOCK
+    if not 0 <= lock_id < NO_LOCK:
+        raise LocalProtocolError(f"lock id {lock_id} out of range")
+    return lock_id
+
+
+def _u32(value: int, what: str) -> int:
+    if not 0 <= value < 1 << 32:
+        raise LocalProtocolError(f"{what} {value} out of range")
+    return value
+
+
+def _encode(event: Event) -> bytes:  # noqa: C901 - one branch per frame type, kept together
+    if isinstance(event, KeyRequest):
+        key = _key(event.key)
+        if isinstance(event, SetAndRelease):
+            flags = event.new_item | event.release << 1 | (event.data is None) << 2
+            head = _SET.pack(flags, _lock(event.lock_id), _u32(event.timeout, "timeout"))
+            return head + key + (event.data or b"")
+        if isinstance(event, (Release, Remove)):
+            return _LOCK.pack(_lock(event.lock_id)) + key
+        if isinstance(event, CreateUninitialized):
+            return _U32.pack(_u32(event.timeout, "timeout")) + key
+        if isinstance(event, Wait):
+            millis = _u32(max(0, round(event.timeout * 1000)), "wait timeout")
+            return _WAIT.pack(_lock(event.lock_id), millis) + key
+        return key
+    if isinstance(event, Item):
+        flags = event.locked | event.initialize << 1 | (event.data is None) << 2
+        head = _ITEM.pack(flags, event.lock_id, event.lock_age, _u32(event.timeout, "timeout"))
+        return head + (event.data or b"")
+    if isinstance(event, (NotFound, Stats, Purge)):
+        return b""
+    if isinstance(event, Result):
+        return _U64.pack(event.value)
+    if isinstance(event, (Ping, Pong)):
+        return event.payload
+    if isinstance(event, Released):
+        return _U8.pack(event.released)
+    if isinstance(event, PurgeExpired):
+        return _U8.pack(event.with_data | event.dry_run << 1)
+    if isinstance(event, ExpiredBatch):
+        parts = [_U32.pack(len(event.items))]
+        for key_, data in event.items:
+            parts.append(_key(key_))
+            parts.append(_U32.pack(NO_DATA if data is None else len(data)))
+            parts.append(data or b"")
+        return b"".join(parts)
+    if isinstance(event, StatsReply):
+        return json.dumps(event.stats, separators=(",", ":")).encode()
+    if isinstance(event, Error):
+        return _ERROR.pack(event.code) + event.message.encode("utf-8", "replace")
+    if isinstance(event, Welcome):
+        if len(event.nonce) != NONCE_SIZE:
+            raise LocalProtocolError(f"nonce must be {NONCE_SIZE} bytes")
+        return _WELCOME.pack(event.min_version, event.max_version, event.auth_required, event.nonce)
+    if isinstance(event, Hello):
+        app = event.application.encode("utf-8")
+        if len(event.client_nonce) != NONCE_SIZE or len(event.proof) > 255:
+            raise LocalProtocolError("bad client nonce or proof size")
+        if not 0 < len(app) <= MAX_APPLICATION_LENGTH:
+            raise LocalProtocolError("application name must be 1 to 1024 bytes of UTF-8")
+        head = _HELLO.pack(event.version, event.client_nonce, len(event.proof))
+        return head + event.proof + _U16.pack(len(app)) + app
+    if isinstance(event, Ready):
+        return _U8.pack(len(event.proof)) + event.proof
+    raise LocalProtocolError(f"cannot send {type(event).__name__}")
+
+
+def _need(body: bytes, size: int, what: str) -> None:
+    if len(body) < size:
+        raise RemoteProtocolError(f"{what} frame too short ({len(body)} bytes)")
+
+
+def _exact_key(body: bytes, offset: int) -> str:
+    key, end = _read_key(body, offset)
+    if end != len(body):
+        raise RemoteProtocolError("trailing bytes after the session key")
+    return key
+
+
+def _flags(value: int, allowed: int) -> int:
+    if value & ~allowed:
+        raise RemoteProtocolError(f"unknown flags {value:#x}")
+    return value
+
+
+def _lock_in(value: int) -> int | None:
+    return None if value == NO_LOCK else value
+
+
+def _d_get(rid: int, body: bytes) -> Event:
+    return Get(rid, _exact_key(body, 0))
+
+
+def _d_get_exclusive(rid: int, body: bytes) -> Event:
+    return GetExclusive(rid, _exact_key(body, 0))
+
+
+def _d_set(rid: int, body: bytes) -> Event:
+    _need(body, _SET.size, "SET")
+    flags, lock_id, timeout = _SET.unpack_from(body)
+    _flags(flags, 7)
+    key, end = _read_key(body, _SET.size)
+    if flags & 4:
+        if end != len(body):
+            raise RemoteProtocolError("SET without data has trailing bytes")
+        data = None
+    else:
+        data = body[end:]
+    return SetAndRelease(
+        rid, key, data, _lock_in(lock_id), timeout, bool(flags & 1), bool(flags & 2)
+    )
+
+
+def _d_release(rid: int, body: bytes) -> Event:
+    _need(body, _LOCK.size, "RELEASE")
+    (lock_id,) = _LOCK.unpack_from(body)
+    if lock_id == NO_LOCK:
+        raise RemoteProtocolError("RELEASE needs a lock id")
+    return Release(rid, _exact_key(body, _LOCK.size), lock_id)
+
+
+def _d_remove(rid: int, body: bytes) -> Event:
+    _need(body, _LOCK.size, "REMOVE")
+    (lock_id,) = _LOCK.unpack_from(body)
+    return Remove(rid, _exact_key(body, _LOCK.size), _lock_in(lock_id))
+
+
+def _d_reset(rid: int, body: bytes) -> Event:
+    return ResetTimeout(rid, _exact_key(body, 0))
+
+
+def _d_create(rid: int, body: bytes) -> Event:
+    _need(body, _U32.size, "CREATE_UNINITIALIZED")
+    (timeout,) = _U32.unpack_from(body)
+    return CreateUninitialized(rid, _exact_key(body, _U32.size), timeout)
+
+
+def _d_purge_expired(rid: int, body: bytes) -> Event:
+    if len(body) != 1:
+        raise RemoteProtocolError("PURGE_EXPIRED takes one flags byte")
+    flags = _flags(body[0], 3)
+    return PurgeExpired(rid, bool(flags & 1), bool(flags & 2))
+
+
+def _d_wait(rid: int, body: bytes) -> Event:
+    _need(body, _WAIT.size, "WAIT")
+    lock_id, millis = _WAIT.unpack_from(body)
+    return Wait(rid, _exact_key(body, _WAIT.size), lock_id, millis / 1000)
+
+
+def _d_ping(rid: int, body: bytes) -> Event:
+    return Ping(rid, body)
+
+
+def _empty(cls: type[Request] | type[Reply]) -> Any:
+    def decode(rid: int, body: bytes) -> Event:
+        if body:
+            raise RemoteProtocolError(f"{cls.__name__} frame has a body")
+        return cls(rid)
+
+    return decode
+
+
+def _d_item(rid: int, body: bytes) -> Event:
+    _need(body, _ITEM.size, "ITEM")
+    flags, lock_id, lock_age, timeout = _ITEM.unpack_from(body)
+    _flags(flags, 7)
+    if flags & 4:
+        if len(body) != _ITEM.size:
+            raise RemoteProtocolError("ITEM without data has trailing bytes")
+        data = None
+    else:
+        data = body[_ITEM.size :]
+    return Item(rid, data, bool(flags & 1), lock_id, lock_age, timeout, bool(flags & 2))
+
+
+def _d_result(rid: int, body: bytes) -> Event:
+    if len(body) != _U64.size:
+        raise RemoteProtocolError("RESULT takes 8 bytes")
+    return Result(rid, _U64.unpack(body)[0])
+
+
+def _d_expired(rid: int, body: bytes) -> Event:
+    _need(body, _U32.size, "EXPIRED")
+    (count,) = _U32.unpack_from(body)
+    offset = _U32.size
+    items: list[tuple[str, bytes | None]] = []
+    for _ in range(count):
+        key, offset = _read_key(body, offset)
+        _need(body, offset + _U32.size, "EXPIRED")
+        (size,) = _U32.unpack_from(body, offset)
+        offset += _U32.size
+        if size == NO_DATA:
+            items.append((key, None))
+            continue
+        if offset + size > len(body):
+            raise RemoteProtocolError("EXPIRED item runs past the frame")
+        items.append((key, body[offset : offset + size]))
+        offset += size
+    if offset != len(body):
+        raise RemoteProtocolError("trailing bytes after the expired items")
+    return ExpiredBatch(rid, tuple(items))
+
+
+def _d_released(rid: int, body: bytes) -> Event:
+    if len(body) != 1 or body[0] > 1:
+        raise RemoteProtocolError("RELEASED takes one byte, 0 or 1")
+    return Released(rid, bool(body[0]))
+
+
+def _d_pong(rid: int, body: bytes) -> Event:
+    return Pong(rid, body)
+
+
+def _d_stats(rid: int, body: bytes) -> Event:
+    try:
+        stats = json.loads(body)
+    except ValueError:
+        raise RemoteProtocolError("STATS reply is not JSON") from None
+    if not isinstance(stats, dict):
+        raise RemoteProtocolError("STATS reply is not a JSON object")
+    return StatsReply(rid, stats)
+
+
+def _d_error(rid: int, body: bytes) -> Event:
+    _need(body, _ERROR.size, "ERROR")
+    (code,) = _ERROR.unpack_from(body)
+    return Error(rid, code, body[_ERROR.size :].decode("utf-8", "replace"))
+
+
+def _d_welcome(rid: int, body: bytes) -> Event:
+    if len(body) != _WELCOME.size:
+        raise RemoteProtocolError("WELCOME frame has the wrong size")
+    low, high, auth, nonce = _WELCOME.unpack(body)
+    if auth > 1 or low > high:
+        raise RemoteProtocolError("bad WELCOME frame")
+    return Welcome(low, high, nonce, bool(auth))
+
+
+def _d_hello(rid: int, body: bytes) -> Event:
+    _need(body, _HELLO.size, "HELLO")
+    version, client_nonce, proof_length = _HELLO.unpack_from(body)
+    offset = _HELLO.size + proof_length
+    _need(body, offset + _U16.size, "HELLO")
+    proof = body[_HELLO.size : offset]
+    (app_length,) = _U16.unpack_from(body, offset)
+    offset += _U16.size
+    if not 0 < app_length <= MAX_APPLICATION_LENGTH or offset + app_length != len(body):
+        raise RemoteProtocolError("bad application name length in HELLO")
+    try:
+        application = body[offset:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise RemoteProtocolError("application name is not UTF-8") from None
+    return Hello(version, application, client_nonce, proof)
+
+
+def _d_ready(rid: int, body: bytes) -> Event:
+    if not body or body[0] != len(body) - 1:
+        raise RemoteProtocolError("bad READY frame")
+    return Ready(body[1:])
+
+
+_HANDSHAKE_DECODERS = {Welcome.TYPE: _d_welcome, Hello.TYPE: _d_hello, Ready.TYPE: _d_ready}
+# What each side may receive.
+_FROM_CLIENT = {
+    Get.TYPE: _d_get,
+    GetExclusive.TYPE: _d_get_exclusive,
+    SetAndRelease.TYPE: _d_set,
+    Release.TYPE: _d_release,
+    Remove.TYPE: _d_remove,
+    ResetTimeout.TYPE: _d_reset,
+    CreateUninitialized.TYPE: _d_create,
+    PurgeExpired.TYPE: _d_purge_expired,
+    Wait.TYPE: _d_wait,
+    Ping.TYPE: _d_ping,
+    Stats.TYPE: _empty(Stats),
+    Purge.TYPE: _empty(Purge),
+}
+_FROM_SERVER = {
+    Item.TYPE: _d_item,
+    NotFound.TYPE: _empty(NotFound),
+    Result.TYPE: _d_result,
+    ExpiredBatch.TYPE: _d_expired,
+    Released.TYPE: _d_released,
+    Pong.TYPE: _d_pong,
+    StatsReply.TYPE: _d_stats,
+    Error.TYPE: _d_error,
+}
+
+
+class Connection:
+    """One side of a state server connection.
+
+    Feed received bytes to ``receive_data`` (``b""`` at end of file), pull events with
+    ``next_event`` until it returns ``NEED_DATA`` (or ``CLOSED``), and turn events into bytes
+    with ``send``. The server sends ``Welcome`` first; the client answers ``Hello`` and may
+    pipeline requests right behind it; the server answers ``Ready`` or an ``Error``.
+
+    Args:
+        role: ``CLIENT`` or ``SERVER``: which side we are.
+        max_frame_size: longest frame accepted from the peer (and sent), in bytes.
+    """
+
+    def __init__(self, role: Role, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.role = role
+        self.max_frame_size = max_frame_size
+        self._buffer = bytearray()
+        self._eof = False
+        self._broken: RemoteProtocolError | None = None
+        # Handshake progress: what we sent and received.
+        self.welcomed = False  # Welcome sent (server) or received (client)
+        self.hello_done = False  # Hello received (server) or sent (client)
+        self.ready = False  # Ready sent (server) or received (client)
+        if role is SERVER:
+            self._receivable = _FROM_CLIENT
+        else:
+            self._receivable = _FROM_SERVER
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet turned into events (bounded by one frame)."""
+        return len(self._buffer)
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes read from the peer; ``b""`` means the peer closed the connection."""
+        if not data:
+            self._eof = True
+            return
+        if self._eof:
+            raise LocalProtocolError("data received after end of file")
+        self._buffer += data
+
+    def next_event(self) -> Event | Status:
+        """Return the next complete event, ``NEED_DATA`` or ``CLOSED``.
+
+        Raises RemoteProtocolError when the peer broke the protocol; the error's ``code`` is the
+        one to answer with, and every later call raises it again.
+        """
+        if self._broken is not None:
+            raise self._broken
+        try:
+            return self._next_event()
+        except RemoteProtocolError as exc:
+            self._broken = exc
+            raise
+
+    def _next_event(self) -> Event | Status:
+        buffer = self._buffer
+        if len(buffer) < HEADER_SIZE:
+            if self._eof:
+                if buffer:
+                    raise RemoteProtocolError("connection closed in the middle of a frame")
+                return CLOSED
+            if len(buffer) >= _U32.size:
+                self._check_length(_U32.unpack_from(buffer)[0])
+            return NEED_DATA
+        length, type_, request_id = _HEADER.unpack_from(buffer)
+        self._check_length(length)
+        end = length + _U32.size
+        if len(buffer) < end:
+            if self._eof:
+                raise RemoteProtocolError("connection closed in the middle of a frame")
+            return NEED_DATA
+        body = bytes(buffer[HEADER_SIZE:end])
+        del buffer[:end]
+        return self._decode(type_, request_id, body)
+
+    def _check_length(self, length: int) -> None:
+        if length > self.max_frame_size:
+            raise RemoteProtocolError(
+                f"frame of {length} bytes is over the limit of {self.max_frame_size} bytes",
+                ErrorCode.FRAME_TOO_LARGE,
+            )
+        if length < _MIN_LENGTH:
+            raise RemoteProtocolError(f"frame length {length} is too short")
+
+    def _decode(self, type_: int, request_id: int, body: bytes) -> Event:
+        handshake = _HANDSHAKE_DECODERS.get(type_)
+        if handshake is not None:
+            return self._receive_handshake(type_, request_id, body)
+        decoder = self._receivable.get(type_)
+        if decoder is None:
+            raise RemoteProtocolError(f"unknown frame type {type_:#04x}", ErrorCode.UNKNOWN_TYPE)
+        if self.role is SERVER and not self.hello_done:
+            raise RemoteProtocolError("request before HELLO", ErrorCode.NOT_READY)
+        if self.role is CLIENT and not self.welcomed:
+            raise RemoteProtocolError("reply before WELCOME", ErrorCode.NOT_READY)
+        return decoder(request_id, body)  # type: ignore[no-any-return]
+
+    def _receive_handshake(self, type_: int, request_id: int, body: bytes) -> Event:
+        expected = Hello.TYPE if self.role is SERVER else Welcome.TYPE
+        if self.role is CLIENT and self.welcomed and type_ == Ready.TYPE and not self.ready:
+            expected = Ready.TYPE
+        already = self.hello_done if self.role is SERVER else self.welcomed
+        if type_ != expected or (already and type_ != Ready.TYPE) or request_id != 0:
+            raise RemoteProtocolError(
+                f"unexpected handshake frame {type_:#04x}", ErrorCode.NOT_READY
+            )
+        event = _HANDSHAKE_DECODERS[type_](request_id, body)
+        if isinstance(event, Hello):
+            self.hello_done = True
+        elif isinstance(event, Welcome):
+            self.welcomed = True
+        else:
+            self.ready = True
+        return event
+
+    def send(self, event: Event) -> bytes:
+        """Return the bytes of ``event``; raise LocalProtocolError if it may not be sent now."""
+        self._check_send(event)
+        body = _encode(event)
+        request_id = event.request_id if isinstance(event, (Request, Reply)) else 0
+        length = len(body) + _MIN_LENGTH
+        if length > self.max_frame_size:
+            raise LocalProtocolError(
+                f"frame of {length} bytes is over the limit of {self.max_frame_size} bytes"
+            )
+        if not 0 <= request_id < 1 << 32:
+            raise LocalProtocolError(f"request id {request_id} out of range")
+        return _HEADER.pack(length, event.TYPE, request_id) + body
+
+    def _check_send(self, event: Event) -> None:
+        if self.role is SERVER:
+            if isinstance(event, Welcome):
+                if self.welcomed:
+                    raise LocalProtocolError("WELCOME sent twice")
+                self.welcomed = True
+            elif isinstance(event, Ready):
+                if not self.hello_done or self.ready:
+                    raise LocalProtocolError("READY must answer one HELLO")
+                self.ready = True
+            elif isinstance(event, Reply):
+                if not self.welcomed:
+                    raise LocalProtocolError("the server speaks first, with WELCOME")
+            else:
+                raise LocalProtocolError(f"a server cannot send {type(event).__name__}")
+            return
+        if isinstance(event, Hello):
+            if not self.welcomed or self.hello_done:
+                raise LocalProtocolError("HELLO must answer one WELCOME")
+            self.hello_done = True
+        elif isinstance(event, Request):
+            if not self.hello_done:
+                raise LocalProtocolError("send HELLO before any request")
+        else:
+            raise LocalProtocolError(f"a client cannot send {type(event).__name__}")
+
+
+# The shared-secret handshake: HMAC-SHA256 over both nonces, so the secret never crosses the wire
+# and a recorded exchange cannot be replayed (each side picks a fresh nonce per connection).
+
+
+def client_proof(secret: bytes, nonce: bytes, client_nonce: bytes, application: str) -> bytes:
+    """Return the HMAC a client sends in ``Hello`` to prove it knows the secret."""
+    message = b"statemodes-client\x00" + nonce + client_nonce + application.encode("utf-8")
+    return hmac.new(secret, message, hashlib.sha256).digest()
+
+
+def server_proof(secret: bytes, nonce: bytes, client_nonce: bytes) -> bytes:
+    """Return the HMAC a server sends in ``Ready`` to prove it knows the secret too."""
+    message = b"statemodes-server\x00" + nonce + client_nonce
+    return hmac.new(secret, message, hashlib.sha256).digest()

@@ -1,0 +1,685 @@
+"""The state server daemon (ASP.NET's aspnet_state.exe): asyncio over ``MemoryStore``.
+
+``ServerState`` holds the sessions (one ``MemoryStore`` per application namespace), the lock
+owners and the lock queues; ``StateServer`` runs the listener, the periodic tasks and shutdown;
+``_Peer`` adapts one TCP connection to ``protocol.Connection``. Everything runs on one event loop
+thread, so the stores are only ever touched from that thread.
+
+Beyond ASP.NET: locks held by a connection are released when it drops (a web process killed
+mid-request blocks nobody); waiters are woken at once (WAIT); a shared secret is proven by HMAC;
+``--snapshot`` keeps the sessions over a restart; ``--max-memory`` bounds the payload bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hmac
+import ipaddress
+import logging
+import os
+import secrets
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django_statemodes.memory import MemoryStore, StoreFull
+from django_statemodes.providers.base import ExpiredItem, StateItem
+
+from . import protocol as p
+from .snapshot import Record, read_snapshot, write_snapshot
+
+__all__ = ["ServerConfig", "ServerState", "StateServer", "is_loopback", "run"]
+
+logger = logging.getLogger("django_statemodes.stateserver")
+
+DEFAULT_HOST = "127.0.0.1"
+# Expired sessions sent back per EXPIRED frame: far below the frame limit.
+EXPIRED_BATCH_BYTES = 1024 * 1024
+# Seconds of operation counts kept for the operations/s figure.
+RATE_WINDOW = 10
+
+
+def is_loopback(host: str) -> bool:
+    """Return True for localhost and loopback addresses (the only default-allowed binds)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class ServerConfig:
+    """What the command line sets; defaults match ``python -m django_statemodes.stateserver``."""
+
+    host: str = DEFAULT_HOST
+    port: int = 42424
+    allow_remote: bool = False
+    secret: bytes | None = None
+    snapshot: str | None = None
+    snapshot_interval: float = 60.0
+    max_memory: int | None = None
+    purge_interval: float = 60.0
+    max_frame_size: int = p.DEFAULT_MAX_FRAME_SIZE
+    handshake_timeout: float = 10.0
+    frame_timeout: float = 30.0
+
+    def validate(self) -> None:
+        """Raise ValueError with the flag to use when the configuration is unsafe or wrong."""
+        if not is_loopback(self.host) and not self.allow_remote:
+            raise ValueError(
+                f"refusing to listen on {self.host}: only loopback addresses are allowed "
+                "without --allow-remote (ASP.NET AllowRemoteConnection)"
+            )
+        if self.allow_remote and not self.secret:
+            raise ValueError(
+                "--allow-remote needs a shared secret: pass --secret-file PATH or set "
+                "STATEMODES_STATE_SECRET in the environment"
+            )
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise ValueError("--max-memory must be a positive number of bytes")
+
+
+class _Waiter:
+    __slots__ = ("peer", "request_id", "handle")
+
+    def __init__(self, peer: _Peer, request_id: int) -> None:
+        self.peer = peer
+        self.request_id = request_id
+        self.handle: asyncio.TimerHandle | None = None
+
+
+class ServerState:
+    """Sessions per application, lock owners and lock queues; no I/O.
+
+    Lock ids on the wire carry a per-start epoch in their high 32 bits, so a lock id handed out
+    before a restart never matches a lock taken after it (the snapshot does not keep locks).
+    """
+
+    def __init__(self, *, max_memory: int | None = None, epoch: int | None = None) -> None:
+        self.max_memory = max_memory
+        self.stores: dict[str, MemoryStore] = {}
+        self.epoch = epoch if epoch is not None else secrets.randbelow((1 << 31) - 1) + 1
+        self._epoch_base = self.epoch << 32
+        # (application, key) -> the peer holding its lock, and the peer's lock ids.
+        self.owners: dict[tuple[str, str], _Peer] = {}
+        self.waiters: dict[tuple[str, str], list[_Waiter]] = {}
+        self.operations = 0
+        self.started = time.time()
+
+    def store(self, application: str) -> MemoryStore:
+        store = self.stores.get(application)
+        if store is None:
+
+            def on_unlock(key: str) -> None:
+                self._unlocked(application, key)
+
+            store = self.stores[application] = MemoryStore(on_unlock=on_unlock)
+        return store
+
+    @property
+    def bytes(self) -> int:
+        return sum(store.bytes for store in self.stores.values())
+
+    @property
+    def sessions(self) -> int:
+        return sum(len(store) for store in self.stores.values())
+
+    # Lock ids between the wire and the store.
+
+    def wire_lock(self, local: int) -> int:
+        return self._epoch_base | local
+
+    def local_lock(self, wire: int | None) -> int | None:
+        if wire is None:
+            return None
+        if wire >> 32 != self.epoch:
+            return -1  # from before a restart: matches no lock
+        return wire & 0xFFFFFFFF
+
+    # Locks and waiters.
+
+    def _unlocked(self, application: str, key: str) -> None:
+        slot = (application, key)
+        owner = self.owners.pop(slot, None)
+        if owner is not None:
+            owner.held.pop(slot, None)
+        waiters = self.waiters.pop(slot, None)
+        if waiters:
+            for waiter in waiters:
+                if waiter.handle is not None:
+                    waiter.handle.cancel()
+                if waiter.peer.waiting.get(slot) is waiter:
+                    del waiter.peer.waiting[slot]
+                waiter.peer.answer(p.Released(waiter.request_id, True))
+
+    def locked(self, peer: _Peer, application: str, key: str, local: int) -> None:
+        slot = (application, key)
+        self.owners[slot] = peer
+        peer.held[slot] = local
+
+    def add_waiter(self, slot: tuple[str, str], waiter: _Waiter) -> None:
+        self.waiters.setdefault(slot, []).append(waiter)
+
+    def drop_waiter(self, slot: tuple[str, str], waiter: _Waiter) -> None:
+        waiters = self.waiters.get(slot)
+        if waiters and waiter in waiters:
+            waiters.remove(waiter)
+            if not waiters:
+                del self.waiters[slot]
+
+    def disconnected(self, peer: _Peer) -> int:
+        """Release the locks ``peer`` held and forget its waiters; return how many locks."""
+        released = 0
+        for (application, key), local in list(peer.held.items()):
+            store = self.stores.get(application)
+            if store is not None and store.holds(key, local):
+                store.release(key, local)  # wakes the next waiter through on_unlock
+                released += 1
+        peer.held.clear()
+        for slot, waiter in list(peer.waiting.items()):
+            if waiter.handle is not None:
+                waiter.handle.cancel()
+            self.drop_waiter(slot, waiter)
+        peer.waiting.clear()
+        return released
+
+    # Writes within --max-memory.
+
+    def bounded(self, store: MemoryStore) -> None:
+        """Give ``store`` the byte budget the other applications leave it."""
+        if self.max_memory is not None:
+            store.max_bytes = self.max_memory - (self.bytes - store.bytes)
+
+    def purge_all_expired(self) -> int:
+        return sum(store.purge_expired() for store in list(self.stores.values()))
+
+    # Snapshots.
+
+    def records(self) -> list[Record]:
+        return [
+            (application, key, data, timeout, seconds_left)
+            for application, store in self.stores.items()
+            for key, data, timeout, seconds_left in store.snapshot()
+        ]
+
+    def restore(self, snapshot: dict[str, list[tuple[str, Any, int, float]]]) -> int:
+        return sum(self.store(app).restore(items) for app, items in snapshot.items())
+
+
+def _item(request_id: int, item: StateItem, state: ServerState) -> p.Item:
+    return p.Item(
+        request_id,
+        item.data,
+        item.locked,
+        state.wire_lock(item.lock_id),
+        item.lock_age,
+        item.timeout,
+        item.initialize,
+    )
+
+
+class _Peer(asyncio.Protocol):
+    """One client connection: bytes through ``protocol.Connection`` into ``ServerState``."""
+
+    def __init__(self, server: StateServer) -> None:
+        self.server = server
+        self.state = server.state
+        self.config = server.config
+        self.conn = p.Connection(p.SERVER, max_frame_size=server.config.max_frame_size)
+        self.transport: asyncio.Transport | None = None
+        self.application = ""
+        self.store: MemoryStore | None = None
+        self.nonce = secrets.token_bytes(p.NONCE_SIZE)
+        self.held: dict[tuple[str, str], int] = {}
+        self.waiting: dict[tuple[str, str], _Waiter] = {}
+        self._out: list[bytes] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.peername: Any = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peername = transport.get_extra_info("peername")
+        self.server.peers.add(self)
+        welcome = p.Welcome(nonce=self.nonce, auth_required=self.config.secret is not None)
+        transport.write(self.conn.send(welcome))
+        self._timer = asyncio.get_running_loop().call_later(
+            self.config.handshake_timeout, self._timed_out, "no handshake"
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.peers.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        released = self.state.disconnected(self)
+        if released:
+            logger.info(
+                "Connection %s dropped; released %d lock(s) it held", self.peername, released
+            )
+
+    def pause_writing(self) -> None:
+        # A client that does not read its replies stops being read (bounded memory).
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        out: list[bytes] = []
+        self._out = out
+        try:
+            conn.receive_data(data)
+            while True:
+                event = conn.next_event()
+                if event is p.NEED_DATA or event is p.CLOSED:
+                    break
+                self.handle(event)
+        except p.ProtocolError as exc:
+            self._refuse(exc.code, str(exc))
+        finally:
+            self._out = None
+            if out and self.transport is not None:
+                self.transport.write(b"".join(out))
+        self._watch_partial_frame()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    # Output
+
+    def answer(self, event: p.Event) -> None:
+        """Queue a reply (sent at the end of the current read) or send it now."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        try:
+            frame = self.conn.send(event)
+        except p.LocalProtocolError as exc:  # e.g. an item over the frame limit
+            frame = self.conn.send(
+                p.Error(getattr(event, "request_id", 0), p.ErrorCode.INTERNAL, str(exc))
+            )
+        if self._out is not None:
+            self._out.append(frame)
+        else:
+            self.transport.write(frame)
+
+    def _refuse(self, code: int, message: str) -> None:
+        logger.warning("Closing connection %s: %s", self.peername, message)
+        self.answer(p.Error(0, code, message))
+        if self._out and self.transport is not None:
+            self.transport.write(b"".join(self._out))
+            self._out.clear()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _timed_out(self, why: str) -> None:
+        self._timer = None
+        self._refuse(p.ErrorCode.BAD_FRAME, f"{why} within the time limit")
+
+    def _watch_partial_frame(self) -> None:
+        # A client that starts a frame and never finishes it is closed after frame_timeout; it
+        # holds at most one frame of memory meanwhile and delays nobody else.
+        if not self.conn.ready:
+            return
+        if self.conn.buffered:
+            if self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(
+                    self.config.frame_timeout, self._timed_out, "an unfinished frame"
+                )
+        elif self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # Requests
+
+    def handle(self, event: p.Event) -> None:
+        if isinstance(event, p.Hello):
+            self._hello(event)
+            return
+        if not self.conn.ready:
+            return  # refused handshake: the connection is closing
+        self.state.operations += 1
+        store = self.store
+        assert store is not None
+        try:
+            handler = _HANDLERS[type(event)]
+        except KeyError:
+            self.answer(p.Error(0, p.ErrorCode.UNKNOWN_TYPE, type(event).__name__))
+            return
+        handler(self, store, event)
+
+    def _hello(self, hello: p.Hello) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not p.MIN_PROTOCOL_VERSION <= hello.version <= p.PROTOCOL_VERSION:
+            self._refuse(
+                p.ErrorCode.UNSUPPORTED_VERSION,
+                f"protocol version {hello.version} is not supported; this server speaks "
+                f"{p.MIN_PROTOCOL_VERSION} to {p.PROTOCOL_VERSION}",
+            )
+            return
+        secret = self.config.secret
+        proof = b""
+        if secret is not None:
+            if not hello.proof:
+                self._refuse(p.ErrorCode.AUTH_REQUIRED, "this state server needs a shared secret")
+                return
+            expected = p.client_proof(secret, self.nonce, hello.client_nonce, hello.application)
+            if not hmac.compare_digest(expected, hello.proof):
+                self._refuse(p.ErrorCode.AUTH_FAILED, "wrong shared secret")
+                return
+            proof = p.server_proof(secret, self.nonce, hello.client_nonce)
+        self.application = hello.application
+        self.store = self.state.store(hello.application)
+        self.answer(p.Ready(proof))
+
+    def _get(self, store: MemoryStore, event: p.Get) -> None:
+        item = store.get(event.key)
+        self.answer(
+            p.NotFound(event.request_id)
+            if item is None
+            else _item(event.request_id, item, self.state)
+        )
+
+    def _get_exclusive(self, store: MemoryStore, event: p.GetExclusive) -> None:
+        item = store.get_exclusive(event.key)
+        if item is None:
+            self.answer(p.NotFound(event.request_id))
+            return
+        if not item.locked:
+            self.state.locked(self, self.application, event.key, item.lock_id)
+        self.answer(_item(event.request_id, item, self.state))
+
+    def _set(self, store: MemoryStore, event: p.SetAndRelease) -> None:
+        state = self.state
+        state.bounded(store)
+        kwargs: dict[str, Any] = {
+            "lock_id": state.local_lock(event.lock_id),
+            "timeout": event.timeout,
+            "new_item": event.new_item,
+            "release": event.release,
+        }
+        try:
+            try:
+                ok = store.set_and_release(event.key, event.data, **kwargs)
+            except StoreFull:
+                # Policy: sweep expired sessions once, then refuse; never evict a live session.
+                state.purge_all_expired()
+                state.bounded(store)
+                ok = store.set_and_release(event.key, event.data, **kwargs)
+        except StoreFull as exc:
+            logger.warning("Refused a write of %d bytes: %s", len(event.data or b""), exc)
+            message = f"the state server is full (--max-memory {state.max_memory} bytes): {exc}"
+            self.answer(p.Error(event.request_id, p.ErrorCode.STORE_FULL, message))
+            return
+        self.answer(p.Result(event.request_id, ok))
+
+    def _release(self, store: MemoryStore, event: p.Release) -> None:
+        local = self.state.local_lock(event.lock_id)
+        assert local is not None
+        store.release(event.key, local)
+        self.answer(p.Result(event.request_id, 1))
+
+    def _remove(self, store: MemoryStore, event: p.Remove) -> None:
+        ok = store.remove(event.key, self.state.local_lock(event.lock_id))
+        self.answer(p.Result(event.request_id, ok))
+
+    def _reset(self, store: MemoryStore, event: p.ResetTimeout) -> None:
+        store.reset_timeout(event.key)
+        self.answer(p.Result(event.request_id, 1))
+
+    def _create(self, store: MemoryStore, event: p.CreateUninitialized) -> None:
+        try:
+            ok = store.create_uninitialized(event.key, event.timeout)
+        except StoreFull as exc:
+            self.answer(p.Error(event.request_id, p.ErrorCode.STORE_FULL, str(exc)))
+            return
+        self.answer(p.Result(event.request_id, ok))
+
+    def _purge_expired(self, store: MemoryStore, event: p.PurgeExpired) -> None:
+        batch: list[tuple[str, bytes | None]] = []
+        size = 0
+
+        def collect(item: ExpiredItem) -> None:
+            nonlocal size
+            batch.append((item.session_key, item.data))
+            size += len(item.data or b"") + 40
+            if size >= EXPIRED_BATCH_BYTES:
+                self.answer(p.ExpiredBatch(event.request_id, tuple(batch)))
+                batch.clear()
+                size = 0
+
+        on_expired = collect if event.with_data else None
+        count = store.purge_expired(on_expired=on_expired, dry_run=event.dry_run)
+        if batch:
+            self.answer(p.ExpiredBatch(event.request_id, tuple(batch)))
+        self.answer(p.Result(event.request_id, count))
+
+    def _wait(self, store: MemoryStore, event: p.Wait) -> None:
+        local = self.state.local_lock(event.lock_id)
+        assert local is not None
+        if event.timeout <= 0 or not store.holds(event.key, local):
+            self.answer(p.Released(event.request_id, not store.holds(event.key, local)))
+            return
+        slot = (self.application, event.key)
+        previous = self.waiting.pop(slot, None)
+        if previous is not None:  # a client waits once per key at a time
+            self._wait_over(slot, previous)
+        waiter = _Waiter(self, event.request_id)
+        waiter.handle = asyncio.get_running_loop().call_later(
+            event.timeout, self._wait_over, slot, waiter
+        )
+        self.waiting[slot] = waiter
+        self.state.add_waiter(slot, waiter)
+
+    def _wait_over(self, slot: tuple[str, str], waiter: _Waiter) -> None:
+        if waiter.handle is not None:
+            waiter.handle.cancel()
+        self.state.drop_waiter(slot, waiter)
+        if self.waiting.get(slot) is waiter:
+            del self.waiting[slot]
+        self.answer(p.Released(waiter.request_id, False))
+
+    def _ping(self, store: MemoryStore, event: p.Ping) -> None:
+        self.answer(p.Pong(event.request_id, event.payload))
+
+    def _stats(self, store: MemoryStore, event: p.Stats) -> None:
+        self.answer(p.StatsReply(event.request_id, self.server.stats()))
+
+    def _purge(self, store: MemoryStore, event: p.Purge) -> None:
+        count = store.purge_expired()
+        for key, *_ in store.snapshot():
+            count += store.remove(key)
+        self.answer(p.Result(event.request_id, count))
+
+
+_HANDLERS: dict[type[p.Event], Any] = {
+    p.Get: _Peer._get,
+    p.GetExclusive: _Peer._get_exclusive,
+    p.SetAndRelease: _Peer._set,
+    p.Release: _Peer._release,
+    p.Remove: _Peer._remove,
+    p.ResetTimeout: _Peer._reset,
+    p.CreateUninitialized: _Peer._create,
+    p.PurgeExpired: _Peer._purge_expired,
+    p.Wait: _Peer._wait,
+    p.Ping: _Peer._ping,
+    p.Stats: _Peer._stats,
+    p.Purge: _Peer._purge,
+}
+
+
+class StateServer:
+    """The listener, its periodic tasks (purge, snapshot, rate) and an orderly shutdown."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        config.validate()
+        self.config = config
+        self.state = ServerState(max_memory=config.max_memory)
+        self.peers: set[_Peer] = set()
+        self._server: asyncio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping: asyncio.Event | None = None
+        self._rates: collections.deque[tuple[float, int]] = collections.deque(maxlen=RATE_WINDOW)
+        self.last_snapshot: float | None = None
+        self.sockets: list[Any] = []
+
+    def load_snapshot(self) -> int:
+        """Load ``--snapshot`` if the file exists; a bad file raises SnapshotError."""
+        if not self.config.snapshot:
+            return 0
+        restored = self.state.restore(read_snapshot(self.config.snapshot))
+        logger.info("Restored %d session(s) from %s", restored, self.config.snapshot)
+        return restored
+
+    async def start(self) -> None:
+        self.load_snapshot()
+        loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self._server = await loop.create_server(
+            lambda: _Peer(self), self.config.host, self.config.port, reuse_address=True
+        )
+        self.sockets = list(self._server.sockets)
+        self._tasks = [asyncio.create_task(self._tick())]
+        if self.config.purge_interval > 0:
+            self._tasks.append(asyncio.create_task(self._purge_loop()))
+        if self.config.snapshot and self.config.snapshot_interval > 0:
+            self._tasks.append(asyncio.create_task(self._snapshot_loop()))
+        names = ", ".join(_address(s.getsockname()) for s in self.sockets)
+        logger.info(
+            "State server listening on %s (secret: %s, max memory: %s, snapshot: %s)",
+            names,
+            "required" if self.config.secret else "none",
+            self.config.max_memory or "unbounded",
+            self.config.snapshot or "off",
+        )
+
+    def stop(self) -> None:
+        """Ask ``serve_forever`` to shut down (signal handlers call this)."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        assert self._stopping is not None
+        await self._stopping.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop listening, close connections, stop tasks, write the last snapshot."""
+        logger.info("Shutting down: %d connection(s) open", len(self.peers))
+        if self._server is not None:
+            self._server.close()
+        for peer in list(self.peers):
+            peer._refuse(p.ErrorCode.SHUTTING_DOWN, "the state server is shutting down")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await asyncio.wait_for(self._server.wait_closed(), 5)
+        if self.config.snapshot:
+            await self.write_snapshot()
+        logger.info("State server stopped")
+
+    async def write_snapshot(self) -> int:
+        assert self.config.snapshot is not None
+        records = self.state.records()  # on the loop thread: the stores are not shared
+        started = time.monotonic()
+        count = await asyncio.to_thread(write_snapshot, self.config.snapshot, records)
+        self.last_snapshot = time.time()
+        logger.info(
+            "Wrote %d session(s) to %s in %.2f s",
+            count,
+            self.config.snapshot,
+            time.monotonic() - started,
+        )
+        return count
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.purge_interval)
+            purged = self.state.purge_all_expired()
+            if purged:
+                logger.info("Purged %d expired session(s)", purged)
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.snapshot_interval)
+            try:
+                await self.write_snapshot()
+            except OSError as exc:
+                logger.error("Could not write the snapshot %s: %s", self.config.snapshot, exc)
+
+    async def _tick(self) -> None:
+        while True:
+            self._rates.append((time.monotonic(), self.state.operations))
+            await asyncio.sleep(1)
+
+    def stats(self) -> dict[str, Any]:
+        state = self.state
+        now, operations = time.monotonic(), state.operations
+        first = self._rates[0] if self._rates else (now, operations)
+        elapsed = now - first[0]
+        rate = (operations - first[1]) / elapsed if elapsed > 0 else 0.0
+        return {
+            "sessions": state.sessions,
+            "bytes": state.bytes,
+            "max_memory": state.max_memory,
+            "locks": sum(len(peer.held) for peer in self.peers),
+            "waiters": sum(len(w) for w in state.waiters.values()),
+            "connections": len(self.peers),
+            "operations": operations,
+            "operations_per_second": round(rate, 1),
+            "applications": {
+                app: {"sessions": len(store), "bytes": store.bytes}
+                for app, store in state.stores.items()
+            },
+            "uptime": round(time.time() - state.started, 1),
+            "snapshot": self.config.snapshot,
+            "last_snapshot": self.last_snapshot,
+            "pid": os.getpid(),
+            "protocol_version": p.PROTOCOL_VERSION,
+        }
+
+
+def _address(sockname: Any) -> str:
+    host, port = sockname[0], sockname[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass
+class _Signals:
+    """Route SIGTERM and SIGINT to a graceful stop while the server runs (uvicorn's shape)."""
+
+    server: StateServer
+
+    def __enter__(self) -> _Signals:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.server.stop)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def run(config: ServerConfig) -> None:
+    """Run a state server until SIGTERM or SIGINT."""
+    server = StateServer(config)
+
+    async def main() -> None:
+        with _Signals(server):
+            await server.serve_forever()
+
+    asyncio.run(main())
