@@ -44,6 +44,10 @@ class InProcProvider(SessionStateProvider):
     # Wake-up: a waiter registers a callback, then re-checks the lock (no lost wake-ups).
 
     def _wake(self, session_key: str) -> None:
+        # Nearly every release has no waiter: skip the mutex then. Safe because a waiter
+        # registers before it re-checks the lock, so a release it missed still finds it here.
+        if session_key not in self._waiters:
+            return
         with self._waiters_mutex:
             callbacks = self._waiters.pop(session_key, ())
         for callback in callbacks:
