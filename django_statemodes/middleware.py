@@ -34,7 +34,7 @@ from django_statemodes.backends.base import StateModeSessionBase
 from django_statemodes.conf import conf
 from django_statemodes.decorators import view_mode
 from django_statemodes.exceptions import SessionQueueFull, SessionStoreUnavailable
-from django_statemodes.modes import DISABLED, READ_WRITE, SessionStateMode
+from django_statemodes.modes import DISABLED, READ_ONLY, READ_WRITE, SessionStateMode
 
 logger = logging.getLogger("django_statemodes")
 
@@ -60,6 +60,21 @@ def unavailable_response(exc: Exception) -> HttpResponse:
     response = HttpResponse(body, status=503)
     response["Retry-After"] = str(RETRY_AFTER)
     return response
+
+
+def _locked_before_view(session: SessionBase, mode: SessionStateMode | None) -> bool:
+    """Say whether the session was loaded, locked, before a view that must not hold the lock.
+
+    Django's CSRF middleware reads the session in process_request when CSRF_USE_SESSIONS is on
+    (cookieless sites need it), before the view's mode is known; a ReadOnly or Disabled view
+    would otherwise keep that lock, and the session's next request would wait for the timeout.
+    """
+    return (
+        isinstance(session, StateModeSessionBase)
+        and mode in (READ_ONLY, DISABLED)
+        and session.access == READ_WRITE
+        and hasattr(session, "_session_cache")
+    )
 
 
 class SessionStateMiddleware(SessionMiddleware):
@@ -130,6 +145,8 @@ class SessionStateMiddleware(SessionMiddleware):
         target = getattr(view_func, "view_class", view_func)  # class-based views: the class
         name = f"{target.__module__}.{getattr(target, '__qualname__', repr(target))}"
         if isinstance(session, StateModeSessionBase):
+            if _locked_before_view(session, mode):
+                session.finish(False)  # unlock at once, without saving
             if (
                 mode == READ_WRITE
                 and session.access != READ_WRITE
@@ -154,6 +171,9 @@ class SessionStateMiddleware(SessionMiddleware):
         view_args: Any,
         view_kwargs: Any,
     ) -> None:
+        session = request.session
+        if _locked_before_view(session, view_mode(view_func)):
+            await session.afinish(False)  # type: ignore[attr-defined]
         SessionStateMiddleware.process_view(self, request, view_func, view_args, view_kwargs)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:

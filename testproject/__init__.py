@@ -1,0 +1,1 @@
+"""The demo site: ASP.NET's session-state walkthrough scenarios, one page each."""

@@ -1,0 +1,500 @@
+"""The demo site (testproject) through Django's test client, and scripts/demo.sh for real.
+
+The pages run under tests.settings with the demo's URLs, templates and middleware swapped in.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import runpy
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+from django.test import AsyncClient, Client
+
+from django_statemodes.backends.base import StateModeSessionBase, lock_stats
+from django_statemodes.backends.inproc import InProcProvider
+from django_statemodes.backends.inproc import SessionStore as InProcStore
+from django_statemodes.providers.base import SessionStateProvider
+from testproject import settings as demo
+from testproject.views import PARALLEL_REQUESTS, StudentInfo
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+COOKIE = django_settings.SESSION_COOKIE_NAME
+
+
+class SerializingProvider(InProcProvider):
+    """InProc's store holding serialized bytes, as every out-of-process mode does."""
+
+    stores_objects: ClassVar[bool] = False
+
+
+class SessionStore(StateModeSessionBase):
+    """This module is also an engine (``SESSION_ENGINE = "tests.test_demo"``): it serializes."""
+
+    @classmethod
+    def create_provider(cls) -> SessionStateProvider:
+        return SerializingProvider()
+
+
+@pytest.fixture(autouse=True)
+def demo_site(settings: Any) -> None:
+    settings.ROOT_URLCONF = "testproject.urls"
+    settings.TEMPLATES = demo.TEMPLATES
+    settings.MIDDLEWARE = demo.MIDDLEWARE
+
+
+@pytest.fixture
+def client() -> Client:
+    return Client()
+
+
+def log_in(client: Client, name: str = "Ada") -> str:
+    response = client.post("/login/", {"name": name})
+    assert response.status_code == 302
+    assert response["Location"] == "/"
+    return client.cookies[COOKIE].value
+
+
+def stored(session_key: str) -> dict[str, Any]:
+    """Read a session straight from the InProc store, outside any request."""
+    return dict(InProcStore(session_key).items())
+
+
+# Login, welcome, logout.
+
+
+def test_the_main_page_redirects_to_login_without_a_name(client: Client) -> None:
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response["Location"] == "/login/"
+    assert COOKIE not in response.cookies
+
+
+def test_logging_in_stores_the_name_and_the_main_page_welcomes_it_back(client: Client) -> None:
+    key = log_in(client, "Ada <Lovelace>")
+    response = client.get("/")
+    assert response.status_code == 200
+    assert "Welcome back, Ada &lt;Lovelace&gt;" in response.text
+    assert stored(key)["user_name"] == "Ada <Lovelace>"
+
+
+def test_logging_in_cycles_the_session_key_and_keeps_the_data(client: Client) -> None:
+    client.get("/counter/")
+    before = client.cookies[COOKIE].value
+    after = log_in(client)
+    assert after != before
+    assert stored(before) == {}
+    assert stored(after) == {"counter": 0, "user_name": "Ada"}
+
+
+def test_logging_in_needs_the_csrf_token() -> None:
+    client = Client(enforce_csrf_checks=True)
+    assert client.post("/login/", {"name": "Ada"}).status_code == 403
+    form = client.get("/login/").text
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form)
+    assert token is not None
+    response = client.post("/login/", {"name": "Ada", "csrfmiddlewaretoken": token[1]})
+    assert response.status_code == 302
+
+
+def test_an_empty_name_is_refused_with_the_form_again(client: Client) -> None:
+    response = client.post("/login/", {"name": "  "})
+    assert response.status_code == 200
+    assert "This field is required." in response.text
+    assert client.get("/").status_code == 302
+
+
+def test_logging_out_flushes_the_session(client: Client) -> None:
+    key = log_in(client)
+    assert client.get("/logout/").status_code == 405  # POST only, with CSRF
+    response = client.post("/logout/")
+    assert response.status_code == 302
+    assert response["Location"] == "/login/"
+    assert stored(key) == {}
+    assert client.get("/")["Location"] == "/login/"
+
+
+# StudentInfo.
+
+
+def test_a_student_info_round_trips_as_a_live_object_under_inproc(client: Client) -> None:
+    response = client.post("/student/", {"action": "store", "roll_number": "42", "name": "Grace"})
+    assert response.status_code == 302
+    key = client.cookies[COOKIE].value
+    assert stored(key)["student"] == StudentInfo(roll_number=42, name="Grace")
+    page = client.get("/student/").text
+    assert '<strong class="roll-number">42</strong>' in page
+    assert '<strong class="student-name">Grace</strong>' in page
+    assert "the same live StudentInfo object" in page
+
+
+def test_a_student_info_is_stored_as_a_dict_where_the_session_is_serialized(
+    client: Client, settings: Any
+) -> None:
+    settings.SESSION_ENGINE = "tests.test_demo"
+    client.post("/student/", {"action": "store", "roll_number": "7", "name": "Alan"})
+    key = client.cookies[COOKIE].value
+    payload = SessionStore.get_provider().get(key)
+    assert payload is not None
+    assert b'"student":{"roll_number":7,"name":"Alan"}' in payload.data  # JSON, not pickle
+    page = client.get("/student/").text
+    assert '<strong class="roll-number">7</strong>' in page
+    assert "a dict, rebuilt into a StudentInfo" in page
+
+
+@pytest.mark.redis
+@pytest.mark.usefixtures("redis_server")
+def test_a_student_info_round_trips_through_redis(client: Client, settings: Any) -> None:
+    settings.CACHES = {
+        **settings.CACHES,
+        "demo-redis": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:6379/14",
+        },
+    }
+    settings.SESSION_ENGINE = "django_statemodes.backends.custom"
+    settings.STATEMODES_CUSTOM_PROVIDER = "django_statemodes.providers.redis.RedisProvider"
+    settings.STATEMODES_REDIS_ALIAS = "demo-redis"
+    client.post("/student/", {"action": "store", "roll_number": "3", "name": "Edsger"})
+    page = client.get("/student/").text
+    assert '<strong class="student-name">Edsger</strong>' in page
+    assert "a dict, rebuilt into a StudentInfo" in page
+    client.post("/logout/")
+
+
+def test_an_invalid_student_info_is_refused_and_nothing_is_stored(client: Client) -> None:
+    response = client.post("/student/", {"action": "store", "roll_number": "-1", "name": "X"})
+    assert response.status_code == 200
+    assert "greater than or equal to 1" in response.text
+    assert COOKIE not in response.cookies
+
+
+def test_forgetting_the_student_info_removes_it(client: Client) -> None:
+    client.post("/student/", {"action": "store", "roll_number": "1", "name": "Barbara"})
+    client.post("/student/", {"action": "forget"})
+    assert "student" not in stored(client.cookies[COOKIE].value)
+    assert "No StudentInfo in the session yet" in client.get("/student/").text
+
+
+# Status, read-only and disabled pages.
+
+
+def test_the_status_page_shows_the_mode_the_key_the_expiry_and_the_lock_counters(
+    client: Client,
+) -> None:
+    key = log_in(client)
+    page = client.get("/status/").text
+    assert f'<td class="key" id="session-key">{key}</td>' in page
+    assert "InProc" in page
+    assert "django_statemodes.backends.inproc" in page
+    assert f"({django_settings.SESSION_COOKIE_AGE} s from now, sliding)" in page
+    acquired = int(lock_stats.as_dict()["acquired"])
+    assert f"<th>acquired</th><td>{acquired}</td>" in page
+
+
+def test_the_status_page_says_when_there_is_no_session_yet(client: Client) -> None:
+    response = client.get("/status/")
+    assert "(no session yet)" in response.text
+    assert COOKIE not in response.cookies
+
+
+def test_the_read_only_page_shows_the_data_and_the_refused_write(client: Client) -> None:
+    key = log_in(client)
+    before = stored(key)
+    response = client.get("/read-only/")
+    assert "<th>user_name</th><td><code>Ada</code></td>" in response.text
+    assert "SessionStateReadOnly" in response.text
+    assert "The session is read-only in this request" in response.text
+    assert COOKIE not in response.cookies  # nothing saved, so no new cookie
+    assert stored(key) == before
+
+
+def test_the_disabled_page_sets_no_cookie_and_explains_itself(client: Client) -> None:
+    response = client.get("/disabled/")
+    assert response.status_code == 200
+    assert "SessionStateDisabled" in response.text
+    assert "Session state is disabled for this request" in response.text
+    assert COOKIE not in response.cookies
+    assert "Cookie" not in response.get("Vary", "")
+
+
+def test_the_disabled_page_leaves_an_existing_session_alone(client: Client) -> None:
+    key = log_in(client)
+    response = client.get("/disabled/")
+    assert COOKIE not in response.cookies
+    assert stored(key) == {"user_name": "Ada"}
+
+
+def test_with_csrf_in_the_session_a_disabled_page_leaves_no_lock_behind(
+    client: Client, settings: Any
+) -> None:
+    # Cookieless sites keep the CSRF secret in the session: Django's CSRF middleware then loads
+    # the session before the view's mode is known. The lock it took must not outlive the request.
+    settings.CSRF_USE_SESSIONS = True
+    settings.STATEMODES_LOCK_TIMEOUT = 5  # a leaked lock would be broken after this long
+    key = log_in(client)
+    waited = lock_stats.as_dict()["waited"]
+    for url in ["/disabled/", "/read-only/", "/status/"]:
+        assert client.get(url).status_code == 200
+        item = InProcStore.get_provider().get(key)
+        assert item is not None and item.locked is False, url
+    assert lock_stats.as_dict()["waited"] == waited
+
+
+def test_under_asgi_a_disabled_page_also_leaves_no_lock_behind(settings: Any) -> None:
+    settings.CSRF_USE_SESSIONS = True
+    settings.STATEMODES_LOCK_TIMEOUT = 5
+    client = AsyncClient()
+
+    async def visit() -> tuple[str, list[bool]]:
+        response = await client.post("/login/", {"name": "Ada"})
+        key = response.cookies[COOKIE].value
+        locked = []
+        for url in ["/disabled/", "/read-only/"]:
+            assert (await client.get(url)).status_code == 200
+            item = InProcStore.get_provider().get(key)
+            locked.append(item is None or item.locked)
+        return key, locked
+
+    key, locked = async_to_sync(visit)()
+    assert locked == [False, False]
+    assert stored(key)["user_name"] == "Ada"
+
+
+# The parallel counter.
+
+
+def test_the_counter_page_creates_the_session_the_increments_share(client: Client) -> None:
+    response = client.get("/counter/")
+    assert '<strong id="initial">0</strong>' in response.text
+    assert stored(client.cookies[COOKIE].value) == {"counter": 0}
+
+
+def test_the_increment_endpoint_increments(client: Client) -> None:
+    client.get("/counter/")
+    assert [client.post("/counter/increment/").json()["counter"] for _ in range(3)] == [1, 2, 3]
+    assert client.get("/counter/value/").json() == {"counter": 3}
+    assert client.get("/counter/increment/").status_code == 405
+
+
+def test_parallel_increments_of_one_session_lose_no_update(client: Client) -> None:
+    client.get("/counter/")
+    cookie = client.cookies[COOKIE].value
+    start = threading.Barrier(PARALLEL_REQUESTS)
+    answers: list[int] = []
+
+    def increment() -> None:
+        own = Client()
+        own.cookies[COOKIE] = cookie
+        start.wait()
+        answers.append(own.post("/counter/increment/").json()["counter"])
+
+    threads = [threading.Thread(target=increment) for _ in range(PARALLEL_REQUESTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(answers) == list(range(1, PARALLEL_REQUESTS + 1))
+    assert client.get("/counter/value/").json() == {"counter": PARALLEL_REQUESTS}
+
+
+def test_an_increment_at_the_read_only_endpoint_is_refused_loudly(client: Client) -> None:
+    client.get("/counter/")
+    client.post("/counter/increment/")
+    response = client.post("/counter/read-only-increment/")
+    assert response.status_code == 409
+    assert "read-only" in response.json()["error"]
+    assert client.get("/counter/value/").json() == {"counter": 1}
+
+
+def test_resetting_the_counter_sets_it_to_zero(client: Client) -> None:
+    client.get("/counter/")
+    client.post("/counter/increment/")
+    assert client.post("/counter/reset/").json() == {"counter": 0}
+    assert client.get("/counter/value/").json() == {"counter": 0}
+
+
+# Off mode.
+
+
+def test_in_off_mode_the_pages_explain_instead_of_failing(client: Client, settings: Any) -> None:
+    settings.SESSION_ENGINE = "django_statemodes.backends.off"
+    for url in ["/", "/student/", "/read-only/", "/counter/"]:
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert "Session state is off for this site" in response.text, url
+    status = client.get("/status/").text
+    assert "Session state is off for this site" in status
+    assert "<th>acquired</th>" in status
+    assert COOKIE not in client.cookies
+
+
+# The settings' environment variables.
+
+
+def demo_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, Any]:
+    """Evaluate testproject/settings.py afresh under the given environment."""
+    for name in list(os.environ):
+        if name.startswith("STATEMODES_DEMO_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(ROOT / "testproject" / "settings.py"))
+
+
+@pytest.mark.parametrize(
+    ("engine", "session_engine"),
+    [
+        ("inproc", "django_statemodes.backends.inproc"),
+        ("stateserver", "django_statemodes.backends.stateserver"),
+        ("sql", "django_statemodes.backends.sql"),
+        ("redis", "django_statemodes.backends.custom"),
+        ("off", "django_statemodes.backends.off"),
+    ],
+)
+def test_the_engine_variable_picks_the_session_engine(
+    monkeypatch: pytest.MonkeyPatch, engine: str, session_engine: str
+) -> None:
+    assert demo_settings(monkeypatch, STATEMODES_DEMO_ENGINE=engine)["SESSION_ENGINE"] == (
+        session_engine
+    )
+
+
+def test_the_defaults_are_inproc_on_sqlite_with_cookies_and_debug(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    values = demo_settings(monkeypatch)
+    assert values["SESSION_ENGINE"] == "django_statemodes.backends.inproc"
+    assert values["DATABASES"]["default"]["NAME"] == ROOT / "testproject" / "demo.sqlite3"
+    assert values["DEBUG"] is True
+    assert "STATEMODES_COOKIELESS" not in values
+    assert "CSRF_USE_SESSIONS" not in values
+    assert values["ALLOWED_HOSTS"] == ["localhost", "127.0.0.1", "[::1]"]
+    assert values["MIDDLEWARE"][1] == "django_statemodes.middleware.SessionStateMiddleware"
+    assert "django.contrib.sessions.middleware.SessionMiddleware" not in values["MIDDLEWARE"]
+
+
+def test_redis_mode_is_custom_mode_with_the_redis_provider_on_db_1(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    values = demo_settings(monkeypatch, STATEMODES_DEMO_ENGINE="redis")
+    assert values["STATEMODES_CUSTOM_PROVIDER"] == "django_statemodes.providers.redis.RedisProvider"
+    assert values["CACHES"]["default"] == {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": "redis://127.0.0.1:6379/1",
+    }
+
+
+def test_postgres_can_be_chosen_for_the_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = demo_settings(monkeypatch, STATEMODES_DEMO_DATABASE="postgres")
+    database = values["DATABASES"]["default"]
+    assert database["ENGINE"] == "django.db.backends.postgresql"
+    assert database["HOST"] == "127.0.0.1"
+
+
+def test_cookieless_keeps_the_csrf_secret_in_the_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = demo_settings(monkeypatch, STATEMODES_DEMO_COOKIELESS="UseUri")
+    assert values["STATEMODES_COOKIELESS"] == "UseUri"
+    assert values["CSRF_USE_SESSIONS"] is True
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("STATEMODES_DEMO_ENGINE", "memcached"),
+        ("STATEMODES_DEMO_DATABASE", "mysql"),
+        ("STATEMODES_DEMO_COOKIELESS", "yes"),
+    ],
+)
+def test_a_wrong_value_is_a_clear_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    with pytest.raises(ImproperlyConfigured, match=f"{name} is '{value}'"):
+        demo_settings(monkeypatch, **{name: value})
+
+
+def test_debug_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert demo_settings(monkeypatch, STATEMODES_DEMO_DEBUG="0")["DEBUG"] is False
+
+
+# scripts/demo.sh, the README's demo command, for real.
+
+
+def demo_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATEMODES_DEMO_")}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def demo_server(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run scripts/demo.sh on a free loopback port; yield its base URL; stop its process group."""
+    engine = getattr(request, "param", "inproc")
+    port = free_port()
+    process = subprocess.Popen(
+        [str(ROOT / "scripts" / "demo.sh"), f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env=demo_env(STATEMODES_DEMO_ENGINE=engine),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: runserver's reloader child goes too
+    )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def get_when_up(url: str, deadline: float) -> tuple[int, str]:
+    """GET ``url`` (following redirects) until it answers, or fail at the deadline."""
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status, response.read().decode()
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.25)
+
+
+@pytest.mark.slow
+def test_the_demo_command_serves_the_site(demo_server: str) -> None:
+    status, page = get_when_up(demo_server + "/", time.monotonic() + 60)
+    assert status == 200
+    assert "<h1>Log in</h1>" in page  # / redirects to the login page
+    assert "mode: <strong>InProc</strong>" in page
+
+
+def test_the_demo_command_refuses_a_non_loopback_address() -> None:
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "demo.sh"), "0.0.0.0:8000"],
+        cwd=ROOT,
+        env=demo_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "loopback only" in result.stderr
