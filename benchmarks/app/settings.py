@@ -1,0 +1,27 @@
+"""The benchmark site: ``benchmarks.settings`` with the engine named by the environment.
+
+``STATEMODES_BENCH_ENGINE`` is a name from ``benchmarks.engines`` (or ``none``: no session
+middleware at all, the HTTP floor). Our engines run under ``SessionStateMiddleware``, Django's
+under Django's own ``SessionMiddleware``, as their users run them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from benchmarks.engines import ENGINES, OURS
+from benchmarks.settings import *  # noqa: F403
+
+ENGINE_NAME = os.environ.get("STATEMODES_BENCH_ENGINE", "inproc")
+
+if ENGINE_NAME == "none":
+    MIDDLEWARE = []
+else:
+    _engine = ENGINES[ENGINE_NAME]
+    assert _engine.module is not None, f"{ENGINE_NAME} is not a session engine"
+    SESSION_ENGINE = _engine.module
+    globals().update(_engine.settings())
+    if _engine.kind == OURS:
+        MIDDLEWARE = ["django_statemodes.middleware.SessionStateMiddleware"]
+    else:
+        MIDDLEWARE = ["django.contrib.sessions.middleware.SessionMiddleware"]

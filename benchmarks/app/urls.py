@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from benchmarks.app import views
+
+urlpatterns = [
+    path("ping/", views.ping),
+    path("increment/", views.increment),
+    path("read/", views.read),
+]

@@ -1,0 +1,256 @@
+"""Every store the benchmarks compare: our engines, Django's own, and the raw floors.
+
+One registry serves the in-process harness (``cycle``, ``handoff``) and the gunicorn app
+(``benchmarks.app.settings``), so an engine is configured the same way in both. Our engines
+still being written by others are skipped with a reason until they import.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmarks.processes import free_port, port_open, python_module, running
+
+OURS = "ours"
+DJANGO = "django"
+FLOOR = "floor"
+
+PG_PORT = 5432
+REDIS_PORT = 6379
+STATE_PORT_ENV = "STATEMODES_BENCH_STATE_PORT"
+KV_PORT_ENV = "STATEMODES_BENCH_KV_PORT"
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One store under test.
+
+    ``settings`` is applied (without ``setting_changed``: providers are not rebuilt) while the
+    engine runs; ``needs`` names the services it uses; ``one_process`` marks stores that only
+    see one process's memory (they are served by one gunicorn worker).
+    """
+
+    name: str
+    kind: str
+    label: str
+    module: str | None = None
+    needs: tuple[str, ...] = ()
+    imports: tuple[str, ...] = ()
+    settings: Callable[[], dict[str, Any]] = dict
+    one_process: bool = False
+    database: str | None = field(default=None)
+
+
+def _state_connection() -> dict[str, Any]:
+    return {"STATEMODES_STATE_CONNECTION": f"tcpip=127.0.0.1:{os.environ.get(STATE_PORT_ENV)}"}
+
+
+REDIS_PROVIDER = "django_statemodes.providers.redis.RedisProvider"
+
+ENGINES: dict[str, Engine] = {
+    e.name: e
+    for e in [
+        Engine("inproc", OURS, "InProc", "django_statemodes.backends.inproc", one_process=True),
+        Engine(
+            "stateserver",
+            OURS,
+            "StateServer",
+            "django_statemodes.backends.stateserver",
+            needs=("stateserver",),
+            settings=_state_connection,
+        ),
+        Engine(
+            "sql-pg",
+            OURS,
+            "SQL (PostgreSQL)",
+            "django_statemodes.backends.sql",
+            needs=("pg",),
+            settings=lambda: {"STATEMODES_SQL_DATABASE": "pg"},
+            database="pg",
+        ),
+        Engine(
+            "sql-sqlite",
+            OURS,
+            "SQL (SQLite)",
+            "django_statemodes.backends.sql",
+            settings=lambda: {"STATEMODES_SQL_DATABASE": "default"},
+            database="default",
+        ),
+        Engine(
+            "redis",
+            OURS,
+            "Custom: RedisProvider",
+            "django_statemodes.backends.custom",
+            needs=("redis",),
+            imports=("django_statemodes.providers.redis",),
+            settings=lambda: {
+                "STATEMODES_CUSTOM_PROVIDER": REDIS_PROVIDER,
+                "STATEMODES_REDIS_ALIAS": "redis",
+            },
+        ),
+        Engine(
+            "django-cache-locmem",
+            DJANGO,
+            "Django cache (LocMemCache)",
+            "django.contrib.sessions.backends.cache",
+            settings=lambda: {"SESSION_CACHE_ALIAS": "default"},
+            one_process=True,
+        ),
+        Engine(
+            "django-cache-redis",
+            DJANGO,
+            "Django cache (django-redis)",
+            "django.contrib.sessions.backends.cache",
+            needs=("redis",),
+            settings=lambda: {"SESSION_CACHE_ALIAS": "redis"},
+        ),
+        Engine(
+            "django-db-pg",
+            DJANGO,
+            "Django db (PostgreSQL)",
+            "django.contrib.sessions.backends.db",
+            needs=("pg",),
+            settings=lambda: {"STATEMODES_BENCH_SESSION_DB": "pg"},
+            database="pg",
+        ),
+        Engine(
+            "django-db-sqlite",
+            DJANGO,
+            "Django db (SQLite)",
+            "django.contrib.sessions.backends.db",
+            settings=lambda: {"STATEMODES_BENCH_SESSION_DB": "default"},
+            database="default",
+        ),
+        Engine(
+            "django-signed-cookies",
+            DJANGO,
+            "Django signed_cookies",
+            "django.contrib.sessions.backends.signed_cookies",
+        ),
+        Engine("floor-sessionbase", FLOOR, "SessionBase over a dict"),
+        Engine("floor-asyncio-kv", FLOOR, "asyncio KV server GET+SET", needs=("kvserver",)),
+        Engine("floor-redis-py", FLOOR, "redis-py GET+SET", needs=("redis",)),
+        Engine("floor-psycopg", FLOOR, "psycopg SELECT+UPDATE", needs=("pg",)),
+    ]
+}
+
+
+def names(kind: str) -> list[str]:
+    return [name for name, engine in ENGINES.items() if engine.kind == kind]
+
+
+def select(text: str | None, kind: str) -> list[Engine]:
+    """Parse a ``--engines``-style list ("all", "none" or comma-separated names)."""
+    if text is None or text == "all":
+        return [ENGINES[name] for name in names(kind)]
+    if text == "none":
+        return []
+    chosen = []
+    for name in (part.strip() for part in text.split(",")):
+        if name not in ENGINES:
+            raise SystemExit(f"unknown engine {name!r}; known: {', '.join(ENGINES)}")
+        chosen.append(ENGINES[name])
+    return chosen
+
+
+def unavailable(engine: Engine) -> str | None:
+    """Return why ``engine`` cannot run here, or None."""
+    for module in ((engine.module,) if engine.module else ()) + engine.imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            return f"{module} is not importable yet ({exc})"
+    if "stateserver" in engine.needs and (
+        importlib.util.find_spec("django_statemodes.stateserver.__main__") is None
+    ):
+        return "python -m django_statemodes.stateserver is not written yet"
+    if "pg" in engine.needs and not port_open(PG_PORT):
+        return f"PostgreSQL is not reachable at 127.0.0.1:{PG_PORT}"
+    if "redis" in engine.needs and not port_open(REDIS_PORT):
+        return f"Redis is not reachable at 127.0.0.1:{REDIS_PORT}"
+    return None
+
+
+def runnable(engines: Iterable[Engine], say: Callable[[str], None] = print) -> list[Engine]:
+    """Keep the engines that can run, telling why each other one is skipped."""
+    kept = []
+    for engine in engines:
+        reason = unavailable(engine)
+        if reason is None:
+            kept.append(engine)
+        else:
+            say(f"skipped {engine.name}: {reason}")
+    return kept
+
+
+def setup_django() -> None:
+    # The harness needs its own settings (the pg alias, both caches), whatever the shell says.
+    os.environ["DJANGO_SETTINGS_MODULE"] = "benchmarks.settings"
+    import django
+
+    django.setup()
+
+
+def use(engine: Engine) -> None:
+    """Point the settings at ``engine`` (plain assignment: no provider rebuild, no signal)."""
+    from django.conf import settings
+
+    if engine.module:
+        settings.SESSION_ENGINE = engine.module
+    for key, value in engine.settings().items():
+        setattr(settings, key, value)
+
+
+_stores: dict[str, type[Any]] = {}
+
+
+def store_class(engine: Engine) -> type[Any]:
+    """Return the engine's ``SessionStore``; ours get a subclass each, hence a provider each.
+
+    Two engines on one module (SQL on PostgreSQL and on SQLite) then run side by side.
+    """
+    if engine.name not in _stores:
+        assert engine.module is not None
+        base = importlib.import_module(engine.module).SessionStore
+        if engine.kind == OURS:
+            use(engine)  # the provider is built from the engine's settings
+            name = "Bench" + engine.name.title().replace("-", "") + "Store"
+            base = type(name, (base,), {"__module__": engine.module})
+        _stores[engine.name] = base
+    return _stores[engine.name]
+
+
+def prepare(engine: Engine) -> None:
+    """Create what the engine's store needs: Django's session table, our SQL tables."""
+    from django.core.management import call_command
+
+    if engine.kind == DJANGO and engine.database:
+        call_command("migrate", "sessions", database=engine.database, verbosity=0)
+    elif engine.kind == OURS and engine.database:
+        call_command("installsqlstate", database=engine.database, verbosity=0)
+
+
+@contextmanager
+def services(engines: Iterable[Engine]) -> Iterator[None]:
+    """Start the servers the engines need (state server, asyncio KV floor), prepare databases."""
+    engines = list(engines)
+    needs = {need for engine in engines for need in engine.needs}
+    with ExitStack() as stack:
+        if "stateserver" in needs:
+            port = free_port()
+            command = python_module("django_statemodes.stateserver", "--port", str(port))
+            stack.enter_context(running(command, port))
+            os.environ[STATE_PORT_ENV] = str(port)
+        if "kvserver" in needs:
+            port = free_port()
+            stack.enter_context(running(python_module("benchmarks.kvserver", str(port)), port))
+            os.environ[KV_PORT_ENV] = str(port)
+        for engine in engines:
+            prepare(engine)
+        yield

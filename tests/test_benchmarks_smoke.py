@@ -1,0 +1,50 @@
+"""The benchmark harness keeps working (it runs a few cycles; speed is never asserted here)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cycle(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cycle", *args, "--iterations", "20", "--no-save"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def median(output: str, engine: str) -> float:
+    match = re.search(rf"^{re.escape(engine)}\s+([0-9.]+)\s+([0-9.]+)\s+(\d+)$", output, re.M)
+    assert match, f"no numbers for {engine} in:\n{output}"
+    assert int(match.group(3)) >= 20
+    return float(match.group(1))
+
+
+def test_cycle_harness_reports_inproc_beside_djangos_locmem_cache() -> None:
+    output = run_cycle("--engines", "inproc", "--baselines", "django-cache-locmem")
+
+    assert median(output, "inproc") > 0
+    assert median(output, "django-cache-locmem") > 0
+    assert re.search(r"^inproc / django-cache-locmem\s+[0-9.]+\s+<= 0\.25", output, re.M), output
+
+
+def test_cycle_harness_rejects_an_unknown_engine_by_name() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cycle", "--engines", "nosuch", "--no-save"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode != 0
+    assert "unknown engine 'nosuch'" in result.stderr
