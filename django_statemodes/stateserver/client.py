@@ -264,6 +264,12 @@ class StateServerClient:
             link.next_id = request_id = (link.next_id + 1) & 0xFFFFFFFF
             try:
                 reply = self._exchange(link, make(request_id), read_timeout)
+                if isinstance(reply, p.Error) and reply.request_id == 0:
+                    # A connection-level error (the server closes): read before our answer.
+                    if reply.code != p.ErrorCode.SHUTTING_DOWN:
+                        self._drop(link)
+                        raise _error(self.address, reply)
+                    raise _Broken(reply.message)
             except TimeoutError as exc:
                 self._drop(link)
                 raise _unavailable(
@@ -282,8 +288,6 @@ class StateServerClient:
                 self._drop(link)
                 raise StateServerProtocolError(f"{self.address} answered another request")
             if isinstance(reply, p.Error):
-                if reply.request_id == 0:
-                    self._drop(link)
                 raise _error(self.address, reply)
             return reply
         raise AssertionError("unreachable")

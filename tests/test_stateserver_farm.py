@@ -1,0 +1,96 @@
+"""Web farm: separate gunicorn servers share sessions through one real state server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.farm import Browser, WebServer
+from tests.fixtures_stateserver import StateServerProcess, stateserver  # noqa: F401
+
+pytestmark = [pytest.mark.stateserver, pytest.mark.slow]
+
+
+def test_two_web_servers_share_a_session_and_keep_it_over_their_restarts(
+    stateserver: StateServerProcess,  # noqa: F811
+) -> None:
+    web_a = WebServer(stateserver.connection).start()
+    web_b = WebServer(stateserver.connection).start()
+    try:
+        user = Browser(web_a.port)
+        assert user.counter("/incr", web_a.port) == 1
+        assert user.counter("/incr", web_b.port) == 2  # read and updated by the other server
+        assert user.counter("/count", web_a.port) == 2
+        web_a.kill()
+        web_b.kill()
+        web_a.start()
+        web_b.start()
+        assert user.counter("/count", web_b.port) == 2
+        assert user.counter("/incr", web_a.port) == 3
+    finally:
+        web_a.stop()
+        web_b.stop()
+
+
+def test_concurrent_increments_across_workers_and_threads_lose_no_update(
+    stateserver: StateServerProcess,  # noqa: F811
+) -> None:
+    clients, increments = 8, 50
+    with WebServer(stateserver.connection, workers=2, threads=4) as web:
+        first = Browser(web.port)
+        initial = first.counter("/incr")
+        pids: set[str] = set()
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            user = Browser(web.port, first.cookie)
+            try:
+                for _ in range(increments):
+                    status, body = user.get("/incr")
+                    assert status == 200, body
+                    pids.add(body.split()[1])
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not errors, errors[:3]
+        assert first.counter("/count") == initial + clients * increments
+        assert len(pids) == 2  # both worker processes served the session
+
+
+def test_a_worker_killed_while_holding_the_lock_does_not_block_the_session(
+    stateserver: StateServerProcess,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    hold_file = tmp_path / "holder.pid"
+    with WebServer(stateserver.connection, workers=2, FARM_HOLD_FILE=str(hold_file)) as web:
+        user = Browser(web.port)
+        start = user.counter("/incr")
+        holder = threading.Thread(target=lambda: _quietly(user, "/hold"), daemon=True)
+        holder.start()
+        deadline = time.monotonic() + 20
+        while not hold_file.exists() or not hold_file.read_text():
+            assert time.monotonic() < deadline, "the holding request never started"
+            time.sleep(0.05)
+        os.kill(int(hold_file.read_text()), signal.SIGKILL)
+        # STATEMODES_LOCK_TIMEOUT is 60 s in the farm app: only the server's release of the dead
+        # connection's lock lets this request through well before that.
+        started = time.monotonic()
+        assert user.counter("/incr") == start + 1
+        assert time.monotonic() - started < 20
+
+
+def _quietly(user: Browser, path: str) -> None:
+    try:
+        user.get(path)
+    except OSError:
+        pass  # the worker serving it was killed
