@@ -188,4 +188,8 @@ def _check_custom_provider() -> list[CheckMessage]:
                 id="django_statemodes.E007",
             )
         ]
+    # A provider may check its own options (RedisProvider: E040-E049).
+    provider_check = getattr(provider, "check", None)
+    if callable(provider_check):
+        return list(provider_check(conf.STATEMODES_CUSTOM_PROVIDER_OPTIONS))
     return []

@@ -5,15 +5,19 @@ Uses db 15 of the Redis at 127.0.0.1:6379 (the ``statemodes-redis`` alias of tes
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
 from django_statemodes.backends.custom import SessionStore
+from django_statemodes.exceptions import SessionStoreUnavailable
+from django_statemodes.providers.base import ExpiredItem
 from django_statemodes.providers.redis import RedisProvider
-from django_statemodes.testing import EngineContract, ProviderContract
+from django_statemodes.testing import EngineContract, ProviderContract, new_key
 from tests.django_suite import make_django_suite
 
 ALIAS = "statemodes-redis"
@@ -49,3 +53,116 @@ DjangoRedisSessionTests, DjangoRedisMiddlewareTests = (
     _with_redis(type(f"DjangoRedis{cls.__name__[len('DjangoCustom') :]}", (cls,), {}))
     for cls in make_django_suite("django_statemodes.backends.custom", SessionStore)
 )
+
+
+# Redis specifics: keys, TTLs, the expiry set, errors.
+
+
+@pytest.fixture
+def provider() -> Iterator[RedisProvider]:
+    provider = RedisProvider(cache_alias=ALIAS, end_grace=30)
+    yield provider
+    provider.close()
+
+
+def raw(provider: RedisProvider) -> Any:
+    from django_redis import get_redis_connection
+
+    return get_redis_connection(ALIAS)
+
+
+def test_items_live_in_the_application_namespace_with_a_ttl_past_their_timeout(
+    provider: RedisProvider, settings: Any
+) -> None:
+    key = new_key()
+    assert provider.set_and_release(key, b"\x00{}", lock_id=None, timeout=60, new_item=True)
+    item_key = f"statemodes:default:s:{{{key}}}"
+    redis = raw(provider)
+    try:
+        # Redis frees an expired session itself after timeout + end_grace, purged or not.
+        assert 60_000 < redis.pttl(item_key) <= 90_000
+        assert redis.zscore("statemodes:default:expiry", key) is not None
+        assert provider.create_uninitialized(new_key(), 60) is True
+        settings.STATEMODES_APPLICATION_NAME = "othersite"
+        other = RedisProvider(cache_alias=ALIAS)
+        assert other.get(key) is None  # another application never sees this one's sessions
+    finally:
+        provider.remove(key)
+    assert redis.exists(item_key) == 0
+    assert redis.zscore("statemodes:default:expiry", key) is None
+
+
+def test_a_purge_after_redis_dropped_the_data_still_reports_the_session(
+    provider: RedisProvider,
+) -> None:
+    key = new_key()
+    assert provider.set_and_release(key, b"\x00{}", lock_id=None, timeout=1, new_item=True)
+    raw(provider).delete(f"statemodes:default:s:{{{key}}}")  # what Redis's own TTL does
+    time.sleep(1.2)
+    seen: list[ExpiredItem] = []
+    provider.purge_expired(on_expired=seen.append)
+    assert ExpiredItem(key, None) in seen
+
+
+def test_purge_works_in_batches(provider: RedisProvider) -> None:
+    keys = [new_key() for _ in range(7)]
+    for key in keys:
+        assert provider.set_and_release(key, b"\x00{}", lock_id=None, timeout=1, new_item=True)
+    time.sleep(1.2)
+    seen: list[ExpiredItem] = []
+    assert provider.purge_expired(on_expired=seen.append, batch_size=2) >= 7
+    assert set(keys) <= {item.session_key for item in seen}
+    assert provider.purge_expired(dry_run=True) == 0
+
+
+def test_a_cache_that_is_not_django_redis_is_a_clear_error(settings: Any) -> None:
+    provider = RedisProvider(cache_alias="default")  # LocMemCache in tests/settings.py
+    with pytest.raises(ImproperlyConfigured, match="needs django-redis"):
+        provider.get(new_key())
+    missing = RedisProvider(cache_alias="nope")
+    with pytest.raises(ImproperlyConfigured, match="'nope', which is not an alias in CACHES"):
+        missing.get(new_key())
+
+
+def test_an_unreachable_redis_raises_session_store_unavailable(settings: Any) -> None:
+    from tests.conftest import free_port
+
+    settings.CACHES = {
+        **settings.CACHES,
+        "down": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.5},
+        },
+    }
+    provider = RedisProvider(cache_alias="down")
+    with pytest.raises(SessionStoreUnavailable, match="cache alias 'down'") as caught:
+        provider.get_exclusive(new_key())
+    assert caught.value.setting == "STATEMODES_REDIS_ALIAS"
+
+
+def check_ids() -> list[str]:
+    from django_statemodes.checks import check_settings
+
+    return [message.id for message in check_settings(None) if message.id]
+
+
+def test_checks_accept_a_django_redis_alias(settings: Any) -> None:
+    settings.SESSION_ENGINE = "django_statemodes.backends.custom"
+    settings.STATEMODES_CUSTOM_PROVIDER = PROVIDER
+    settings.STATEMODES_REDIS_ALIAS = ALIAS
+    assert not [i for i in check_ids() if i.startswith("django_statemodes.E04")]
+
+
+def test_check_e040_reports_an_alias_missing_from_caches(settings: Any) -> None:
+    settings.SESSION_ENGINE = "django_statemodes.backends.custom"
+    settings.STATEMODES_CUSTOM_PROVIDER = PROVIDER
+    settings.STATEMODES_CUSTOM_PROVIDER_OPTIONS = {"cache_alias": "sessions"}
+    assert "django_statemodes.E040" in check_ids()
+
+
+def test_check_e041_reports_an_alias_that_is_not_django_redis(settings: Any) -> None:
+    settings.SESSION_ENGINE = "django_statemodes.backends.custom"
+    settings.STATEMODES_CUSTOM_PROVIDER = PROVIDER
+    settings.STATEMODES_REDIS_ALIAS = "default"  # LocMemCache
+    assert "django_statemodes.E041" in check_ids()

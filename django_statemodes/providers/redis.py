@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.core.checks import CheckMessage, Error
 from django.core.exceptions import ImproperlyConfigured
 from redis import Redis
 from redis.commands.core import Script
@@ -112,13 +113,14 @@ local live = f[1] and tonumber(f[1]) > now
 if ARGV[6] == '1' then
   if live then return 0 end
   redis.call('DEL', KEYS[1])
-  local ex = slide(to)
+  local ex = now + to * 1000
   if ARGV[8] == '1' then
     redis.call('HSET', KEYS[1], 'ex', ex, 'to', to, 'lk', '0', 'lid', 1, 'lt', 0, 'in', '1')
   else
     redis.call('HSET', KEYS[1], 'd', ARGV[3], 'ex', ex, 'to', to, 'lk', '0', 'lid', 1,
                'lt', 0, 'in', '0')
   end
+  slide(to)  -- after HSET: PEXPIRE needs the key to exist
   return 1
 end
 if not live then return 0 end
@@ -248,6 +250,33 @@ class RedisProvider(SessionStateProvider):
         self._primary: Redis | None = None
         self._shards: Any = None
         self._scripts: dict[str, Script] = {}
+
+    @classmethod
+    def check(cls, options: dict[str, Any]) -> list[CheckMessage]:
+        """System checks for Custom mode with this provider (ids E040-E049)."""
+        from django.conf import settings
+
+        alias = options.get("cache_alias") or conf.STATEMODES_REDIS_ALIAS
+        caches_setting: dict[str, Any] = settings.CACHES
+        if alias not in caches_setting:
+            return [
+                Error(
+                    f"The Redis provider's cache alias {alias!r} is not in CACHES.",
+                    hint="Add a django-redis cache under that alias, or set "
+                    "STATEMODES_REDIS_ALIAS (or the provider's cache_alias option) to one.",
+                    id="django_statemodes.E040",
+                )
+            ]
+        backend = caches_setting[alias].get("BACKEND", "")
+        if not isinstance(backend, str) or not backend.startswith("django_redis."):
+            return [
+                Error(
+                    f"The Redis provider's cache {alias!r} uses {backend!r}, not django-redis.",
+                    hint="Use BACKEND 'django_redis.cache.RedisCache' for that alias.",
+                    id="django_statemodes.E041",
+                )
+            ]
+        return []
 
     # Connections: resolved once (django-redis shares its pools between threads).
 
