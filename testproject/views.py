@@ -177,7 +177,8 @@ def status(request: HttpRequest) -> HttpResponse:
 @session_readonly
 @explains_off
 def read_only(request: HttpRequest) -> HttpResponse:
-    data = {key: request.session[key] for key in sorted(request.session.keys())}
+    # Keys starting with "_" are Django's own (_csrftoken, _auth_user_id, _session_expiry).
+    data = {k: v for k, v in sorted(request.session.items()) if not k.startswith("_")}
     try:
         request.session["read_only_probe"] = timezone.now().isoformat()
     except SessionStateReadOnly as exc:

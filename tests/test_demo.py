@@ -13,8 +13,11 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,6 +30,7 @@ from django.test import AsyncClient, Client
 from django_statemodes.backends.base import StateModeSessionBase, lock_stats
 from django_statemodes.backends.inproc import InProcProvider
 from django_statemodes.backends.inproc import SessionStore as InProcStore
+from django_statemodes.exceptions import SessionValueError
 from django_statemodes.providers.base import SessionStateProvider
 from testproject import settings as demo
 from testproject.views import PARALLEL_REQUESTS, StudentInfo
@@ -154,6 +158,14 @@ def test_a_student_info_is_stored_as_a_dict_where_the_session_is_serialized(
     page = client.get("/student/").text
     assert '<strong class="roll-number">7</strong>' in page
     assert "a dict, rebuilt into a StudentInfo" in page
+
+
+def test_storing_the_dataclass_itself_where_the_session_is_serialized_fails_at_once(
+    settings: Any,
+) -> None:
+    settings.SESSION_ENGINE = "tests.test_demo"
+    with pytest.raises(SessionValueError, match="'student'"):
+        SessionStore(access="ReadWrite")["student"] = StudentInfo(roll_number=1, name="Ada")
 
 
 @pytest.mark.redis
@@ -441,18 +453,17 @@ def demo_env(**extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def demo_server(request: pytest.FixtureRequest) -> Iterator[str]:
+@contextmanager
+def running_demo(*args: str, **env: str) -> Iterator[str]:
     """Run scripts/demo.sh on a free loopback port; yield its base URL; stop its process group."""
-    engine = getattr(request, "param", "inproc")
     port = free_port()
     process = subprocess.Popen(
-        [str(ROOT / "scripts" / "demo.sh"), f"127.0.0.1:{port}"],
+        [str(ROOT / "scripts" / "demo.sh"), f"127.0.0.1:{port}", *args],
         cwd=ROOT,
-        env=demo_env(STATEMODES_DEMO_ENGINE=engine),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: runserver's reloader child goes too
+        env=demo_env(**env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the reloader's child and state server too
     )
     try:
         yield f"http://127.0.0.1:{port}"
@@ -463,28 +474,152 @@ def demo_server(request: pytest.FixtureRequest) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(10)
-        assert process.stdout is not None
-        process.stdout.close()
 
 
-def get_when_up(url: str, deadline: float) -> tuple[int, str]:
-    """GET ``url`` (following redirects) until it answers, or fail at the deadline."""
-    while True:
+CSRF_TOKEN = re.compile(r'name="(?:csrfmiddlewaretoken" value|csrf-token" content)="([^"]+)"')
+COOKIELESS_PREFIX = re.compile(r"^(https?://[^/]+/\(S\([a-z0-9]+\)\))/")
+
+
+class Browser:
+    """An HTTP client of the running demo that keeps cookies, or the cookieless URL prefix.
+
+    urllib follows redirects; POSTs carry the CSRF token of the last page, as the pages' forms
+    and fetch() calls do.
+    """
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.cookies = CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
+        self.token = ""
+
+    def cookie(self, name: str) -> str:
+        return next((cookie.value or "" for cookie in self.cookies if cookie.name == name), "")
+
+    def request(self, path: str, data: dict[str, str] | None = None) -> tuple[int, str]:
+        body = None if data is None else urllib.parse.urlencode(data).encode()
+        request = urllib.request.Request(self.base + path, data=body)
+        if data is not None:
+            request.add_header("X-CSRFToken", self.token)
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return response.status, response.read().decode()
-        except (urllib.error.URLError, ConnectionError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.25)
+            with self.opener.open(request, timeout=30) as response:
+                status, url, page = response.status, response.url, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        prefix = COOKIELESS_PREFIX.match(url)
+        if prefix:  # UseUri: the key lives in the URL, /(S(key))/
+            self.base = prefix[1]
+        token = CSRF_TOKEN.search(page)
+        if token:
+            self.token = token[1]
+        return status, page
+
+    def session_key(self) -> str:
+        prefix = re.search(r"/\(S\(([a-z0-9]+)\)\)$", self.base)
+        return prefix[1] if prefix else self.cookie(COOKIE)
+
+    def wait_until_up(self, timeout: float = 60) -> tuple[int, str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.request("/")
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.25)
 
 
 @pytest.mark.slow
-def test_the_demo_command_serves_the_site(demo_server: str) -> None:
-    status, page = get_when_up(demo_server + "/", time.monotonic() + 60)
+def test_the_demo_command_serves_the_site(tmp_path: Path) -> None:
+    with running_demo(STATEMODES_DEMO_SQLITE=str(tmp_path / "demo.sqlite3")) as url:
+        status, page = Browser(url).wait_until_up()
     assert status == 200
     assert "<h1>Log in</h1>" in page  # / redirects to the login page
     assert "mode: <strong>InProc</strong>" in page
+
+
+def walk_through(browser: Browser) -> None:
+    """Every scenario of the demo, over HTTP, as a visitor of the running site."""
+    status, page = browser.wait_until_up()
+    assert (status, "<h1>Log in</h1>" in page) == (200, True)
+    status, page = browser.request("/login/", {"name": "Ada"})
+    assert (status, "Welcome back, Ada" in page) == (200, True)
+
+    status, page = browser.request(
+        "/student/", {"action": "store", "roll_number": "42", "name": "Grace"}
+    )
+    assert '<strong class="roll-number">42</strong>' in page
+    assert '<strong class="student-name">Grace</strong>' in page
+
+    browser.request("/counter/")  # stores the counter: the parallel requests share its session
+    start = threading.Barrier(PARALLEL_REQUESTS)
+    statuses: list[int] = []
+
+    def increment() -> None:
+        start.wait()
+        statuses.append(browser.request("/counter/increment/", {})[0])
+
+    threads = [threading.Thread(target=increment) for _ in range(PARALLEL_REQUESTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert statuses == [200] * PARALLEL_REQUESTS
+    assert browser.request("/counter/value/")[1] == f'{{"counter": {PARALLEL_REQUESTS}}}'
+
+    assert "The session is read-only in this request" in browser.request("/read-only/")[1]
+    assert f'id="session-key">{browser.session_key()}</td>' in browser.request("/status/")[1]
+    status, page = browser.request("/logout/", {})
+    assert (status, "<h1>Log in</h1>" in page) == (200, True)
+    assert "Welcome back" not in browser.request("/")[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("engine", "mode", "restored"),
+    [
+        ("inproc", "InProc", "the same live StudentInfo object"),
+        ("sql", "SQLServer", "a dict, rebuilt into a StudentInfo"),
+        ("stateserver", "StateServer", "a dict, rebuilt into a StudentInfo"),
+        pytest.param(
+            "redis",
+            "Custom",
+            "a dict, rebuilt into a StudentInfo",
+            marks=pytest.mark.redis,
+        ),
+    ],
+)
+def test_every_scenario_works_in_every_mode_of_the_demo(
+    request: pytest.FixtureRequest, tmp_path: Path, engine: str, mode: str, restored: str
+) -> None:
+    if engine == "redis":
+        request.getfixturevalue("redis_server")  # skips (or fails in CI) without Redis
+    env = {
+        "STATEMODES_DEMO_ENGINE": engine,
+        "STATEMODES_DEMO_SQLITE": str(tmp_path / "demo.sqlite3"),
+        "STATEMODES_DEMO_STATE_PORT": str(free_port()),
+        "STATEMODES_DEMO_REDIS_URL": "redis://127.0.0.1:6379/14",
+    }
+    with running_demo("--noreload", **env) as url:
+        browser = Browser(url)
+        walk_through(browser)
+        assert f"mode: <strong>{mode}</strong>" in browser.request("/status/")[1]
+        browser.request("/login/", {"name": "Ada"})
+        browser.request("/student/", {"action": "store", "roll_number": "1", "name": "Kay"})
+        assert restored in browser.request("/student/")[1]
+
+
+@pytest.mark.slow
+def test_every_scenario_works_without_cookies_in_the_cookieless_demo(tmp_path: Path) -> None:
+    env = {
+        "STATEMODES_DEMO_COOKIELESS": "UseUri",
+        "STATEMODES_DEMO_SQLITE": str(tmp_path / "demo.sqlite3"),
+    }
+    with running_demo("--noreload", **env) as url:
+        browser = Browser(url)
+        walk_through(browser)
+        assert "/(S(" in browser.base
+        assert list(browser.cookies) == []  # neither a session nor a CSRF cookie
 
 
 def test_the_demo_command_refuses_a_non_loopback_address() -> None:
