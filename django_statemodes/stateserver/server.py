@@ -312,7 +312,8 @@ class _Peer(asyncio.Protocol):
             self.transport.write(frame)
 
     def _refuse(self, code: int, message: str) -> None:
-        logger.warning("Closing connection %s: %s", self.peername, message)
+        level = logging.DEBUG if code == p.ErrorCode.SHUTTING_DOWN else logging.WARNING
+        logger.log(level, "Closing connection %s: %s", self.peername, message)
         self.answer(p.Error(0, code, message))
         if self._out and self.transport is not None:
             self.transport.write(b"".join(self._out))

@@ -44,9 +44,12 @@ class Command(BaseCommand):
         if not options.get("secret_file") and conf.STATEMODES_STATE_SECRET:
             # The site's own secret, so one settings file serves the web and the server.
             os.environ.setdefault("STATEMODES_STATE_SECRET", conf.STATEMODES_STATE_SECRET)
-        if not logging.getLogger("django_statemodes.stateserver").handlers:
-            level = logging.DEBUG if options["verbosity"] > 1 else logging.INFO
-            logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s")
+        # A daemon reports its start, snapshots and stop: INFO, through the site's LOGGING
+        # handlers if it has some, else to stderr.
+        server_logger = logging.getLogger("django_statemodes.stateserver")
+        server_logger.setLevel(logging.DEBUG if options["verbosity"] > 1 else logging.INFO)
+        if not server_logger.hasHandlers():
+            logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
             config = build_config(options, address.host, address.port)
             run(config)

@@ -1,0 +1,276 @@
+"""The state server over real sockets: bad clients, secrets, limits, namespaces, commands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+
+from django_statemodes.exceptions import StateServerUnavailable
+from django_statemodes.stateserver import protocol as p
+from django_statemodes.stateserver.addresses import Address
+from django_statemodes.stateserver.client import StateServerClient, StateServerFull
+from tests.conftest import free_port
+from tests.fixtures_stateserver import ROOT, StateServerProcess, stateserver  # noqa: F401
+
+pytestmark = [pytest.mark.stateserver]
+
+
+def client_for(server: StateServerProcess, **options: Any) -> StateServerClient:
+    options.setdefault("timeout", 5)
+    return StateServerClient(Address("127.0.0.1", server.port), **options)
+
+
+def raw_connection(server: StateServerProcess) -> socket.socket:
+    """A socket past the handshake, for sending bytes no client would send."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    conn = p.Connection(p.CLIENT)
+    conn.receive_data(sock.recv(1024))
+    conn.next_event()
+    sock.sendall(conn.send(p.Hello(client_nonce=b"c" * 16)))
+    conn.receive_data(sock.recv(1024))
+    assert isinstance(conn.next_event(), p.Ready)
+    return sock
+
+
+def read_error(sock: socket.socket) -> p.Error:
+    conn = p.Connection(p.CLIENT)
+    conn.welcomed = True
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    conn.receive_data(data)
+    event = conn.next_event()
+    assert isinstance(event, p.Error), event
+    assert conn.next_event() is p.NEED_DATA  # the server closed right after the error
+    return event
+
+
+def test_garbage_closes_only_that_connection(stateserver: StateServerProcess) -> None:  # noqa: F811
+    good = client_for(stateserver)
+    good.set_and_release("garbage-test", b"kept", lock_id=None, timeout=60, new_item=True)
+    bad = raw_connection(stateserver)
+    bad.sendall(b"\x00\x00\x00\x09\xee" + os.urandom(64))
+    assert read_error(bad).code == p.ErrorCode.UNKNOWN_TYPE
+    assert good.get("garbage-test").data == b"kept"  # type: ignore[union-attr]
+
+
+def test_an_oversized_frame_is_refused_before_it_is_read(stateserver: StateServerProcess) -> None:  # noqa: F811
+    bad = raw_connection(stateserver)
+    bad.sendall(struct.pack("!IBI", 1 << 30, p.SetAndRelease.TYPE, 1))
+    error = read_error(bad)
+    assert error.code == p.ErrorCode.FRAME_TOO_LARGE
+    assert "over the limit" in error.message
+    assert client_for(stateserver).ping(b"alive") == b"alive"
+
+
+def test_a_truncated_frame_then_a_hang_up_leaves_the_server_running(
+    stateserver: StateServerProcess,  # noqa: F811
+) -> None:
+    conn = p.Connection(p.CLIENT)
+    conn.welcomed = conn.hello_done = True
+    frame = conn.send(p.SetAndRelease(1, "cut-short", b"x" * 100, None, 60, True))
+    bad = raw_connection(stateserver)
+    bad.sendall(frame[:50])
+    bad.close()
+    client = client_for(stateserver)
+    assert client.get("cut-short") is None
+    assert client.ping() == b""
+
+
+def test_garbage_before_the_handshake_is_refused(stateserver: StateServerProcess) -> None:  # noqa: F811
+    sock = socket.create_connection(("127.0.0.1", stateserver.port), timeout=5)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    conn = p.Connection(p.CLIENT)
+    conn.receive_data(data)
+    assert isinstance(conn.next_event(), p.Welcome)
+    error = conn.next_event()
+    assert isinstance(error, p.Error)
+
+
+def test_a_slow_client_delays_nobody_and_is_closed_after_the_frame_timeout() -> None:
+    with StateServerProcess("--frame-timeout", "1") as server:
+        slow = raw_connection(server)
+        conn = p.Connection(p.CLIENT)
+        conn.welcomed = conn.hello_done = True
+        slow.sendall(conn.send(p.Ping(1, b"x" * 1000))[:20])  # and never the rest
+        client = client_for(server)
+        for index in range(200):
+            key = f"busy-{index}"
+            assert client.set_and_release(key, b"v", lock_id=None, timeout=60, new_item=True)
+        assert client.get("busy-199").data == b"v"  # type: ignore[union-attr]
+        started = time.monotonic()
+        assert read_error(slow).code == p.ErrorCode.BAD_FRAME
+        assert time.monotonic() - started < 5
+
+
+def test_a_dropped_connection_releases_its_locks_and_wakes_the_waiter(
+    stateserver: StateServerProcess,  # noqa: F811
+) -> None:
+    holder, waiter = client_for(stateserver), client_for(stateserver)
+    holder.set_and_release("dropped", b"v", lock_id=None, timeout=60, new_item=True)
+    item = holder.get_exclusive("dropped")
+    assert item is not None and not item.locked
+    woken: list[tuple[bool, float]] = []
+
+    def wait() -> None:
+        started = time.monotonic()
+        woken.append((waiter.wait("dropped", item.lock_id, 30), time.monotonic() - started))
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.3)
+    holder.close()  # the web process died: its socket closes
+    thread.join(10)
+    assert woken and woken[0][0] is True
+    assert woken[0][1] < 5
+    assert waiter.get_exclusive("dropped").locked is False  # type: ignore[union-attr]
+
+
+def test_applications_are_separate_namespaces(stateserver: StateServerProcess) -> None:  # noqa: F811
+    shop, blog = (
+        client_for(stateserver, application="shop"),
+        client_for(stateserver, application="blog"),
+    )
+    shop.set_and_release("shared-key", b"shop", lock_id=None, timeout=60, new_item=True)
+    assert blog.get("shared-key") is None
+    assert blog.set_and_release("shared-key", b"blog", lock_id=None, timeout=60, new_item=True)
+    assert shop.get("shared-key").data == b"shop"  # type: ignore[union-attr]
+    assert blog.purge() == 1
+    assert shop.get("shared-key") is not None
+
+
+def _run_main(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "django_statemodes.stateserver", *args]
+    full_env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run(command, capture_output=True, text=True, timeout=30, env=full_env)
+
+
+def test_a_non_loopback_address_needs_allow_remote_and_a_secret() -> None:
+    refused = _run_main("--host", "0.0.0.0", "--port", str(free_port()))
+    assert refused.returncode == 2
+    assert "--allow-remote" in refused.stderr
+    no_secret = _run_main("--host", "0.0.0.0", "--port", str(free_port()), "--allow-remote")
+    assert no_secret.returncode == 2
+    assert "secret" in no_secret.stderr
+
+
+def test_a_wrong_or_missing_secret_is_refused_and_the_right_one_works(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("correct horse battery staple\n")
+    args = ("--allow-remote", "--secret-file", str(secret_file))
+    with StateServerProcess(*args) as server:
+        with pytest.raises(StateServerUnavailable, match="STATEMODES_STATE_SECRET") as wrong:
+            client_for(server, secret="wrong").ping()
+        assert wrong.value.setting == "STATEMODES_STATE_SECRET"
+        with pytest.raises(StateServerUnavailable, match="requires a shared secret"):
+            client_for(server).ping()
+        assert client_for(server, secret="correct horse battery staple").ping(b"ok") == b"ok"
+    env = {"STATEMODES_STATE_SECRET": "from-env"}
+    with StateServerProcess("--allow-remote", env=env) as server:
+        assert client_for(server, secret="from-env").ping(b"ok") == b"ok"
+        with pytest.raises(StateServerUnavailable):
+            client_for(server, secret="from-file").ping()
+
+
+def test_a_client_with_a_secret_refuses_a_server_without_one(
+    stateserver: StateServerProcess,  # noqa: F811
+) -> None:
+    with pytest.raises(StateServerUnavailable, match="does not use a shared secret"):
+        client_for(stateserver, secret="s").ping()
+
+
+def test_max_memory_refuses_writes_with_a_clear_error_and_loses_nothing() -> None:
+    with StateServerProcess("--max-memory", "10K") as server:
+        client = client_for(server)
+        assert client.set_and_release("first", b"a" * 6000, lock_id=None, timeout=60, new_item=True)
+        with pytest.raises(StateServerFull, match="--max-memory 10240"):
+            client.set_and_release("second", b"b" * 6000, lock_id=None, timeout=60, new_item=True)
+        assert client.get("first").data == b"a" * 6000  # type: ignore[union-attr]
+        assert client.get("second") is None
+        assert client.remove("first")
+        assert client.set_and_release(
+            "second", b"b" * 6000, lock_id=None, timeout=60, new_item=True
+        )
+
+
+def test_the_snapshot_is_binary_and_a_corrupt_one_stops_the_start(tmp_path: Path) -> None:
+    snapshot = tmp_path / "sessions.snap"
+    with StateServerProcess("--snapshot", str(snapshot)) as server:
+        client_for(server).set_and_release(
+            "snap", b"\x00data", lock_id=None, timeout=60, new_item=True
+        )
+    content = snapshot.read_bytes()
+    assert content.startswith(b"SMSNAP\x01")
+    assert b"\x80\x04" not in content[:8]  # not a pickle stream
+    snapshot.write_bytes(content[:-3])  # cut off
+    result = _run_main("--port", str(free_port()), "--snapshot", str(snapshot))
+    assert result.returncode == 2
+    assert "cut off" in result.stderr
+    assert snapshot.read_bytes() == content[:-3]  # left for the operator, not overwritten
+
+
+def test_runstateserver_uses_the_site_settings_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        DJANGO_SETTINGS_MODULE="tests.farmapp.settings",
+        FARM_STATE_CONNECTION=f"tcpip=127.0.0.1:{port}",
+    )
+    command = [sys.executable, "-m", "django", "runstateserver"]
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        server = StateServerProcess(port=port)
+        from tests.fixtures_stateserver import wait_for_port
+
+        wait_for_port(port)
+        client = client_for(server, application="farm")
+        client.set_and_release("cmd", b"v", lock_id=None, timeout=60, new_item=True)
+        stats = subprocess.run(
+            [*command, "--stats"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30
+        )
+        assert stats.returncode == 0, stats.stderr
+        assert f"State server at 127.0.0.1:{port}" in stats.stdout
+        assert "sessions:              1" in stats.stdout
+        assert '"farm"' in stats.stdout
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.stderr is not None
+    assert "State server stopped" in process.stderr.read()
+
+
+def test_stats_report_sessions_locks_waiters_and_rates(
+    stateserver: StateServerProcess,  # noqa: F811
+    settings: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    client = client_for(stateserver, application="stats")
+    client.set_and_release("stats", b"12345", lock_id=None, timeout=60, new_item=True)
+    assert client.get_exclusive("stats") is not None
+    stats = client.stats()
+    assert stats["applications"]["stats"] == {"sessions": 1, "bytes": 5}
+    assert stats["locks"] >= 1
+    assert stats["operations"] >= 3
+    assert {"waiters", "operations_per_second", "connections", "uptime"} <= set(stats)
+    settings.STATEMODES_STATE_CONNECTION = stateserver.connection
+    settings.STATEMODES_APPLICATION_NAME = "stats"
+    call_command("runstateserver", stats=True)
+    assert "locks:" in capsys.readouterr().out
