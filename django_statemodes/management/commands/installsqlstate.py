@@ -1,0 +1,85 @@
+"""``manage.py installsqlstate``: create SQL mode's tables (``aspnet_regsql -ssadd``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections, transaction
+
+from django_statemodes.conf import conf
+from django_statemodes.sqlstate import commands, schema
+
+
+class Command(BaseCommand):
+    help = (
+        "Create the SQL session-state tables ASPStateTempSessions and ASPStateTempApplications "
+        "(like aspnet_regsql -ssadd). Does nothing for tables that already exist."
+    )
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        commands.add_common_arguments(parser, "install into")
+        parser.add_argument(
+            "--type",
+            choices=schema.TYPES,
+            default=None,
+            help="temp (default, as aspnet_regsql -sstype t): UNLOGGED tables on PostgreSQL, "
+            "emptied by a crash, faster; persisted: ordinary tables. SQLite has only ordinary "
+            "tables.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        alias, connection = commands.target(options)
+        type_: str = options["type"] or schema.TEMP
+        verbose = options["verbosity"] >= 1
+        if verbose and options["type"] == schema.TEMP and connection.vendor == "sqlite":
+            self.stdout.write(
+                "SQLite has no unlogged tables: --type temp creates ordinary tables there."
+            )
+        existing = schema.existing_tables(connection)
+        if verbose:
+            for table in sorted(existing):
+                self.stdout.write(f"Session-state table {table!r} already exists.")
+                self._check_type(connection, table, options["type"])
+        missing = [table for table in schema.TABLES if table not in existing]
+        statements = schema.install_statements(connection, type_, missing)
+        if options["dry_run"]:
+            for sql in statements:
+                self.stdout.write(sql + ";")
+            return
+        if statements:
+            atomic = transaction.atomic(using=alias, savepoint=connection.features.can_rollback_ddl)
+            with atomic, connection.cursor() as cursor:
+                for sql in statements:
+                    cursor.execute(sql)
+            if verbose:
+                kind = "UNLOGGED (temp)" if "UNLOGGED" in statements[0] else "ordinary"
+                self.stdout.write(
+                    self.style.SUCCESS(
+                        f"Created {kind} session-state table(s) {', '.join(missing)} in "
+                        f"database {alias!r}."
+                    )
+                )
+        self._register_application(alias)
+
+    def _check_type(self, connection: Any, table: str, wanted: str | None) -> None:
+        actual = schema.persistence(connection, table)
+        if wanted is not None and actual is not None and actual != wanted:
+            self.stderr.write(
+                f"Table {table!r} is {actual}, not {wanted}: run 'manage.py uninstallsqlstate' "
+                "first to change its type (this deletes its sessions)."
+            )
+
+    def _register_application(self, alias: str) -> None:
+        # The application row (ASP.NET's TempGetAppID), so the admin can name the application.
+        connection = connections[alias]
+        name = conf.STATEMODES_APPLICATION_NAME
+        app_id = schema.app_id(name)
+        with connection.cursor() as cursor:
+            cursor.execute(schema.register_application_statement(connection), [app_id, name])
+            cursor.execute(schema.application_name_statement(connection), [app_id])
+            row = cursor.fetchone()
+        stored = row[0].rstrip() if row else name
+        if stored.lower() != name.lower():
+            raise CommandError(schema.collision(name, stored))

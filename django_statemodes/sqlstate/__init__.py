@@ -1,0 +1,1 @@
+"""SQL mode's schema and statements (ASP.NET's ``InstallSqlState.sql``, for PostgreSQL and SQLite)."""

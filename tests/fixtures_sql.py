@@ -1,0 +1,66 @@
+"""Fixtures for SQL mode's tests: the tables installed in the PostgreSQL and SQLite test databases.
+
+PostgreSQL tests are only defined when the server answers (or STATEMODES_REQUIRE_SERVICES=1,
+when they must fail instead): pytest-django creates a test database for every alias a collected
+test names, and a missing server would otherwise break the whole run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.db import connections
+
+from django_statemodes.backends import base as core
+from django_statemodes.backends.sql import SQLStateProvider, provider_for
+from tests.conftest import REQUIRE_SERVICES, service_up
+
+PG = "pg"
+SQLITE = "statesqlite"
+PG_ENABLED = REQUIRE_SERVICES or service_up("127.0.0.1", 5432)
+ALIASES = [SQLITE, PG] if PG_ENABLED else [SQLITE]
+
+
+def close_providers() -> None:
+    """Close every cached engine provider: a test database cannot be dropped while in use."""
+    with core._providers_mutex:
+        providers = list(core._providers.values())
+        core._providers.clear()
+    for provider in providers:
+        provider.close()
+
+
+@pytest.fixture(scope="session")
+def sql_tables(django_db_setup: Any, django_db_blocker: Any) -> Iterator[list[str]]:
+    """Install the session-state tables in every enabled test database."""
+    with django_db_blocker.unblock():
+        for alias in ALIASES:
+            call_command("installsqlstate", database=alias, type="persisted", verbosity=0)
+    yield ALIASES
+    close_providers()
+    for alias in ALIASES:
+        connections[alias].close()
+
+
+@pytest.fixture
+def make_provider(sql_tables: list[str]) -> Iterator[Any]:
+    """Build providers for an alias; they are closed after the test."""
+    made: list[SQLStateProvider] = []
+
+    def make(alias: str) -> SQLStateProvider:
+        provider = provider_for(alias)
+        made.append(provider)
+        return provider
+
+    yield make
+    for provider in made:
+        provider.close()
+
+
+def test_db_name(alias: str) -> str:
+    """Return the NAME the test run gave an alias (the test database)."""
+    name: str = connections[alias].settings_dict["NAME"]
+    return name

@@ -1,0 +1,40 @@
+"""Django's own session tests against SQL mode, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import TestCase, override_settings
+
+from django_statemodes.backends.sql import SessionStore
+from tests import fixtures_sql
+from tests.django_suite import make_django_suite
+from tests.fixtures_sql import PG, PG_ENABLED, SQLITE
+
+sql_tables = fixtures_sql.sql_tables
+
+ENGINE = "django_statemodes.backends.sql"
+
+
+@pytest.fixture(autouse=True)
+def _tables(sql_tables: list[str]) -> None:
+    """Every test here needs the session-state tables."""
+
+
+def _suite(alias: str) -> tuple[Any, Any]:
+    session_tests, middleware_tests = make_django_suite(
+        ENGINE, SessionStore, base=TestCase, databases={"default", alias}
+    )
+    settings = override_settings(STATEMODES_SQL_DATABASE=alias)
+    return settings(session_tests), settings(middleware_tests)
+
+
+SQLiteSessionTests, SQLiteMiddlewareTests = _suite(SQLITE)
+SQLiteSessionTests.__name__ = "DjangoSqlSQLiteSessionTests"
+SQLiteMiddlewareTests.__name__ = "DjangoSqlSQLiteMiddlewareTests"
+
+if PG_ENABLED:
+    PostgresSessionTests, PostgresMiddlewareTests = _suite(PG)
+    PostgresSessionTests.__name__ = "DjangoSqlPostgresSessionTests"
+    PostgresMiddlewareTests.__name__ = "DjangoSqlPostgresMiddlewareTests"
