@@ -104,6 +104,7 @@ def check_settings(
                 id="django_statemodes.E009",
             )
         )
+    errors.extend(_check_cookieless())
     name: object = conf.STATEMODES_APPLICATION_NAME
     if not isinstance(name, str) or not name or len(name) > 280:
         errors.append(
@@ -193,3 +194,76 @@ def _check_custom_provider() -> list[CheckMessage]:
     if callable(provider_check):
         return list(provider_check(conf.STATEMODES_CUSTOM_PROVIDER_OPTIONS))
     return []
+
+
+# Referrer policies that never send a URL's path to another site (a cookieless URL holds a key).
+SAFE_REFERRER_POLICIES = (
+    "no-referrer",
+    "same-origin",
+    "origin",
+    "strict-origin",
+    "origin-when-cross-origin",
+    "strict-origin-when-cross-origin",
+)
+COOKIE_ENGINES = ("django.contrib.sessions.backends.signed_cookies", ENGINE_PREFIX + "off")
+COOKIE_MESSAGE_STORAGES = (
+    "django.contrib.messages.storage.cookie.CookieStorage",
+    "django.contrib.messages.storage.fallback.FallbackStorage",
+)
+
+
+def _check_cookieless() -> list[CheckMessage]:
+    """Checks E050-E053 and W050: cookieless sessions (docs/cookieless.md)."""
+    errors: list[CheckMessage] = []
+    policy = conf.STATEMODES_COOKIELESS_REFERRER_POLICY
+    if policy is not None and policy not in SAFE_REFERRER_POLICIES:
+        errors.append(
+            Error(
+                f"STATEMODES_COOKIELESS_REFERRER_POLICY {policy!r} would send session keys "
+                "in Referer headers to other sites.",
+                hint=f"Use one of {', '.join(SAFE_REFERRER_POLICIES)}, or None to send none.",
+                id="django_statemodes.E050",
+            )
+        )
+    for name in (
+        "STATEMODES_COOKIELESS_NOINDEX",
+        "STATEMODES_COOKIELESS_BIND_USER_AGENT",
+        "STATEMODES_REGENERATE_EXPIRED_SESSION_ID",
+    ):
+        if not isinstance(getattr(conf, name), bool):
+            errors.append(Error(f"{name} should be a bool.", id="django_statemodes.E051"))
+    if conf.STATEMODES_COOKIELESS not in ("UseUri", "AutoDetect"):
+        return errors
+    if settings.SESSION_ENGINE in COOKIE_ENGINES:
+        errors.append(
+            Error(
+                f"Cookieless sessions need a server-side SESSION_ENGINE, not "
+                f"{settings.SESSION_ENGINE!r}.",
+                hint="A URL carries a session key, not session data: use "
+                "'django_statemodes.backends.inproc' or another engine with a store.",
+                id="django_statemodes.E052",
+            )
+        )
+    if MIDDLEWARE not in settings.MIDDLEWARE:
+        errors.append(
+            Error(
+                f"STATEMODES_COOKIELESS is {conf.STATEMODES_COOKIELESS!r} but {MIDDLEWARE} is "
+                "not in MIDDLEWARE: no URL will carry a session.",
+                hint=f"Replace {DJANGO_MIDDLEWARE} with {MIDDLEWARE}.",
+                id="django_statemodes.E053",
+            )
+        )
+    storage = getattr(
+        settings, "MESSAGE_STORAGE", "django.contrib.messages.storage.fallback.FallbackStorage"
+    )
+    if "django.contrib.messages" in settings.INSTALLED_APPS and storage in COOKIE_MESSAGE_STORAGES:
+        errors.append(
+            Warning(
+                f"MESSAGE_STORAGE {storage!r} keeps messages in a cookie: clients without "
+                "cookies lose them.",
+                hint="Set MESSAGE_STORAGE = "
+                "'django.contrib.messages.storage.session.SessionStorage'.",
+                id="django_statemodes.W050",
+            )
+        )
+    return errors

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from importlib import import_module
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
@@ -35,6 +35,9 @@ from django_statemodes.conf import conf
 from django_statemodes.decorators import view_mode
 from django_statemodes.exceptions import SessionQueueFull, SessionStoreUnavailable
 from django_statemodes.modes import DISABLED, READ_ONLY, READ_WRITE, SessionStateMode
+
+if TYPE_CHECKING:
+    from django_statemodes.cookieless_handler import CookielessHandler
 
 logger = logging.getLogger("django_statemodes")
 
@@ -95,10 +98,20 @@ class SessionStateMiddleware(SessionMiddleware):
         engine = import_module(settings.SESSION_ENGINE)
         self.SessionStore = engine.SessionStore
         self.locking = issubclass(self.SessionStore, StateModeSessionBase)
+        self.cookieless: CookielessHandler | None = None
+        if conf.STATEMODES_COOKIELESS != "UseCookies":
+            from django_statemodes.cookieless_handler import CookielessHandler
+
+            self.cookieless = CookielessHandler(self)
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
+        if self.cookieless is not None:  # with UseCookies, the only cost of cookieless mode
+            return self.cookieless.call(request, self._respond)
+        return self._respond(request)
+
+    def _respond(self, request: HttpRequest) -> HttpResponseBase:
         self.process_request(request)
         try:
             response = self.get_response(request)
@@ -108,6 +121,11 @@ class SessionStateMiddleware(SessionMiddleware):
         return self.process_response(request, response)  # type: ignore[arg-type]
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        if self.cookieless is not None:
+            return await self.cookieless.acall(request, self._arespond)
+        return await self._arespond(request)
+
+    async def _arespond(self, request: HttpRequest) -> HttpResponseBase:
         self.process_request(request)
         try:
             response = await self.get_response(request)  # type: ignore[misc]
@@ -119,7 +137,7 @@ class SessionStateMiddleware(SessionMiddleware):
     # Request side.
 
     def get_session_key(self, request: HttpRequest) -> str | None:
-        """Return the session key the request carries (the cookie; cookieless overrides)."""
+        """Return the session key the request carries (the cookie; cookieless mode rebinds it)."""
         return request.COOKIES.get(settings.SESSION_COOKIE_NAME)
 
     def process_request(self, request: HttpRequest) -> None:

@@ -1,0 +1,374 @@
+"""Cookieless sessions (``STATEMODES_COOKIELESS`` = ``UseUri`` | ``AutoDetect``) for the middleware.
+
+What ASP.NET's SessionStateModule and CookielessHelper do, on Django's request cycle:
+
+- the ``/(S(<key>))/`` segment is cut from ``path_info`` (and ``path``) before URL resolution,
+  and put into the script prefix for the request, so ``reverse()``, ``{% url %}`` and
+  ``redirect()`` keep it; app-relative ``Location`` headers are rewritten to carry the key the
+  session has when the response leaves (after a login's ``cycle_key``, the new one);
+- a session stored under a new key is answered with a 302 to the URL carrying it; an unknown
+  or expired key is never adopted: a fresh key (``create_uninitialized``, ASP.NET's
+  placeholder item) and a 302 (``STATEMODES_REGENERATE_EXPIRED_SESSION_ID``);
+- AutoDetect probes once with a cookie and ``?AspxAutoDetectCookieSupport=1``;
+- ``Referrer-Policy``, optional ``X-Robots-Tag: noindex``, optional binding of the key to the
+  User-Agent.
+
+``SessionStateMiddleware`` builds one ``CookielessHandler`` when the setting asks for it; with
+``UseCookies`` none exists and requests never reach this module.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from asgiref.sync import iscoroutinefunction, sync_to_async
+from django.conf import settings
+from django.contrib.sessions.backends.base import SessionBase
+from django.core.exceptions import DisallowedHost
+from django.http import HttpRequest, HttpResponseBadRequest, HttpResponseRedirect
+from django.http.response import HttpResponseBase
+from django.urls import get_script_prefix, set_script_prefix
+
+from django_statemodes.backends.base import StateModeSessionBase
+from django_statemodes.conf import conf
+from django_statemodes.cookieless import (
+    PROBE,
+    MalformedSegment,
+    autodetect,
+    format_segment,
+    insert_segment,
+    rewrite_location,
+    split_path,
+    user_agent_digest,
+    with_probe,
+    without_probe,
+)
+from django_statemodes.modes import READ_ONLY
+
+if TYPE_CHECKING:
+    from django_statemodes.middleware import SessionStateMiddleware
+
+security_logger = logging.getLogger("django.security.django_statemodes")
+
+#: The request attribute holding a cookieless request's ``UrlState``.
+STATE_ATTR = "statemodes_cookieless"
+#: The session key under which the User-Agent binding is stored.
+USER_AGENT_KEY = "_statemodes_user_agent"
+#: Methods that may be redirected to themselves (a 302 turns others into a GET).
+SAFE_METHODS = ("GET", "HEAD")
+
+Respond = Callable[[HttpRequest], HttpResponseBase]
+AsyncRespond = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
+
+
+@dataclass(slots=True)
+class UrlState:
+    """Where a cookieless request's session key came from, and how to send one back."""
+
+    #: The request's script prefix (ending in "/"), before the segment was added to it.
+    base: str
+    #: ``path_info`` without the segment.
+    path: str
+    #: The query string without AutoDetect's probe parameter.
+    query: str
+    #: The URL's session key, if well formed.
+    key: str | None
+    #: Carry ``X(1)`` (AutoDetect decided this client keeps no cookies).
+    detected: bool
+    #: The URL had an ``S`` value that is not a session key.
+    bad_key: bool = False
+
+    def segment(self, key: str | None) -> str:
+        return format_segment(key, self.detected)
+
+    def url(self, key: str | None) -> str:
+        """Return the request's own URL (path and query) carrying ``key``."""
+        path = insert_segment(self.base[:-1] + self.path, self.segment(key), self.base)
+        return f"{path}?{self.query}" if self.query else path
+
+
+def malformed_response(exc: MalformedSegment) -> HttpResponseBadRequest:
+    return HttpResponseBadRequest(
+        f"<!doctype html><title>400 Bad Request</title><h1>Bad Request</h1><p>{exc}.</p>"
+    )
+
+
+class CookielessHandler:
+    """The cookieless side of ``SessionStateMiddleware`` (one per middleware instance)."""
+
+    def __init__(self, middleware: SessionStateMiddleware) -> None:
+        self.middleware = middleware
+        self.SessionStore: type[SessionBase] = middleware.SessionStore
+        self.auto_detect = conf.STATEMODES_COOKIELESS == "AutoDetect"
+        self.regenerate = bool(conf.STATEMODES_REGENERATE_EXPIRED_SESSION_ID)
+        self.referrer_policy = conf.STATEMODES_COOKIELESS_REFERRER_POLICY
+        self.noindex = bool(conf.STATEMODES_COOKIELESS_NOINDEX)
+        self.bind_user_agent = bool(conf.STATEMODES_COOKIELESS_BIND_USER_AGENT)
+        # Bound per middleware instance, so that UseCookies pays nothing for these hooks.
+        middleware.get_session_key = self.get_session_key  # type: ignore[method-assign]
+        cookie_setter = middleware.set_session_cookie
+        middleware.set_session_cookie = self._session_cookie(cookie_setter)  # type: ignore[method-assign]
+        if self.bind_user_agent:
+            middleware.get_response = self._bind_after(middleware.get_response)
+
+    # Hooks of the middleware.
+
+    def get_session_key(self, request: HttpRequest) -> str | None:
+        """Return the URL's key for a cookieless request, else the cookie's."""
+        state: UrlState | None = getattr(request, STATE_ATTR, None)
+        if state is not None:
+            return state.key
+        return request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+
+    def _session_cookie(self, set_cookie: Callable[..., None]) -> Callable[..., None]:
+        def set_session_cookie(request: HttpRequest, *args: Any) -> None:
+            if getattr(request, STATE_ATTR, None) is None:  # a cookie request under AutoDetect
+                set_cookie(request, *args)
+
+        return set_session_cookie
+
+    def _bind_after(self, get_response: Any) -> Any:
+        # Runs after the view and the inner middleware, before the save: the binding is stored
+        # with the session's first write.
+        if iscoroutinefunction(get_response):
+
+            async def abind(request: HttpRequest) -> HttpResponseBase:
+                response: HttpResponseBase = await get_response(request)
+                self._bind(request)
+                return response
+
+            return abind
+
+        def bind(request: HttpRequest) -> HttpResponseBase:
+            response: HttpResponseBase = get_response(request)
+            self._bind(request)
+            return response
+
+        return bind
+
+    # The request cycle.
+
+    def call(self, request: HttpRequest, respond: Respond) -> HttpResponseBase:
+        begun = self.begin(request)
+        if not isinstance(begun, UrlState):
+            return respond(request) if begun is None else begun
+        if self.bind_user_agent and not self._user_agent_matches(request, begun):
+            return self._fresh_redirect(begun, self._fresh_key())
+        previous = self._enter(begun)
+        try:
+            response = respond(request)
+        finally:
+            set_script_prefix(previous)
+        fresh = self._wants_fresh_key(request, response, begun)
+        return self.finish(request, response, begun, self._fresh_key() if fresh else None)
+
+    async def acall(self, request: HttpRequest, respond: AsyncRespond) -> HttpResponseBase:
+        begun = self.begin(request)
+        if not isinstance(begun, UrlState):
+            return await respond(request) if begun is None else begun
+        if self.bind_user_agent and not await self._auser_agent_matches(request, begun):
+            return self._fresh_redirect(begun, await sync_to_async(self._fresh_key)())
+        previous = self._enter(begun)
+        try:
+            response = await respond(request)
+        finally:
+            set_script_prefix(previous)
+        fresh = self._wants_fresh_key(request, response, begun)
+        key = await sync_to_async(self._fresh_key)() if fresh else None
+        return self.finish(request, response, begun, key)
+
+    def begin(self, request: HttpRequest) -> HttpResponseBase | UrlState | None:
+        """Cut the URL's segment and decide the request's mode.
+
+        Return a response to send at once (400 for a malformed segment, AutoDetect's probe),
+        the ``UrlState`` of a cookieless request, or None for a request that uses cookies.
+        """
+        try:
+            segment, path_info = split_path(request.path_info)
+        except MalformedSegment as exc:
+            return self._headers(malformed_response(exc))
+        if segment is not None:
+            # ASP.NET RewritePath: the application never sees the segment.
+            request.path = request.path[: len(request.path) - len(request.path_info)] + path_info
+            request.path_info = path_info
+        query = request.META.get("QUERY_STRING", "")
+        if self.auto_detect:
+            decision = autodetect(
+                detected=segment is not None and segment.detected,
+                has_cookies=bool(request.COOKIES),
+                probe_in_query=PROBE in request.GET,
+                probe_cookie=PROBE in request.COOKIES,
+                safe_method=request.method in SAFE_METHODS,
+            )
+            if decision == "cookies":
+                return None
+            if decision == "probe":
+                return self._probe(request, query)
+            if decision == "probe-passed":
+                clean = without_probe(query)
+                return HttpResponseRedirect(f"{request.path}?{clean}" if clean else request.path)
+        state = UrlState(
+            base=get_script_prefix(),
+            path=path_info,
+            query=without_probe(query),
+            key=segment.session_key if segment is not None else None,
+            detected=self.auto_detect,
+            bad_key=segment is not None and segment.bad_key,
+        )
+        setattr(request, STATE_ATTR, state)
+        return state
+
+    def _enter(self, state: UrlState) -> str:
+        """Put the segment into the script prefix; return the prefix to restore."""
+        previous = get_script_prefix()
+        segment = state.segment(state.key)
+        if segment:
+            # Django caches relative STATIC_URL/MEDIA_URL with the script prefix of their
+            # first use: resolve them now, before the prefix carries a session key.
+            settings.STATIC_URL  # noqa: B018
+            settings.MEDIA_URL  # noqa: B018
+            set_script_prefix(f"{state.base}{segment}/")
+        return previous
+
+    def finish(
+        self,
+        request: HttpRequest,
+        response: HttpResponseBase,
+        state: UrlState,
+        fresh_key: str | None = None,
+    ) -> HttpResponseBase:
+        """Send the session's key back in the URL (redirects), and the safety headers."""
+        if fresh_key is not None:
+            return self._fresh_redirect(state, fresh_key)
+        key = self._final_key(request, state)
+        if response.has_header("Location") and 300 <= response.status_code < 400:
+            response["Location"] = self._location(request, response["Location"], state, key)
+        elif key is not None and key != state.key and request.method in SAFE_METHODS:
+            # ASP.NET SaveSessionID: a new cookieless session costs a 302 to its URL.
+            response = HttpResponseRedirect(state.url(key))
+        return self._headers(response)
+
+    def _final_key(self, request: HttpRequest, state: UrlState) -> str | None:
+        session: SessionBase | None = getattr(request, "session", None)
+        if session is None or getattr(session, "disabled", False):
+            return state.key
+        return session.session_key
+
+    def _wants_fresh_key(
+        self, request: HttpRequest, response: HttpResponseBase, state: UrlState
+    ) -> bool:
+        """True if the URL's key turned out unknown or expired and must be replaced now.
+
+        The key is known to be unknown only once the session was loaded (Django's sessions are
+        lazy); a session that was changed (flushed, say) is not regenerated here, which also
+        keeps a view that always flushes from redirecting forever.
+        """
+        if not self.regenerate or request.method not in SAFE_METHODS:
+            return False
+        if state.key is None and not state.bad_key:
+            return False
+        if response.has_header("Location"):
+            return False
+        session: SessionBase | None = getattr(request, "session", None)
+        if session is None or getattr(session, "disabled", False):
+            return False
+        return session.accessed and not session.modified and session.session_key is None
+
+    def _fresh_key(self) -> str:
+        """Store an empty placeholder under a new key (ASP.NET CreateUninitializedItem)."""
+        store = self.SessionStore
+        if issubclass(store, StateModeSessionBase):
+            provider = store.get_provider()
+            while True:
+                key = store()._get_new_session_key()
+                if provider.create_uninitialized(key, settings.SESSION_COOKIE_AGE):
+                    return key
+        # Django's own engines have no placeholder: an empty record stands in for it.
+        session = store()
+        session.create()
+        assert session.session_key is not None
+        return session.session_key
+
+    def _fresh_redirect(self, state: UrlState, key: str) -> HttpResponseBase:
+        return self._headers(HttpResponseRedirect(state.url(key)))
+
+    def _location(
+        self, request: HttpRequest, location: str, state: UrlState, key: str | None
+    ) -> str:
+        try:
+            host = request.get_host()
+        except DisallowedHost:
+            host = ""  # absolute URLs are then left alone
+        return rewrite_location(
+            location, state.segment(key), base=state.base, scheme=request.scheme or "", host=host
+        )
+
+    def _headers(self, response: HttpResponseBase) -> HttpResponseBase:
+        # A URL with a session key must not leak through Referer to other sites, nor be
+        # indexed (ASP.NET's known weaknesses of cookieless mode).
+        if self.referrer_policy:
+            response["Referrer-Policy"] = self.referrer_policy
+        if self.noindex:
+            response["X-Robots-Tag"] = "noindex"
+        return response
+
+    def _probe(self, request: HttpRequest, query: str) -> HttpResponseBase:
+        """ASP.NET's AutoDetect probe: a cookie, and a 302 to the URL with the probe parameter."""
+        response = HttpResponseRedirect(f"{request.path}?{with_probe(query)}")
+        response.set_cookie(
+            PROBE,
+            "1",
+            path=settings.SESSION_COOKIE_PATH,
+            domain=settings.SESSION_COOKIE_DOMAIN,
+            secure=settings.SESSION_COOKIE_SECURE,
+            httponly=True,
+            samesite=settings.SESSION_COOKIE_SAMESITE,
+        )
+        return response
+
+    # User-Agent binding (STATEMODES_COOKIELESS_BIND_USER_AGENT).
+
+    def _digest(self, request: HttpRequest) -> str:
+        return user_agent_digest(settings.SECRET_KEY, request.META.get("HTTP_USER_AGENT", ""))
+
+    def _peek(self, key: str) -> SessionBase:
+        if issubclass(self.SessionStore, StateModeSessionBase):
+            return self.SessionStore(key, access=READ_ONLY)  # no lock, no wait
+        return self.SessionStore(key)
+
+    def _matches(self, request: HttpRequest, stored: Any) -> bool:
+        if stored is None or hmac.compare_digest(str(stored), self._digest(request)):
+            return True
+        # Someone else's URL (shared link, log, Referer): refuse it and issue a fresh key,
+        # leaving the owner's session untouched.
+        security_logger.warning(
+            "Cookieless session key used by another User-Agent on %s; issuing a fresh key.",
+            request.path,
+        )
+        return False
+
+    def _user_agent_matches(self, request: HttpRequest, state: UrlState) -> bool:
+        if state.key is None:
+            return True
+        return self._matches(request, self._peek(state.key).get(USER_AGENT_KEY))
+
+    async def _auser_agent_matches(self, request: HttpRequest, state: UrlState) -> bool:
+        if state.key is None:
+            return True
+        return self._matches(request, await self._peek(state.key).aget(USER_AGENT_KEY))
+
+    def _bind(self, request: HttpRequest) -> None:
+        if getattr(request, STATE_ATTR, None) is None:
+            return
+        session: SessionBase | None = getattr(request, "session", None)
+        if session is None or not session.modified or getattr(session, "released", False):
+            return
+        if session.is_empty():
+            return  # flushed: nothing to bind, and nothing will be saved
+        digest = self._digest(request)
+        if session.get(USER_AGENT_KEY) != digest:
+            session[USER_AGENT_KEY] = digest
