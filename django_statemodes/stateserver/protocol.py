@@ -623,6 +623,15 @@ _FROM_SERVER = {
 }
 
 
+_REQUEST_TYPES: frozenset[type[Event]] = frozenset(
+    {Get, GetExclusive, SetAndRelease, Release, Remove, ResetTimeout, CreateUninitialized}
+    | {PurgeExpired, Wait, Ping, Stats, Purge}
+)
+_REPLY_TYPES: frozenset[type[Event]] = frozenset(
+    {Item, NotFound, Result, ExpiredBatch, Released, Pong, StatsReply, Error}
+)
+
+
 class Connection:
     """One side of a state server connection.
 
@@ -650,6 +659,8 @@ class Connection:
             self._receivable = _FROM_CLIENT
         else:
             self._receivable = _FROM_SERVER
+        # Event types that need no handshake check any more (filled once the handshake is done).
+        self._steady: frozenset[type[Event]] = frozenset()
 
     @property
     def buffered(self) -> int:
@@ -742,7 +753,9 @@ class Connection:
 
     def send(self, event: Event) -> bytes:
         """Return the bytes of ``event``; raise LocalProtocolError if it may not be sent now."""
-        self._check_send(event)
+        # Fast path past the handshake: the event's kind alone decides (one set lookup).
+        if type(event) not in self._steady:
+            self._check_send(event)
         body = _encode(event)
         request_id = event.request_id if isinstance(event, (Request, Reply)) else 0
         length = len(body) + _MIN_LENGTH
@@ -767,6 +780,7 @@ class Connection:
             elif isinstance(event, Reply):
                 if not self.welcomed:
                     raise LocalProtocolError("the server speaks first, with WELCOME")
+                self._steady = _REPLY_TYPES
             else:
                 raise LocalProtocolError(f"a server cannot send {type(event).__name__}")
             return
@@ -777,6 +791,7 @@ class Connection:
         elif isinstance(event, Request):
             if not self.hello_done:
                 raise LocalProtocolError("send HELLO before any request")
+            self._steady = _REQUEST_TYPES
         else:
             raise LocalProtocolError(f"a client cannot send {type(event).__name__}")
 

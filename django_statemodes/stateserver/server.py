@@ -288,8 +288,9 @@ class _Peer(asyncio.Protocol):
         finally:
             self._out = None
             if out and self.transport is not None:
-                self.transport.write(b"".join(out))
-        self._watch_partial_frame()
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if conn.buffered or self._timer is not None:
+            self._watch_partial_frame()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too

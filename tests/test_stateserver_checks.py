@@ -1,0 +1,64 @@
+"""System checks of StateServer mode (E020-E022)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from django_statemodes.stateserver.checks import check_stateserver
+
+ENGINE = "django_statemodes.backends.stateserver"
+
+
+class GoodResolver:
+    def resolve_partition(self, session_key: str) -> str:
+        return "tcpip=127.0.0.1:42424"
+
+    def partitions(self) -> list[str]:
+        return ["tcpip=127.0.0.1:42424"]
+
+
+def ids(settings: Any) -> list[str]:
+    return [message.id for message in check_stateserver()]
+
+
+@pytest.fixture
+def stateserver_settings(settings: Any) -> Any:
+    settings.SESSION_ENGINE = ENGINE
+    return settings
+
+
+def test_the_default_loopback_setup_passes(stateserver_settings: Any) -> None:
+    assert ids(stateserver_settings) == []
+
+
+def test_other_engines_are_not_checked(settings: Any) -> None:
+    settings.STATEMODES_STATE_SECRET = ""
+    assert ids(settings) == []
+
+
+@pytest.mark.parametrize("path", ["no.such.Resolver", f"{__name__}.ids"])
+def test_a_bad_partition_resolver_is_e020(stateserver_settings: Any, path: str) -> None:
+    stateserver_settings.STATEMODES_PARTITION_RESOLVER = path
+    assert ids(stateserver_settings) == ["django_statemodes.E020"]
+
+
+def test_a_good_partition_resolver_passes(stateserver_settings: Any) -> None:
+    stateserver_settings.STATEMODES_PARTITION_RESOLVER = f"{__name__}.GoodResolver"
+    assert ids(stateserver_settings) == []
+
+
+@pytest.mark.parametrize("secret", ["", "   ", 42])
+def test_an_empty_or_non_string_secret_is_e021(stateserver_settings: Any, secret: Any) -> None:
+    stateserver_settings.STATEMODES_STATE_SECRET = secret
+    assert ids(stateserver_settings) == ["django_statemodes.E021"]
+
+
+def test_a_remote_server_without_a_secret_is_e022(stateserver_settings: Any) -> None:
+    stateserver_settings.STATEMODES_STATE_CONNECTION = (
+        "tcpip=127.0.0.1:42424;tcpip=state.example:42424"
+    )
+    assert ids(stateserver_settings) == ["django_statemodes.E022"]
+    stateserver_settings.STATEMODES_STATE_SECRET = "s3cret"
+    assert ids(stateserver_settings) == []
