@@ -253,4 +253,15 @@ def services(engines: Iterable[Engine]) -> Iterator[None]:
             os.environ[KV_PORT_ENV] = str(port)
         for engine in engines:
             prepare(engine)
-        yield
+        try:
+            yield
+        finally:
+            forget(engines)
+
+
+def forget(engines: Iterable[Engine]) -> None:
+    """Close the providers of our engines' stores: the next run (new ports) builds new ones."""
+    for engine in engines:
+        store = _stores.pop(engine.name, None)
+        if store is not None and engine.kind == OURS:
+            store.get_provider().close()

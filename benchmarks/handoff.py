@@ -12,6 +12,7 @@ Run: ``python -m benchmarks.handoff [--engines inproc,stateserver,...] [--rounds
 from __future__ import annotations
 
 import argparse
+import queue
 import threading
 import time
 from typing import Any
@@ -34,7 +35,11 @@ def _wait_until_queued(key: str, timeout: float = 5.0) -> None:
 
 
 def handoffs(engine: Engine, rounds: int, settle: float = 0.005) -> list[float]:
-    """Return ``rounds`` hand-off times in ms."""
+    """Return ``rounds`` hand-off times in ms.
+
+    One long-lived waiter thread serves every round, as a server's worker thread would (and
+    so a provider's per-thread connection is opened once).
+    """
     from django.db import connections
 
     registry.use(engine)
@@ -43,35 +48,47 @@ def handoffs(engine: Engine, rounds: int, settle: float = 0.005) -> list[float]:
     first["counter"] = 0
     first.finish(save=True)
     key = first.session_key
+    jobs: queue.Queue[bool] = queue.Queue()
+    resumed: queue.Queue[tuple[float, Any] | Exception] = queue.Queue()
+
+    def waiter() -> None:
+        try:
+            while jobs.get():
+                try:
+                    session = store_class(key, access="ReadWrite")
+                    seen = session["counter"]
+                    resumed.put((time.perf_counter(), seen))
+                    session.finish(save=False)
+                except Exception as exc:
+                    resumed.put(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
     samples: list[float] = []
-    for expected in range(1, rounds + 1):
-        holder = store_class(key, access="ReadWrite")
-        value = holder["counter"]  # the lock is taken here
-        resumed: list[tuple[float, Any]] = []
-
-        def waiter(resumed: list[tuple[float, Any]] = resumed) -> None:
-            try:
-                session = store_class(key, access="ReadWrite")
-                seen = session["counter"]
-                resumed.append((time.perf_counter(), seen))
-                session.finish(save=False)
-            finally:
-                connections.close_all()
-
-        thread = threading.Thread(target=waiter)
-        thread.start()
-        _wait_until_queued(key)
-        time.sleep(settle)  # let it reach the provider's wait
-        holder["counter"] = value + 1
-        released = time.perf_counter()
-        holder.finish(save=True)
+    try:
+        for expected in range(1, rounds + 1):
+            holder = store_class(key, access="ReadWrite")
+            value = holder["counter"]  # the lock is taken here
+            jobs.put(True)
+            _wait_until_queued(key)
+            time.sleep(settle)  # let it reach the provider's wait
+            holder["counter"] = value + 1
+            released = time.perf_counter()
+            holder.finish(save=True)
+            outcome = resumed.get(timeout=30)
+            if isinstance(outcome, Exception):
+                raise SystemExit(f"{engine.name}: the waiter failed: {outcome!r}")
+            resumed_at, seen = outcome
+            if seen != expected:
+                raise SystemExit(
+                    f"{engine.name}: the waiter saw {seen}, not the holder's {expected}"
+                )
+            samples.append((resumed_at - released) * 1000)
+    finally:
+        jobs.put(False)
         thread.join(timeout=30)
-        if not resumed:
-            raise SystemExit(f"{engine.name}: the waiter did not resume within 30 s")
-        resumed_at, seen = resumed[0]
-        if seen != expected:
-            raise SystemExit(f"{engine.name}: the waiter saw {seen}, not the holder's {expected}")
-        samples.append((resumed_at - released) * 1000)
     return samples
 
 

@@ -80,8 +80,10 @@ def hammer(port: int, clients: int, increments: int, work_ms: float) -> dict[str
     for thread in threads:
         thread.join()
     reader = Client(port, cookie)
-    _, body = reader.get("/read/")
+    status, body = reader.get("/read/")
     reader.close()
+    if status != 200:
+        raise SystemExit(f"reading the counter failed: {status} {body[:200]!r}")
     final = json.loads(body)["counter"]
     ok = sum(answered)
     lost = ok - (final - 1)
