@@ -1,0 +1,157 @@
+"""SQL mode's batched purge, its application scope, the short/long payload split, and wake-ups."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.db import connections
+
+from django_statemodes.backends.sql import SQLStateProvider
+from django_statemodes.providers.base import ExpiredItem
+from django_statemodes.sqlstate import schema
+from django_statemodes.testing import new_key
+from tests import fixtures_sql
+from tests.fixtures_sql import ALIASES, PG, PG_ENABLED
+
+pytestmark = pytest.mark.django_db(databases=["default", *ALIASES])
+make_provider = fixtures_sql.make_provider
+sql_tables = fixtures_sql.sql_tables
+
+
+def fill(provider: SQLStateProvider, count: int, timeout: int) -> list[str]:
+    keys = [new_key() for _ in range(count)]
+    for i, key in enumerate(keys):
+        data = b"\x00" + str(i).encode()
+        assert provider.set_and_release(key, data, lock_id=None, timeout=timeout, new_item=True)
+    return keys
+
+
+@pytest.fixture(params=ALIASES)
+def provider(request: Any, make_provider: Any) -> SQLStateProvider:
+    provider: SQLStateProvider = make_provider(request.param)
+    provider.purge_expired()  # start from no expired rows of this application
+    return provider
+
+
+def test_purge_deletes_in_batches_and_reports_progress(provider: SQLStateProvider) -> None:
+    expired = fill(provider, 23, timeout=0)
+    live = fill(provider, 5, timeout=60)
+    assert provider.purge_expired(dry_run=True) == 23
+    progress: list[int] = []
+    assert provider.purge_expired(batch_size=5, on_batch=progress.append) == 23
+    assert progress == [5, 10, 15, 20, 23]
+    assert provider.purge_expired(dry_run=True) == 0
+    assert all(provider.get(key) is None for key in expired)
+    assert all(provider.get(key) is not None for key in live)
+
+
+def test_purge_hands_over_payloads_only_when_asked(provider: SQLStateProvider) -> None:
+    keys = fill(provider, 4, timeout=0)
+    seen: list[ExpiredItem] = []
+    assert provider.purge_expired(on_expired=seen.append, batch_size=3) == 4
+    assert sorted(item.session_key for item in seen) == sorted(keys)
+    by_key = {item.session_key: item.data for item in seen}
+    assert [by_key[key] for key in keys] == [b"\x00" + str(i).encode() for i in range(4)]
+
+
+def test_purge_leaves_other_applications_rows_alone(
+    provider: SQLStateProvider, make_provider: Any
+) -> None:
+    other = make_provider(provider.alias)
+    other.__init__(provider.alias, app_name="another-site")  # type: ignore[misc]
+    theirs = fill(other, 3, timeout=0)
+    fill(provider, 2, timeout=0)
+    assert provider.purge_expired() == 2
+    assert other.purge_expired(dry_run=True) == 3
+    assert other.purge_expired() == 3
+    assert all(other.get(key) is None for key in theirs)
+
+
+def test_the_same_key_in_two_applications_is_two_sessions(
+    provider: SQLStateProvider, make_provider: Any
+) -> None:
+    other = make_provider(provider.alias)
+    other.__init__(provider.alias, app_name="another-site")  # type: ignore[misc]
+    key = new_key()
+    assert provider.set_and_release(key, b"\x00mine", lock_id=None, timeout=60, new_item=True)
+    assert other.get(key) is None
+    assert other.set_and_release(key, b"\x00theirs", lock_id=None, timeout=60, new_item=True)
+    assert provider.get(key).data == b"\x00mine"  # type: ignore[union-attr]
+    provider.remove(key)
+    other.remove(key)
+
+
+def stored_columns(provider: SQLStateProvider, key: str) -> tuple[Any, Any]:
+    # On the provider's own autocommit connection: the test's Django connection is inside a
+    # transaction whose snapshot (SQLite WAL) would show an older row.
+    sql = (
+        'SELECT "SessionItemShort", "SessionItemLong" FROM "ASPStateTempSessions" '
+        f'WHERE "SessionId" = {provider.placeholder}'
+    )
+    return provider.run(lambda conn: conn.execute(sql, (provider.sid(key),)).fetchone())  # type: ignore[no-any-return]
+
+
+def test_payloads_over_7000_bytes_go_to_session_item_long(provider: SQLStateProvider) -> None:
+    key = new_key()
+    small, large = b"\x00" + b"s" * 6999, b"\x00" + b"l" * 7000
+    assert provider.set_and_release(key, small, lock_id=None, timeout=60, new_item=True)
+    short, long = stored_columns(provider, key)
+    assert bytes(short) == small and long is None
+    held = provider.get_exclusive(key)
+    assert held is not None
+    assert provider.set_and_release(key, large, lock_id=held.lock_id, timeout=60)
+    short, long = stored_columns(provider, key)
+    assert short is None and bytes(long) == large
+    item = provider.get(key)
+    assert item is not None and item.data == large
+    provider.remove(key)
+
+
+def test_the_application_row_is_registered_on_first_use(provider: SQLStateProvider) -> None:
+    provider.get(new_key())
+    with connections[provider.alias].cursor() as cursor:
+        cursor.execute(
+            schema.application_name_statement(connections[provider.alias]), [provider.app_id]
+        )
+        assert cursor.fetchone()[0].rstrip() == provider.app_name
+
+
+@pytest.mark.skipif(not PG_ENABLED, reason="PostgreSQL is not reachable")
+def test_a_waiter_is_woken_by_notify_within_milliseconds(make_provider: Any) -> None:
+    provider: SQLStateProvider = make_provider(PG)
+    key = fill(provider, 1, timeout=60)[0]
+    delays: list[float] = []
+    for _ in range(5):
+        held = provider.get_exclusive(key)
+        assert held is not None and not held.locked
+        woke: list[float] = []
+
+        def wait() -> None:
+            provider.wait_for_release(key, held.lock_id, 10.0)  # noqa: B023
+            woke.append(time.monotonic())  # noqa: B023
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(0.2)  # the waiter is listening by now
+        released = time.monotonic()
+        provider.release(key, held.lock_id)
+        waiter.join(timeout=10)
+        assert woke, "the waiter never returned"
+        delays.append(woke[0] - released)
+    delays.sort()
+    assert delays[2] < 0.1, delays  # woken by NOTIFY, not by the 2 s safety net
+    provider.remove(key)
+
+
+def test_purge_sessions_command_uses_the_batched_purge(settings: Any, make_provider: Any) -> None:
+    settings.SESSION_ENGINE = "django_statemodes.backends.sql"
+    settings.STATEMODES_SQL_DATABASE = ALIASES[-1]
+    provider = make_provider(ALIASES[-1])
+    provider.purge_expired()
+    fill(provider, 7, timeout=0)
+    call_command("purge_sessions", batch_size=2, verbosity=0)
+    assert provider.purge_expired(dry_run=True) == 0
