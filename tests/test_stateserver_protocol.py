@@ -201,3 +201,36 @@ def test_the_protocol_module_does_no_io_and_knows_no_django() -> None:
         )
     }
     assert not imported & {"socket", "asyncio", "django", "selectors", "ssl"}
+
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "stateserver-protocol.md"
+
+
+def test_the_protocol_page_lists_every_frame_type_and_error_code() -> None:
+    page = DOC.read_text()
+    for event in (*p._REQUEST_TYPES, *p._REPLY_TYPES, p.Welcome, p.Hello, p.Ready):
+        assert f"`0x{event.TYPE:02X}`" in page, event.__name__
+    for code in p.ErrorCode:
+        assert f"| {code.value} | `{code.name}` |" in page
+
+
+def test_the_protocol_page_example_matches_the_bytes_sent() -> None:
+    page = DOC.read_text()
+    server, client = p.Connection(p.SERVER), p.Connection(p.CLIENT)
+    welcome = server.send(p.Welcome(nonce=b"n" * 16))
+    client.receive_data(welcome)
+    client.next_event()
+    hello = client.send(p.Hello(1, "app", b"c" * 16, b""))
+    server.receive_data(hello)
+    server.next_event()
+    frames = [
+        welcome,
+        hello,
+        server.send(p.Ready()),
+        client.send(p.GetExclusive(1, "abc")),
+        server.send(p.Item(1, b"data", False, 5, 0.0, 1200, False)),
+    ]
+    for frame in frames:
+        head = f"{frame[:4].hex()} {frame[4:5].hex()} {frame[5:9].hex()}"
+        assert head in page, head
+    assert "03 616263" in page and "000004b0 64617461" in page
