@@ -24,6 +24,7 @@ The ``{key}`` hash tags put a session's hash and wake-up list on the same shard 
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,9 +34,8 @@ from asgiref.sync import sync_to_async
 from django.core.checks import CheckMessage, Error
 from django.core.exceptions import ImproperlyConfigured
 from redis import Redis
-from redis.commands.core import Script
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import NoScriptError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from django_statemodes.conf import conf
@@ -53,122 +53,125 @@ MAX_BLOCK = 5.0
 # replica answering during a Sentinel failover, before the client has found the new primary.
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 
-# Shared Lua: the server's clock in ms, and the slide of an item's expiry by its timeout.
-# KEYS[1] item hash, KEYS[2] expiry set, KEYS[3] wake-up list; ARGV[1] session key,
-# ARGV[2] end_grace in ms.
+# Shared Lua: the server's clock in ms, the slide of an item's expiry by its timeout and the
+# wake-up of a waiter. KEYS[1] is always the item hash; @GRACE_MS@ is the provider's end_grace.
+# A slide only moves the hash's ``ex`` and its Redis TTL: the expiry set's score may lag behind
+# ``ex`` (it is written on insert and when the timeout changes) and purge_expired re-scores a
+# lagging entry when it meets it. Reads stay cheap that way. Arguments are few and short:
+# encoding them is a large part of a round trip's client-side cost.
 _PRELUDE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function slide(to)
-  local ex = now + to * 1000
-  redis.call('PEXPIRE', KEYS[1], to * 1000 + tonumber(ARGV[2]))
-  redis.call('ZADD', KEYS[2], ex, ARGV[1])
-  return ex
+  redis.call('PEXPIRE', KEYS[1], to * 1000 + @GRACE_MS@)
+  return now + to * 1000
 end
-local function wake()
-  redis.call('DEL', KEYS[3])
-  redis.call('RPUSH', KEYS[3], '1')
-  redis.call('PEXPIRE', KEYS[3], @WAKE_TTL_MS@)
+local function wake(list)
+  redis.call('DEL', list)
+  redis.call('RPUSH', list, '1')
+  redis.call('PEXPIRE', list, @WAKE_TTL_MS@)
 end
-""".replace("@WAKE_TTL_MS@", str(WAKE_TTL_MS))
+"""
 
-# ARGV[3]: '1' for an exclusive get. Returns nil, {1, lock_id, lock_age_ms} when held by
-# another request, or {locked, lock_id, lock_age_ms, timeout, initialize, data}.
-_GET = (
-    _PRELUDE
-    + """
-local f = redis.call('HMGET', KEYS[1], 'ex', 'to', 'lk', 'lid', 'lt', 'in')
+# ARGV[1]: '1' for an exclusive get. Returns nil, or one string: a header line
+# "locked lock_id lock_age_ms timeout initialize has_data" and then the payload. One bulk
+# string instead of an array: far less for the client to parse. An exclusive get of an item
+# held by another request returns the header alone (the holder's lock id and lock age).
+_GET = """
+local f = redis.call('HMGET', KEYS[1], 'ex', 'to', 'lk', 'lid', 'lt', 'in', 'd')
 if not f[1] or tonumber(f[1]) <= now then return nil end
 local to = tonumber(f[2])
 local ex = slide(to)
 local lid = tonumber(f[4])
 local init = 0
 if f[6] == '1' then init = 1 end
-if f[3] == '1' and ARGV[3] == '1' then
-  redis.call('HSET', KEYS[1], 'ex', ex)
-  return {1, lid, now - tonumber(f[5])}
-end
+local age = 0
 if f[3] == '1' then
+  age = now - tonumber(f[5])
+  if ARGV[1] == '1' then
+    redis.call('HSET', KEYS[1], 'ex', ex)
+    return string.format('1 %d %d %d 0 0\\n', lid, age, to)
+  end
   redis.call('HSET', KEYS[1], 'ex', ex, 'in', '0')
-  return {1, lid, now - tonumber(f[5]), to, init, redis.call('HGET', KEYS[1], 'd')}
-end
-if ARGV[3] == '1' then
+elseif ARGV[1] == '1' then
   lid = lid + 1
   redis.call('HSET', KEYS[1], 'ex', ex, 'in', '0', 'lk', '1', 'lid', lid, 'lt', now)
 else
   redis.call('HSET', KEYS[1], 'ex', ex, 'in', '0')
 end
-return {0, lid, 0, to, init, redis.call('HGET', KEYS[1], 'd')}
+local locked = 0
+if f[3] == '1' and ARGV[1] ~= '1' then locked = 1 end
+if f[7] then
+  return string.format('%d %d %d %d %d 1\\n', locked, lid, age, to, init) .. f[7]
+end
+return string.format('%d %d %d %d %d 0\\n', locked, lid, age, to, init)
 """
-)
 
-# ARGV[3] payload, ARGV[4] lock id or '', ARGV[5] timeout, ARGV[6] new item, ARGV[7] release,
-# ARGV[8] '1' to create an uninitialized item (no payload). Returns 1 if written, else 0.
-_SET = (
-    _PRELUDE
-    + """
-local to = tonumber(ARGV[5])
-local f = redis.call('HMGET', KEYS[1], 'ex', 'lk', 'lid')
+# KEYS[2] expiry set, KEYS[3] wake-up list; ARGV[1] session key, ARGV[2] payload, ARGV[3] lock
+# id or '', ARGV[4] timeout, ARGV[5] three flags: new item, release, uninitialized (no
+# payload). Returns 1 if written, 0 if refused.
+_SET = """
+local to = tonumber(ARGV[4])
+local f = redis.call('HMGET', KEYS[1], 'ex', 'lk', 'lid', 'to')
 local live = f[1] and tonumber(f[1]) > now
-if ARGV[6] == '1' then
+if string.sub(ARGV[5], 1, 1) == '1' then
   if live then return 0 end
   redis.call('DEL', KEYS[1])
   local ex = now + to * 1000
-  if ARGV[8] == '1' then
+  if string.sub(ARGV[5], 3, 3) == '1' then
     redis.call('HSET', KEYS[1], 'ex', ex, 'to', to, 'lk', '0', 'lid', 1, 'lt', 0, 'in', '1')
   else
-    redis.call('HSET', KEYS[1], 'd', ARGV[3], 'ex', ex, 'to', to, 'lk', '0', 'lid', 1,
+    redis.call('HSET', KEYS[1], 'd', ARGV[2], 'ex', ex, 'to', to, 'lk', '0', 'lid', 1,
                'lt', 0, 'in', '0')
   end
   slide(to)  -- after HSET: PEXPIRE needs the key to exist
+  redis.call('ZADD', KEYS[2], ex, ARGV[1])
   return 1
 end
 if not live then return 0 end
-if ARGV[4] ~= '' and (f[2] ~= '1' or tonumber(f[3]) ~= tonumber(ARGV[4])) then return 0 end
+if ARGV[3] ~= '' and (f[2] ~= '1' or tonumber(f[3]) ~= tonumber(ARGV[3])) then return 0 end
 local ex = slide(to)
-if ARGV[7] == '1' and ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[1], 'd', ARGV[3], 'ex', ex, 'to', to, 'in', '0', 'lk', '0')
-  wake()
+if tonumber(f[4]) ~= to then
+  redis.call('ZADD', KEYS[2], ex, ARGV[1])  -- a shorter timeout may expire before the score
+end
+if string.sub(ARGV[5], 2, 2) == '1' and ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 'd', ARGV[2], 'ex', ex, 'to', to, 'in', '0', 'lk', '0')
+  wake(KEYS[3])
 else
-  redis.call('HSET', KEYS[1], 'd', ARGV[3], 'ex', ex, 'to', to, 'in', '0')
+  redis.call('HSET', KEYS[1], 'd', ARGV[2], 'ex', ex, 'to', to, 'in', '0')
 end
 return 1
 """
-)
 
-# ARGV[3] lock id, or '' for a reset_timeout. Unlocks (if the lock id matches) and slides.
-_RELEASE = (
-    _PRELUDE
-    + """
+# KEYS[2] wake-up list; ARGV[1] lock id, or '' for a reset_timeout. Unlocks (if the lock id
+# matches) and slides.
+_RELEASE = """
 local f = redis.call('HMGET', KEYS[1], 'ex', 'to', 'lk', 'lid')
 if not f[1] or tonumber(f[1]) <= now then return 0 end
-if ARGV[3] == '' then
+if ARGV[1] == '' then
   redis.call('HSET', KEYS[1], 'ex', slide(tonumber(f[2])))
   return 1
 end
-if f[3] ~= '1' or tonumber(f[4]) ~= tonumber(ARGV[3]) then return 0 end
+if f[3] ~= '1' or tonumber(f[4]) ~= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'ex', slide(tonumber(f[2])), 'lk', '0')
-wake()
+wake(KEYS[2])
 return 1
 """
-)
 
-# ARGV[3] lock id or ''. Deletes the item unless another request holds its lock.
-_REMOVE = (
-    _PRELUDE
-    + """
+# KEYS[2] expiry set, KEYS[3] wake-up list; ARGV[1] session key, ARGV[2] lock id or ''.
+# Deletes the item unless another request holds its lock.
+_REMOVE = """
 local f = redis.call('HMGET', KEYS[1], 'lk', 'lid')
 if not f[1] then
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 0
 end
-if ARGV[3] ~= '' and f[1] == '1' and tonumber(f[2]) ~= tonumber(ARGV[3]) then return 0 end
+if ARGV[2] ~= '' and f[1] == '1' and tonumber(f[2]) ~= tonumber(ARGV[2]) then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-if f[1] == '1' then wake() end
+if f[1] == '1' then wake(KEYS[3]) end
 return 1
 """
-)
 
 # KEYS[1] expiry set; ARGV[1] item key prefix, ARGV[2] wake-up key prefix, ARGV[3] batch size,
 # ARGV[4] '1' to return payloads, ARGV[5] '1' for a dry run (count only).
@@ -200,7 +203,24 @@ for _, m in ipairs(members) do
   end
 end
 return out
-""".replace("@WAKE_TTL_MS@", str(WAKE_TTL_MS))
+"""
+
+
+def _compile(end_grace_ms: int) -> dict[str, tuple[str, str]]:
+    """Return ``{name: (sha1, source)}`` of the scripts for one end_grace."""
+    scripts = {
+        "get": _PRELUDE + _GET,
+        "set": _PRELUDE + _SET,
+        "release": _PRELUDE + _RELEASE,
+        "remove": _PRELUDE + _REMOVE,
+        "purge": _PURGE,
+    }
+    compiled = {}
+    for name, source in scripts.items():
+        source = source.replace("@GRACE_MS@", str(end_grace_ms))
+        source = source.replace("@WAKE_TTL_MS@", str(WAKE_TTL_MS))
+        compiled[name] = (hashlib.sha1(source.encode()).hexdigest(), source)
+    return compiled
 
 
 def _django_redis_client(alias: str) -> Any:
@@ -243,13 +263,12 @@ class RedisProvider(SessionStateProvider):
         super().__init__(cache_alias=cache_alias, key_prefix=key_prefix, end_grace=end_grace)
         self.cache_alias = cache_alias or conf.STATEMODES_REDIS_ALIAS
         self.namespace = f"{key_prefix}:{conf.STATEMODES_APPLICATION_NAME}:"
-        self.end_grace_ms = str(int(end_grace) * 1000)
         self.expiry_key = self.namespace + "expiry"
+        self._scripts = _compile(int(end_grace) * 1000)
         self._mutex = threading.Lock()
         self._connected = False
         self._primary: Redis | None = None
         self._shards: Any = None
-        self._scripts: dict[str, Script] = {}
 
     @classmethod
     def check(cls, options: dict[str, Any]) -> list[CheckMessage]:
@@ -290,15 +309,6 @@ class RedisProvider(SessionStateProvider):
             else:
                 # write=True: the primary, never a replica (every read slides the expiry).
                 self._primary = client.get_client(write=True)
-            script_owner = self._primary or next(iter(client._serverdict.values()))
-            for name, source in (
-                ("get", _GET),
-                ("set", _SET),
-                ("release", _RELEASE),
-                ("remove", _REMOVE),
-                ("purge", _PURGE),
-            ):
-                self._scripts[name] = script_owner.register_script(source)
             self._connected = True
 
     def _server(self, item_key: str) -> Redis:
@@ -328,32 +338,44 @@ class RedisProvider(SessionStateProvider):
                 setting="STATEMODES_REDIS_ALIAS",
             ) from exc
 
-    def _keys(self, session_key: str) -> list[str]:
-        tag = "{" + session_key + "}"
-        return [f"{self.namespace}s:{tag}", self.expiry_key, f"{self.namespace}w:{tag}"]
+    def _eval(self, server: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+        # EVALSHA, one round trip; the script is loaded only when the server lacks it (first
+        # use, or after a restart or failover emptied its script cache).
+        sha, source = self._scripts[name]
+        try:
+            return server.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+        except NoScriptError:
+            server.script_load(source)
+            return server.execute_command("EVALSHA", sha, len(keys), *keys, *args)
 
     def _run(self, name: str, session_key: str | None, *args: Any) -> Any:
         if not isinstance(session_key, str):
             return None  # exists(None) and friends: Django asks about keys not made yet
-        keys = self._keys(session_key)
+        tag = "{" + session_key + "}"
+        item = f"{self.namespace}s:{tag}"
+        if name == "get":
+            keys = [item]
+        elif name == "release":
+            keys = [item, f"{self.namespace}w:{tag}"]
+        else:  # set and remove also index the item in the expiry set
+            keys = [item, self.expiry_key, f"{self.namespace}w:{tag}"]
+            args = (session_key, *args)
         with self._unavailable():
-            client = self._server(keys[0])
-            return self._scripts[name](keys, [session_key, self.end_grace_ms, *args], client)
+            return self._eval(self._server(item), name, keys, list(args))
 
     # The contract.
 
-    def _item(self, reply: Any) -> StateItem | None:
+    def _item(self, reply: bytes | None) -> StateItem | None:
         if reply is None:
             return None
-        if len(reply) == 3:  # held by another request: no data
-            return StateItem(locked=True, lock_id=int(reply[1]), lock_age=int(reply[2]) / 1000)
-        locked, lock_id, age, timeout, initialize, data = reply
+        head, _, data = reply.partition(b"\n")
+        locked, lock_id, age, timeout, initialize, has_data = map(int, head.split())
         return StateItem(
-            data=data,
+            data=data if has_data else None,
             locked=bool(locked),
-            lock_id=int(lock_id),
-            lock_age=int(age) / 1000,
-            timeout=int(timeout),
+            lock_id=lock_id,
+            lock_age=age / 1000,
+            timeout=timeout,
             initialize=bool(initialize),
         )
 
@@ -376,8 +398,8 @@ class RedisProvider(SessionStateProvider):
         if not isinstance(data, bytes):
             raise TypeError(f"RedisProvider stores bytes payloads, not {type(data).__name__}")
         lock = "" if lock_id is None else str(int(lock_id))
-        flags = ("1" if new_item else "0", "1" if release else "0", "0")
-        return bool(self._run("set", session_key, data, lock, str(int(timeout)), *flags))
+        flags = ("1" if new_item else "0") + ("1" if release else "0") + "0"
+        return bool(self._run("set", session_key, data, lock, str(int(timeout)), flags))
 
     def release(self, session_key: str, lock_id: int) -> None:
         self._run("release", session_key, str(int(lock_id)))
@@ -390,7 +412,7 @@ class RedisProvider(SessionStateProvider):
         self._run("release", session_key, "")
 
     def create_uninitialized(self, session_key: str, timeout: int) -> bool:
-        return bool(self._run("set", session_key, b"", "", str(int(timeout)), "1", "0", "1"))
+        return bool(self._run("set", session_key, b"", "", str(int(timeout)), "101"))
 
     def purge_expired(
         self,
@@ -405,12 +427,11 @@ class RedisProvider(SessionStateProvider):
         total = 0
         with self._unavailable():
             for server in self._servers():
-                script = self._scripts["purge"]
                 if dry_run:
-                    total += int(script([self.expiry_key], [*args, "1"], server))
+                    total += int(self._eval(server, "purge", [self.expiry_key], [*args, "1"]))
                     continue
                 while True:  # one batch per script run: Redis is never blocked for long
-                    reply = script([self.expiry_key], [*args, "0"], server)
+                    reply = self._eval(server, "purge", [self.expiry_key], [*args, "0"])
                     pairs = list(zip(reply[::2], reply[1::2], strict=True))
                     total += len(pairs)
                     if on_expired is not None:
@@ -431,13 +452,13 @@ class RedisProvider(SessionStateProvider):
         return limit
 
     def wait_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:
-        wake_key = self._keys(session_key)[2]
+        tag = "{" + session_key + "}"
         with self._unavailable():
-            server = self._server(self._keys(session_key)[0])
+            server = self._server(f"{self.namespace}s:{tag}")
             seconds = min(timeout, self._block_limit(server))
             if seconds <= 0:
                 return
-            server.blpop([wake_key], timeout=max(seconds, 0.01))
+            server.blpop([f"{self.namespace}w:{tag}"], timeout=max(seconds, 0.01))
 
     async def await_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:
         # A blocking BLPOP in a worker thread of its own: woken at once, never polling, and
@@ -452,4 +473,3 @@ class RedisProvider(SessionStateProvider):
             self._connected = False
             self._primary = None
             self._shards = None
-            self._scripts = {}
