@@ -60,7 +60,7 @@ def make_provider(sql_tables: list[str]) -> Iterator[Any]:
         provider.close()
 
 
-def test_db_name(alias: str) -> str:
+def database_name(alias: str) -> str:
     """Return the NAME the test run gave an alias (the test database)."""
     name: str = connections[alias].settings_dict["NAME"]
     return name

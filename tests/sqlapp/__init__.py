@@ -1,0 +1,1 @@
+"""A tiny site on SQL mode for real-server tests (gunicorn), configured from the environment."""

@@ -1,0 +1,36 @@
+"""tests.settings on SQL mode, with the session database from STATEMODES_SQLAPP_* variables.
+
+STATEMODES_SQLAPP_ATOMIC=1: the site's default database is the PostgreSQL session database
+itself, with ATOMIC_REQUESTS = True (session locks must still be visible at once). Otherwise the
+default database is SQLite and sessions live in PostgreSQL alone (the restart test: the view
+itself never needs the database that goes down).
+"""
+
+import os
+
+from tests.settings import *  # noqa: F403
+
+_state = {
+    "ENGINE": "django.db.backends.postgresql",
+    "NAME": os.environ["STATEMODES_SQLAPP_NAME"],
+    "USER": os.environ.get("STATEMODES_SQLAPP_USER", "root"),
+    "HOST": "127.0.0.1",
+    "PORT": os.environ.get("STATEMODES_SQLAPP_PORT", "5432"),
+    "OPTIONS": {"connect_timeout": 2},
+}
+if os.environ.get("STATEMODES_SQLAPP_ATOMIC") == "1":
+    DATABASES = {"default": {**_state, "ATOMIC_REQUESTS": True}}
+    STATEMODES_SQL_DATABASE = "default"
+else:
+    DATABASES = {
+        "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+        "state": _state,
+    }
+    STATEMODES_SQL_DATABASE = "state"
+
+SESSION_ENGINE = "django_statemodes.backends.sql"
+MIDDLEWARE = ["django_statemodes.middleware.SessionStateMiddleware"]
+ROOT_URLCONF = "tests.sqlapp.urls"
+STATEMODES_LOCK_TIMEOUT = float(os.environ.get("STATEMODES_SQLAPP_LOCK_TIMEOUT", "110"))
+STATEMODES_SQL_RETRY_INTERVAL = float(os.environ.get("STATEMODES_SQLAPP_RETRY", "0"))
+LOGGING = {"version": 1, "disable_existing_loggers": False}
