@@ -1,0 +1,148 @@
+"""The admin's read-only list of live SQL-mode sessions, through the test client as a superuser."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client, override_settings
+from model_bakery import baker
+
+from django_statemodes.backends.sql import SessionStore
+from django_statemodes.signals import session_end
+from tests import fixtures_sql
+from tests.fixtures_sql import ALIASES
+from tests.settings import INSTALLED_APPS, MIDDLEWARE
+
+sql_tables = fixtures_sql.sql_tables
+pytestmark = pytest.mark.django_db(databases=["default", *ALIASES])
+
+CHANGELIST = "/admin/django_statemodes/sessionstate/"
+
+
+@pytest.fixture(params=ALIASES)
+def site(request: Any, sql_tables: list[str]) -> Iterator[str]:
+    """The admin on, sessions in SQL mode on the alias (the admin's own login session too)."""
+    with override_settings(
+        INSTALLED_APPS=[*INSTALLED_APPS, "django.contrib.admin"],
+        ROOT_URLCONF="tests.sqlapp.admin_urls",
+        MIDDLEWARE=MIDDLEWARE,
+        SESSION_ENGINE="django_statemodes.backends.sql",
+        STATEMODES_SQL_DATABASE=request.param,
+        TEMPLATES=[
+            {
+                "BACKEND": "django.template.backends.django.DjangoTemplates",
+                "APP_DIRS": True,
+                "OPTIONS": {
+                    "context_processors": [
+                        "django.template.context_processors.request",
+                        "django.contrib.auth.context_processors.auth",
+                        "django.contrib.messages.context_processors.messages",
+                    ]
+                },
+            }
+        ],
+    ):
+        yield request.param
+
+
+@pytest.fixture
+def admin(site: str) -> Client:
+    client = Client()
+    client.force_login(baker.make(User, is_superuser=True, is_staff=True, is_active=True))
+    return client
+
+
+def new_session(**data: Any) -> SessionStore:
+    store = SessionStore()
+    for key, value in data.items():
+        store[key] = value
+    store.save()
+    return store
+
+
+def test_the_list_shows_live_sessions_with_their_columns(admin: Client) -> None:
+    session = new_session(cart="x" * 500)
+    locked = new_session(n=1)
+    holder = SessionStore(locked.session_key, access="ReadWrite")
+    assert holder["n"] == 1  # holds the lock now
+    response = admin.get(CHANGELIST)
+    assert response.status_code == 200
+    page = response.content.decode()
+    for heading in (
+        "Session key",
+        "Application",
+        "Created",
+        "Expires",
+        "Locked",
+        "Lock age",
+        "Size",
+    ):
+        assert heading in page
+    assert session.session_key in page and locked.session_key in page
+    row = next(line for line in page.split("<tr") if session.session_key in line)
+    assert ">default<" in row  # the application row's name
+    assert "5" in row and "&quot;cart&quot;" not in row  # a size, never the data
+    locked_row = next(line for line in page.split("<tr") if locked.session_key in line)
+    assert " s<" in locked_row  # a lock age in seconds
+    holder.finish(save=False)
+
+
+def test_expired_sessions_are_not_listed(admin: Client) -> None:
+    gone = new_session(a=1)
+    gone.set_expiry(1)
+    gone.save()
+    SessionStore.get_provider().set_and_release(
+        gone.session_key, b"\x00{}", lock_id=None, timeout=0
+    )
+    assert gone.session_key not in admin.get(CHANGELIST).content.decode()
+
+
+def test_the_list_is_read_only(admin: Client) -> None:
+    session = new_session(a=1)
+    assert admin.get(CHANGELIST + "add/").status_code == 403
+    page = admin.get(CHANGELIST).content.decode()
+    assert "delete_selected" not in page
+    assert "end_sessions" in page
+    detail = admin.get(
+        f"{CHANGELIST}{session.session_key}{SessionStore.get_provider().suffix}/change/"
+    )
+    assert detail.status_code == 200
+    assert b'name="_save"' not in detail.content
+
+
+def test_the_end_action_ends_the_session_and_sends_session_end(admin: Client) -> None:
+    victim = new_session(user="ada")
+    bystander = new_session(user="bob")
+    ended: list[tuple[str, Any, str]] = []
+
+    def on_end(sender: Any, session_key: str, data: Any, reason: str, **kwargs: Any) -> None:
+        ended.append((session_key, data, reason))
+
+    session_end.connect(on_end)
+    try:
+        suffix = SessionStore.get_provider().suffix
+        response = admin.post(
+            CHANGELIST,
+            {"action": "end_sessions", "_selected_action": [victim.session_key + suffix]},
+            follow=True,
+        )
+    finally:
+        session_end.disconnect(on_end)
+    assert response.status_code == 200
+    assert "Ended 1 session(s)." in response.content.decode()
+    assert ended == [(victim.session_key, {"user": "ada"}, "abandoned")]
+    assert SessionStore().exists(victim.session_key) is False
+    assert SessionStore().exists(bystander.session_key) is True
+
+
+def test_staff_without_permission_cannot_see_the_list(site: str) -> None:
+    client = Client()
+    client.force_login(baker.make(User, is_staff=True, is_active=True))
+    assert admin_status(client) == 403
+
+
+def admin_status(client: Client) -> int:
+    return client.get(CHANGELIST).status_code
