@@ -234,3 +234,15 @@ def test_the_protocol_page_example_matches_the_bytes_sent() -> None:
         head = f"{frame[:4].hex()} {frame[4:5].hex()} {frame[5:9].hex()}"
         assert head in page, head
     assert "03 616263" in page and "000004b0 64617461" in page
+
+
+def test_the_receive_buffer_is_bounded_even_if_events_are_not_drained() -> None:
+    client, server = pair()
+    server.max_buffer_size = 10_000
+    frame = client.send(p.Ping(1, b"x" * 900))
+    for _ in range(20):
+        server.receive_data(frame)
+    assert server.buffered <= 10_000
+    with pytest.raises(p.RemoteProtocolError, match="not consumed"):
+        while server.next_event() is not p.NEED_DATA:
+            pass

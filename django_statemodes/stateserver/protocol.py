@@ -39,6 +39,8 @@ PROTOCOL_VERSION: Final = 1
 MIN_PROTOCOL_VERSION: Final = 1
 # Room for STATEMODES_MAX_SESSION_SIZE (4 MiB by default) plus headers, with margin.
 DEFAULT_MAX_FRAME_SIZE: Final = 8 * 1024 * 1024
+# Bytes a peer may send beyond one frame before the receiver drains its events (a read's worth).
+RECEIVE_SLACK: Final = 1024 * 1024
 NONCE_SIZE: Final = 16
 MAX_KEY_LENGTH: Final = 255
 MAX_APPLICATION_LENGTH: Final = 1024
@@ -113,15 +115,17 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent something the protocol forbids (garbage, an oversized frame, ...)."""
 
 
-# Events. Handshake events carry no request id; every other event does.
+# Events. Handshake events carry no request id; every other event does. They are plain slotted
+# dataclasses, not frozen ones: a frozen dataclass costs several times more to build, and a few are
+# built per request on each side. Treat them as immutable all the same.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     TYPE: ClassVar[int] = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Welcome(Event):
     """Server -> client, first frame: versions spoken, a fresh nonce, whether a secret is needed."""
 
@@ -132,7 +136,7 @@ class Welcome(Event):
     auth_required: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hello(Event):
     """Client -> server: the version chosen, the application namespace, the secret's proof."""
 
@@ -143,7 +147,7 @@ class Hello(Event):
     proof: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ready(Event):
     """Server -> client: the handshake succeeded; ``proof`` shows the server knows the secret."""
 
@@ -151,27 +155,27 @@ class Ready(Event):
     proof: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request(Event):
     request_id: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class KeyRequest(Request):
     key: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Get(KeyRequest):
     TYPE: ClassVar[int] = 0x10
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GetExclusive(KeyRequest):
     TYPE: ClassVar[int] = 0x11
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SetAndRelease(KeyRequest):
     TYPE: ClassVar[int] = 0x12
     data: bytes | None = None
@@ -181,37 +185,37 @@ class SetAndRelease(KeyRequest):
     release: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Release(KeyRequest):
     TYPE: ClassVar[int] = 0x13
     lock_id: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Remove(KeyRequest):
     TYPE: ClassVar[int] = 0x14
     lock_id: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResetTimeout(KeyRequest):
     TYPE: ClassVar[int] = 0x15
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CreateUninitialized(KeyRequest):
     TYPE: ClassVar[int] = 0x16
     timeout: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PurgeExpired(Request):
     TYPE: ClassVar[int] = 0x17
     with_data: bool = False
     dry_run: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Wait(KeyRequest):
     """Answered by ``Released`` once the lock ``lock_id`` ends, or when ``timeout`` passes."""
 
@@ -220,30 +224,30 @@ class Wait(KeyRequest):
     timeout: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ping(Request):
     TYPE: ClassVar[int] = 0x19
     payload: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Stats(Request):
     TYPE: ClassVar[int] = 0x1A
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Purge(Request):
     """Remove every session of the connection's application."""
 
     TYPE: ClassVar[int] = 0x1B
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply(Event):
     request_id: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Item(Reply):
     """Answer to Get and GetExclusive (``StateItem`` on the wire)."""
 
@@ -256,12 +260,12 @@ class Item(Reply):
     initialize: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NotFound(Reply):
     TYPE: ClassVar[int] = 0x21
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Result(Reply):
     """A boolean (0/1) or a count."""
 
@@ -269,7 +273,7 @@ class Result(Reply):
     value: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ExpiredBatch(Reply):
     """Part of the answer to PurgeExpired(with_data=True); a ``Result`` with the count ends it."""
 
@@ -277,7 +281,7 @@ class ExpiredBatch(Reply):
     items: tuple[tuple[str, bytes | None], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Released(Reply):
     """Answer to Wait: ``released`` is False when the wait timed out."""
 
@@ -285,19 +289,19 @@ class Released(Reply):
     released: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pong(Reply):
     TYPE: ClassVar[int] = 0x25
     payload: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StatsReply(Reply):
     TYPE: ClassVar[int] = 0x26
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Error(Reply):
     """An error answer; request id 0 when it concerns the connection, which then closes."""
 
@@ -648,6 +652,8 @@ class Connection:
     def __init__(self, role: Role, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self.role = role
         self.max_frame_size = max_frame_size
+        #: Most bytes held before ``next_event`` consumes them: one whole frame plus one read.
+        self.max_buffer_size = max_frame_size + _U32.size + RECEIVE_SLACK
         self._buffer = bytearray()
         self._eof = False
         self._broken: RemoteProtocolError | None = None
@@ -674,6 +680,13 @@ class Connection:
             return
         if self._eof:
             raise LocalProtocolError("data received after end of file")
+        if len(self._buffer) + len(data) > self.max_buffer_size:
+            # The caller is not draining events: refuse rather than grow without bound.
+            self._broken = RemoteProtocolError(
+                f"more than {self.max_buffer_size} bytes received and not consumed",
+                ErrorCode.FRAME_TOO_LARGE,
+            )
+            return
         self._buffer += data
 
     def next_event(self) -> Event | Status:
