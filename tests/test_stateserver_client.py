@@ -104,3 +104,10 @@ def test_a_dead_server_raises_unavailable_naming_the_address_and_setting() -> No
 
     with pytest.raises(StateServerUnavailable, match=str(server.port)):
         asyncio.run(async_get())
+
+
+def test_links_of_finished_event_loops_are_dropped(stateserver: StateServerProcess) -> None:  # noqa: F811
+    client = AsyncStateServerClient(address(stateserver), timeout=5)
+    for _ in range(5):
+        asyncio.run(client.get("loop-sweep"))
+    assert len(client._links) == 1  # only the last loop's link is left

@@ -453,11 +453,15 @@ class AsyncStateServerClient:
         self.application = application
         self.secret = _secret_bytes(secret)
         self.max_frame_size = max_frame_size
-        self._links: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncLink] = (
-            weakref.WeakKeyDictionary()
-        )
+        # One link per event loop. Not a WeakKeyDictionary: a link refers to its loop through its
+        # transport, so the key would never die; links of closed loops are swept instead.
+        self._links: dict[asyncio.AbstractEventLoop, _AsyncLink] = {}
 
     async def _connect(self) -> _AsyncLink:
+        for loop in [loop for loop in self._links if loop.is_closed()]:
+            # asyncio.run() or async_to_sync ended that loop; dropping the link lets the garbage
+            # collector close its socket.
+            del self._links[loop]
         host, port = self.address
         try:
             reader, writer = await asyncio.wait_for(
