@@ -274,3 +274,35 @@ def test_stats_report_sessions_locks_waiters_and_rates(
     settings.STATEMODES_APPLICATION_NAME = "stats"
     call_command("runstateserver", stats=True)
     assert "locks:" in capsys.readouterr().out
+
+
+def test_the_console_script_entry_point(
+    stateserver: StateServerProcess,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from django_statemodes.stateserver.__main__ import main
+
+    assert main(["--host", "0.0.0.0", "--port", str(free_port())]) == 2
+    assert "--allow-remote" in capsys.readouterr().err
+    assert main(["--port", str(stateserver.port), "--stats"]) == 0
+    assert f"State server at 127.0.0.1:{stateserver.port}" in capsys.readouterr().out
+    assert main(["--port", str(free_port()), "--stats"]) == 1
+    assert "Unable to make the session state request" in capsys.readouterr().err
+
+
+def test_the_server_sweeps_expired_sessions_unless_told_to_leave_them() -> None:
+    with StateServerProcess("--purge-interval", "0.2") as sweeping:
+        client = client_for(sweeping, application="sweep")
+        client.set_and_release("short", b"v", lock_id=None, timeout=1, new_item=True)
+        time.sleep(1.6)
+        assert client.stats()["applications"]["sweep"]["sessions"] == 0
+    with StateServerProcess("--purge-interval", "0") as keeping:
+        client = client_for(keeping, application="sweep")
+        client.set_and_release(
+            "short", b"kept for session_end", lock_id=None, timeout=1, new_item=True
+        )
+        time.sleep(1.3)
+        assert client.get("short") is None  # expired: never served
+        ended: list[Any] = []
+        assert client.purge_expired(on_expired=ended.append) == 1
+        assert [(e.session_key, e.data) for e in ended] == [("short", b"kept for session_end")]
