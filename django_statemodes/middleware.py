@@ -25,7 +25,8 @@ from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase, UpdateError
 from django.contrib.sessions.exceptions import SessionInterrupted
 from django.contrib.sessions.middleware import SessionMiddleware
-from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
+from django.urls import resolve
 from django.utils.cache import patch_vary_headers
 from django.utils.html import escape
 from django.utils.http import http_date
@@ -143,11 +144,25 @@ class SessionStateMiddleware(SessionMiddleware):
     def process_request(self, request: HttpRequest) -> None:
         session_key = self.get_session_key(request)
         if self.locking:
-            default: SessionStateMode = conf.STATEMODES_DEFAULT_ACCESS  # type: ignore[assignment]
+            # The view's mode is known before any other middleware can touch the session
+            # (CsrfViewMiddleware does, in its request phase, with CSRF_USE_SESSIONS): resolve
+            # the URL now, as ASP.NET knows the handler before AcquireRequestState.
+            mode = self._view_mode(request) or conf.STATEMODES_DEFAULT_ACCESS
+            if mode == DISABLED:
+                # Until the view runs, other middleware may still read the session (CSRF with
+                # CSRF_USE_SESSIONS) without locking; process_view then disables it.
+                mode = READ_ONLY
             store = cast(type[StateModeSessionBase], self.SessionStore)
-            request.session = store(session_key, access=default)
+            request.session = store(session_key, access=mode)  # type: ignore[arg-type]
         else:
             request.session = self.SessionStore(session_key)
+
+    def _view_mode(self, request: HttpRequest) -> SessionStateMode | None:
+        try:
+            match = resolve(request.path_info, getattr(request, "urlconf", None))
+        except Http404:
+            return None  # no view: the 404 page gets the default mode
+        return view_mode(match.func)
 
     def process_view(
         self,

@@ -228,3 +228,18 @@ def test_async_views_use_the_native_async_path() -> None:
         assert item is not None and item.locked is False  # released by afinish()
 
     asyncio.run(scenario())
+
+
+@override_settings(CSRF_USE_SESSIONS=True, STATEMODES_LOCK_TIMEOUT=30)
+def test_the_mode_is_known_before_csrf_middleware_touches_the_session(session_key: str) -> None:
+    # CsrfViewMiddleware reads the session in its request phase with CSRF_USE_SESSIONS.
+    holder = hold_lock(session_key)
+    client = Client()
+    client.cookies[COOKIE] = session_key
+    started = time.monotonic()
+    response = client.get("/read-only/")
+    assert time.monotonic() - started < 2.0  # did not queue behind the holder
+    assert response.json() == {"counter": 1}
+    holder.finish(save=False)
+    item = SessionStore.get_provider().get(session_key)
+    assert item is not None and item.locked is False

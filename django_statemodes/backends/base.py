@@ -162,6 +162,9 @@ class StateModeSessionBase(SessionBase):
         self._locked_key: str | None = None
         self._released = False
         self._cycling = False
+        # A placeholder item (create_uninitialized) read for the first time: ASP.NET's
+        # InitializeItem. Its first save is the session's start.
+        self._initializing = False
 
     # Engines implement this one method.
 
@@ -393,6 +396,8 @@ class StateModeSessionBase(SessionBase):
         if self._wants_lock():
             self._lock_id, self._locked_key = item.lock_id, session_key
             lock_stats.count_acquired()
+        if item.initialize:
+            self._initializing = True
         data = self._from_payload(item.data)
         if _past(data.get("_session_expiry")):
             # set_expiry(datetime) is absolute: the store slides, so the date is checked here.
@@ -472,6 +477,9 @@ class StateModeSessionBase(SessionBase):
                     "this request's changes were not saved."
                 )
             raise UpdateError
+        if self._initializing:
+            self._initializing = False
+            session_start.send(sender=type(self), session_key=key, session=self)
         if release:
             self._lock_id = self._locked_key = None
 
