@@ -667,6 +667,8 @@ class Connection:
             self._receivable = _FROM_SERVER
         # Event types that need no handshake check any more (filled once the handshake is done).
         self._steady: frozenset[type[Event]] = frozenset()
+        # Past the handshake, a frame's type alone picks its decoder (filled then too).
+        self._steady_decoders: dict[int, Any] = {}
 
     @property
     def buffered(self) -> int:
@@ -714,14 +716,22 @@ class Connection:
                 self._check_length(_U32.unpack_from(buffer)[0])
             return NEED_DATA
         length, type_, request_id = _HEADER.unpack_from(buffer)
-        self._check_length(length)
+        if not _MIN_LENGTH <= length <= self.max_frame_size:
+            self._check_length(length)
         end = length + _U32.size
         if len(buffer) < end:
             if self._eof:
                 raise RemoteProtocolError("connection closed in the middle of a frame")
             return NEED_DATA
-        body = bytes(buffer[HEADER_SIZE:end])
-        del buffer[:end]
+        with memoryview(buffer) as view:
+            body = view[HEADER_SIZE:end].tobytes()  # one copy, not two
+        if end == len(buffer):
+            buffer.clear()  # the usual case: exactly one frame was read
+        else:
+            del buffer[:end]
+        decoder = self._steady_decoders.get(type_)
+        if decoder is not None:
+            return decoder(request_id, body)  # type: ignore[no-any-return]
         return self._decode(type_, request_id, body)
 
     def _check_length(self, length: int) -> None:
@@ -758,8 +768,10 @@ class Connection:
         event = _HANDSHAKE_DECODERS[type_](request_id, body)
         if isinstance(event, Hello):
             self.hello_done = True
+            self._steady_decoders = self._receivable
         elif isinstance(event, Welcome):
             self.welcomed = True
+            self._steady_decoders = self._receivable
         else:
             self.ready = True
         return event
