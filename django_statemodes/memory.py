@@ -22,6 +22,9 @@ from django_statemodes.providers.base import ExpiredItem, StateItem
 
 __all__ = ["MemoryStore", "StoreFull"]
 
+#: Sliding expiry is kept to this many seconds: a write right after a read skips moving the item.
+TOUCH_GRANULARITY = 1.0
+
 
 class StoreFull(Exception):
     """Raised when an item cannot be stored within the store's bounds."""
@@ -199,7 +202,7 @@ class MemoryStore:
         release: bool = True,
     ) -> bool:
         evicted: list[ExpiredItem] = []
-        size = _sizeof(data)
+        size = len(data) if type(data) is bytes else 0 if type(data) is dict else _sizeof(data)
         with self._mutex:
             now = self._clock()
             item = self._live(key, now)
@@ -227,7 +230,11 @@ class MemoryStore:
                         del self._queues[item.timeout]
                     item.timeout = timeout
                     self._queues.setdefault(timeout, {})[key] = None
-                self._touch(key, item, now)
+                    self._touch(key, item, now)
+                elif now + timeout - item.expires >= TOUCH_GRANULARITY:
+                    # The lock-and-load of this request touched it a moment ago: sliding
+                    # expiry to the second saves a queue move on every save.
+                    self._touch(key, item, now)
                 unlocked = None
                 if release and lock_id is not None and item.locked:
                     item.locked = False

@@ -21,7 +21,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -36,6 +36,8 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils import timezone
 from django.utils.crypto import get_random_string
+from django.utils.functional import cached_property
+from django.utils.module_loading import import_string
 
 from django_statemodes.conf import conf
 from django_statemodes.exceptions import (
@@ -62,7 +64,11 @@ COMPRESS_MIN_LENGTH = 256
 
 @dataclass
 class LockStats:
-    """Per-process lock counters, shown by the demo's status page."""
+    """Per-process lock counters, shown by the demo's status page.
+
+    Plain increments without a mutex: ``acquired`` is bumped on every request, and a count
+    rarely lost between two threads does not matter for statistics.
+    """
 
     acquired: int = 0
     waited: int = 0
@@ -70,20 +76,9 @@ class LockStats:
     stolen: int = 0
     refused_writes: int = 0
     queue_full: int = 0
-    _mutex: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, **counts: float) -> None:
-        with self._mutex:
-            for name, value in counts.items():
-                setattr(self, name, getattr(self, name) + value)
-
-    def count_acquired(self) -> None:
-        # The one counter bumped on every request: no keyword-argument loop.
-        with self._mutex:
-            self.acquired += 1
 
     def as_dict(self) -> dict[str, float]:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        return dict(vars(self))
 
 
 lock_stats = LockStats()
@@ -129,7 +124,7 @@ def _queued(session_key: str) -> Iterator[None]:
     with _waiting_mutex:
         count = _waiting.get(session_key, 0)
         if count >= limit:
-            lock_stats.add(queue_full=1)
+            lock_stats.queue_full += 1
             raise SessionQueueFull(
                 f"The request queue limit of the session is exceeded ({limit} requests are "
                 f"already waiting; STATEMODES_LOCK_QUEUE_LIMIT)."
@@ -152,12 +147,17 @@ class StateModeSessionBase(SessionBase):
     _session_cache: dict[str, Any]  # set by SessionBase._get_session() on first access
 
     def __init__(self, session_key: str | None = None, access: SessionStateMode | None = None):
+        # SessionBase.__init__ without its import_string(SESSION_SERIALIZER) on every request:
+        # ``serializer`` is a cached property, built only where something is serialized.
+        self._session_key = session_key
+        self.accessed = False
         self._modified = False
-        super().__init__(session_key)
         self.access: SessionStateMode | None = access
         #: The view being served, named in ReadOnly and Disabled errors (set by the middleware).
         self.view_name: str | None = None
-        self._provider = self.get_provider()
+        provider = _providers.get(type(self)) or self.get_provider()
+        self._provider = provider
+        self._stores_objects = provider.stores_objects
         self._lock_id: int | None = None
         self._locked_key: str | None = None
         self._released = False
@@ -165,6 +165,10 @@ class StateModeSessionBase(SessionBase):
         # A placeholder item (create_uninitialized) read for the first time: ASP.NET's
         # InitializeItem. Its first save is the session's start.
         self._initializing = False
+
+    @cached_property
+    def serializer(self) -> Any:
+        return import_string(settings.SESSION_SERIALIZER)
 
     # Engines implement this one method.
 
@@ -224,13 +228,16 @@ class StateModeSessionBase(SessionBase):
     def _get_session(self, no_load: bool = False) -> dict[str, Any]:
         if self.access == DISABLED:
             self._check_enabled()
-        try:
-            # Fast path of SessionBase._get_session(): every item access comes through here.
-            cache = self._session_cache
-        except AttributeError:
-            return super()._get_session(no_load)  # type: ignore[misc,no-any-return]
+        # SessionBase._get_session(), inlined: every item access comes through here.
         self.accessed = True
-        return cache
+        try:
+            return self._session_cache
+        except AttributeError:
+            if self._session_key is None or no_load:
+                self._session_cache = {}
+            else:
+                self._session_cache = self.load()
+        return self._session_cache
 
     async def _aget_session(self, no_load: bool = False) -> dict[str, Any]:
         self._check_enabled()
@@ -241,27 +248,29 @@ class StateModeSessionBase(SessionBase):
     # Values: checked where they are stored, not as a mystery at response time.
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self._check_writable()
-        if not self._provider.stores_objects:
+        if self.access == READ_ONLY or self._released:
+            self._check_writable()
+        if not self._stores_objects:
             self._check_value(key, value)
-        super().__setitem__(key, value)
+        self._get_session()[key] = value
+        self._modified = True  # SessionBase sets ``modified``; the property's check ran above
 
     async def aset(self, key: str, value: Any) -> None:
         self._check_writable()
-        if not self._provider.stores_objects:
+        if not self._stores_objects:
             self._check_value(key, value)
         await super().aset(key, value)
 
     def update(self, dict_: Any) -> None:  # type: ignore[override]
         self._check_writable()
-        if not self._provider.stores_objects:
+        if not self._stores_objects:
             for key, value in dict(dict_).items():
                 self._check_value(key, value)
         super().update(dict_)
 
     async def aupdate(self, dict_: Any) -> None:
         self._check_writable()
-        if not self._provider.stores_objects:
+        if not self._stores_objects:
             for key, value in dict(dict_).items():
                 self._check_value(key, value)
         await super().aupdate(dict_)
@@ -285,7 +294,7 @@ class StateModeSessionBase(SessionBase):
     # Payloads.
 
     def _to_payload(self, data: dict[str, Any]) -> Any:
-        if self._provider.stores_objects:
+        if self._stores_objects:
             return dict(data)  # live objects; a copy, so an unsaved request changes nothing
         try:
             raw = self.serializer().dumps(data)
@@ -308,7 +317,7 @@ class StateModeSessionBase(SessionBase):
     def _from_payload(self, payload: Any) -> dict[str, Any]:
         if payload is None:
             return {}
-        if self._provider.stores_objects:
+        if self._stores_objects:
             return dict(payload)
         try:
             marker, body = payload[:1], payload[1:]
@@ -353,7 +362,8 @@ class StateModeSessionBase(SessionBase):
                         session_key, item.lock_id, lock_timeout - item.lock_age
                     )
                 item = provider.get_exclusive(session_key)
-        lock_stats.add(waited=1, wait_seconds=time.monotonic() - started)
+        lock_stats.waited += 1
+        lock_stats.wait_seconds += time.monotonic() - started
         return item
 
     async def _aacquire(self, session_key: str) -> StateItem | None:
@@ -373,13 +383,14 @@ class StateModeSessionBase(SessionBase):
                         session_key, item.lock_id, lock_timeout - item.lock_age
                     )
                 item = await provider.aget_exclusive(session_key)
-        lock_stats.add(waited=1, wait_seconds=time.monotonic() - started)
+        lock_stats.waited += 1
+        lock_stats.wait_seconds += time.monotonic() - started
         return item
 
     def _steal(self, session_key: str, item: StateItem) -> None:
         # ASP.NET breaks a lock once lockAge >= executionTimeout, by releasing it with the
         # holder's lock cookie; the holder's later write then no longer matches and is refused.
-        lock_stats.add(stolen=1)
+        lock_stats.stolen += 1
         logger.warning(
             "Breaking the lock of session %s...: held for %.1f s, longer than "
             "STATEMODES_LOCK_TIMEOUT (%s s). The holder's write will be refused.",
@@ -393,13 +404,13 @@ class StateModeSessionBase(SessionBase):
             # Never create a record on load (CVE-2015-5143); a fresh key is issued on save.
             self._session_key = None
             return {}
-        if self._wants_lock():
+        if self.access == READ_WRITE and not self._released:  # _wants_lock(), inlined
             self._lock_id, self._locked_key = item.lock_id, session_key
-            lock_stats.count_acquired()
+            lock_stats.acquired += 1
         if item.initialize:
             self._initializing = True
         data = self._from_payload(item.data)
-        if _past(data.get("_session_expiry")):
+        if "_session_expiry" in data and _past(data["_session_expiry"]):
             # set_expiry(datetime) is absolute: the store slides, so the date is checked here.
             self._end(session_key, data, "expired")
             self._provider.remove(session_key, self._lock_id)
@@ -443,18 +454,20 @@ class StateModeSessionBase(SessionBase):
             self.modified = True
             return
 
-    def _write(self, must_create: bool, release: bool) -> tuple[str, Any, dict[str, Any]]:
-        self._check_writable()
+    def _write(self, must_create: bool) -> tuple[str, Any, int]:
+        """Return the key, payload and timeout of a save (the CPU part, shared by sync/async)."""
+        if self.access == READ_ONLY or self._released:
+            self._check_writable()
         key = self._session_key
         assert key is not None
         data = self._get_session(no_load=must_create)
-        payload = self._to_payload(data)
+        payload = dict(data) if self._stores_objects else self._to_payload(data)
         if data.get("_session_expiry"):
             timeout = max(0, self.get_expiry_age())
         else:
             # What get_expiry_age() returns without a custom expiry, minus its timezone.now().
             timeout = max(0, self.get_session_cookie_age())
-        return key, payload, {"lock_id": self._lock_id, "timeout": timeout, "release": release}
+        return key, payload, timeout
 
     def _written(self, key: str, ok: bool, must_create: bool, release: bool) -> None:
         if must_create:
@@ -465,7 +478,7 @@ class StateModeSessionBase(SessionBase):
             return
         if not ok:
             if self._lock_id is not None:
-                lock_stats.add(refused_writes=1)
+                lock_stats.refused_writes += 1
                 logger.warning(
                     "Refused the write of session %s...: its lock was broken after "
                     "STATEMODES_LOCK_TIMEOUT and another request holds it now.",
@@ -489,17 +502,28 @@ class StateModeSessionBase(SessionBase):
     def _save(self, *, must_create: bool, release: bool) -> None:
         if self._session_key is None:
             return self.create()
-        key, payload, kwargs = self._write(must_create, release)
-        if must_create:
-            kwargs["lock_id"] = None
-        ok = self._provider.set_and_release(key, payload, new_item=must_create, **kwargs)
+        key, payload, timeout = self._write(must_create)
+        ok = self._provider.set_and_release(
+            key,
+            payload,
+            lock_id=None if must_create else self._lock_id,
+            timeout=timeout,
+            new_item=must_create,
+            release=release,
+        )
+        if ok and not (must_create or self._initializing):  # the common case, kept short
+            if release:
+                self._lock_id = self._locked_key = None
+            return
         self._written(key, ok, must_create, release)
 
     async def _asave(self, *, release: bool) -> None:
         if self._session_key is None:
             return await self.acreate()
-        key, payload, kwargs = self._write(False, release)
-        ok = await self._provider.aset_and_release(key, payload, **kwargs)
+        key, payload, timeout = self._write(False)
+        ok = await self._provider.aset_and_release(
+            key, payload, lock_id=self._lock_id, timeout=timeout, release=release
+        )
         self._written(key, ok, False, release)
 
     # The request's end (called by SessionStateMiddleware).

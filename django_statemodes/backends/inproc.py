@@ -113,11 +113,13 @@ class InProcProvider(SessionStateProvider):
     # The contract: the store does the work; live objects need no async twin.
 
     def get(self, session_key: str) -> StateItem | None:
-        self._maybe_sweep()
+        if time.monotonic() >= self._next_sweep:
+            self._maybe_sweep()
         return self.store.get(session_key)
 
     def get_exclusive(self, session_key: str) -> StateItem | None:
-        self._maybe_sweep()
+        if time.monotonic() >= self._next_sweep:  # _maybe_sweep() inlined: every request
+            self._maybe_sweep()
         return self.store.get_exclusive(session_key)
 
     def set_and_release(
