@@ -28,10 +28,9 @@ class SessionStateAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[SessionState]:
         # Live sessions only: an expired row that was not purged yet is never served either.
+        rows: QuerySet[SessionState] = super().get_queryset(request)
         return (
-            super()
-            .get_queryset(request)
-            .using(conf.STATEMODES_SQL_DATABASE)
+            rows.using(conf.STATEMODES_SQL_DATABASE)
             .filter(expires__gt=timezone.now())
             .defer("item_short", "item_long")
             .annotate(size=Coalesce(Length("item_short"), Length("item_long"), Value(0)))

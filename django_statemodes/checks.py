@@ -85,6 +85,10 @@ def check_settings(
             )
     if engine == ENGINE_PREFIX + "custom":
         errors.extend(_check_custom_provider())
+    if engine == ENGINE_PREFIX + "sql":
+        from django_statemodes.sqlstate.checks import check_sql_settings
+
+        errors.extend(check_sql_settings())
     if engine == ENGINE_PREFIX + "sql" and conf.STATEMODES_SQL_DATABASE not in connections:
         errors.append(
             Error(

@@ -57,10 +57,12 @@ def postgres(q: Callable[[str], str]) -> Statements:
         f"{long} = %s, {flags} = {flags} & ~{FLAG_UNINITIALIZED}"
     )
     lock_check = f"{sid} = %s AND {locked} AND {cookie} = %s AND {expires} > now()"
+    # A batch deletes by ctid, no row locks taken first: a row a request slid meanwhile has a
+    # new ctid and so is left alone (PostgreSQL rechecks the qual on the updated version).
     batch = (
         f"DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} "
-        f"WHERE {expires} < %s AND {expires} >= %s AND right({sid}, 8) = %s "
-        f"ORDER BY {expires} LIMIT %s FOR UPDATE SKIP LOCKED)) AND {expires} < %s"
+        f"WHERE {expires} <= %s AND {expires} >= %s AND right({sid}, 8) = %s "
+        f"ORDER BY {expires} LIMIT %s)) AND {expires} <= %s"
     )
     return Statements(
         get=(
@@ -109,7 +111,7 @@ def postgres(q: Callable[[str], str]) -> Statements:
         reset_timeout=f"UPDATE {t} SET {slide} WHERE {sid} = %s AND {expires} > now()",
         holds=f"SELECT 1 FROM {t} WHERE {lock_check}",
         count_expired=(
-            f"SELECT count(*) FROM {t} WHERE {expires} < now() AND right({sid}, 8) = %s"
+            f"SELECT count(*) FROM {t} WHERE {expires} <= now() AND right({sid}, 8) = %s"
         ),
         purge_batch=(
             f"WITH gone AS ({batch} RETURNING {expires}) SELECT count(*), max({expires}) FROM gone"
@@ -142,9 +144,9 @@ def sqlite(q: Callable[[str], str]) -> Statements:
     )
     lock_check = f"{sid} = ? AND {locked} AND {cookie} = ? AND {expires} > {now}"
     batch = (
-        f"DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE {expires} < ? "
+        f"DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE {expires} <= ? "
         f"AND {expires} >= ? AND substr({sid}, -8) = ? ORDER BY {expires} LIMIT ?) "
-        f"AND {expires} < ?"
+        f"AND {expires} <= ?"
     )
     return Statements(
         get=(
@@ -180,7 +182,7 @@ def sqlite(q: Callable[[str], str]) -> Statements:
         reset_timeout=f"UPDATE {t} SET {slide} WHERE {sid} = ? AND {expires} > {now}",
         holds=f"SELECT 1 FROM {t} WHERE {lock_check}",
         count_expired=(
-            f"SELECT count(*) FROM {t} WHERE {expires} < {now} AND substr({sid}, -8) = ?"
+            f"SELECT count(*) FROM {t} WHERE {expires} <= {now} AND substr({sid}, -8) = ?"
         ),
         purge_batch=f"{batch} RETURNING {expires}",
         purge_batch_items=f"{batch} RETURNING {sid}, {expires}, {payload}",

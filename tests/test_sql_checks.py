@@ -1,0 +1,49 @@
+"""System checks of SQL mode (E030-E033)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from django_statemodes.checks import check_settings
+
+SQL = "django_statemodes.backends.sql"
+
+
+def ids() -> set[str]:
+    return {message.id for message in check_settings() if message.id}
+
+
+@pytest.fixture
+def sql(settings: Any) -> Any:
+    settings.SESSION_ENGINE = SQL
+    settings.STATEMODES_SQL_DATABASE = "statesqlite"
+    return settings
+
+
+def test_a_good_configuration_has_no_sql_errors(sql: Any) -> None:
+    assert not {i for i in ids() if i.startswith("django_statemodes.E03")}
+
+
+def test_an_in_memory_sqlite_database_is_refused(sql: Any) -> None:
+    sql.STATEMODES_SQL_DATABASE = "default"  # tests.settings: SQLite in memory
+    assert "django_statemodes.E031" in ids()
+
+
+@pytest.mark.parametrize("value", [-1, "5", None, True])
+def test_the_retry_interval_must_be_a_non_negative_number(sql: Any, value: Any) -> None:
+    sql.STATEMODES_SQL_RETRY_INTERVAL = value
+    assert "django_statemodes.E032" in ids()
+
+
+@pytest.mark.parametrize("value", [0, -5, 2.5, "100"])
+def test_the_purge_batch_size_must_be_a_positive_integer(sql: Any, value: Any) -> None:
+    sql.STATEMODES_PURGE_BATCH_SIZE = value
+    assert "django_statemodes.E033" in ids()
+
+
+def test_the_checks_only_run_for_sql_mode(settings: Any) -> None:
+    settings.SESSION_ENGINE = "django_statemodes.backends.inproc"
+    settings.STATEMODES_PURGE_BATCH_SIZE = 0
+    assert "django_statemodes.E033" not in ids()
