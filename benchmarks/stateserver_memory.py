@@ -103,7 +103,9 @@ def main() -> None:
         print(f"fill time:           {elapsed:.1f} s ({options.sessions / elapsed:,.0f} writes/s)")
         print(f"RSS empty:           {empty / 2**20:,.1f} MiB")
         print(f"RSS full:            {full / 2**20:,.1f} MiB ({full / 1e9:.2f} GB)")
-        print(f"per session:         {per_item:,.0f} bytes ({per_item - options.size:,.0f} overhead)")
+        print(
+            f"per session:         {per_item:,.0f} bytes ({per_item - options.size:,.0f} overhead)"
+        )
         sock.close()
     finally:
         server.send_signal(signal.SIGTERM)
