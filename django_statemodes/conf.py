@@ -9,6 +9,26 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
+
+_MISSING = object()
+# Values read so far. Several settings are read on every request, and reading one that is not
+# set costs Django's LazySettings an AttributeError each time; cleared on every setting change.
+_cache: dict[str, Any] = {}
+
+
+def _setting(name: str, default: Any) -> Any:
+    value = _cache.get(name, _MISSING)
+    if value is _MISSING:
+        value = _cache[name] = getattr(settings, name, default)
+    return value
+
+
+def _clear(**kwargs: Any) -> None:
+    _cache.clear()
+
+
+setting_changed.connect(_clear, dispatch_uid="django_statemodes.conf")
 
 
 class Settings:
@@ -17,102 +37,102 @@ class Settings:
     @property
     def STATEMODES_STATE_CONNECTION(self) -> str:
         # ASP.NET stateConnectionString; several servers separated by ";" partition sessions.
-        return getattr(settings, "STATEMODES_STATE_CONNECTION", "tcpip=127.0.0.1:42424")
+        return _setting("STATEMODES_STATE_CONNECTION", "tcpip=127.0.0.1:42424")
 
     @property
     def STATEMODES_STATE_NETWORK_TIMEOUT(self) -> float:
         # ASP.NET stateNetworkTimeout, 10 s.
-        return getattr(settings, "STATEMODES_STATE_NETWORK_TIMEOUT", 10.0)
+        return _setting("STATEMODES_STATE_NETWORK_TIMEOUT", 10.0)
 
     @property
     def STATEMODES_STATE_SECRET(self) -> str | None:
         # Shared secret for a state server bound beyond loopback (--allow-remote).
-        return getattr(settings, "STATEMODES_STATE_SECRET", None)
+        return _setting("STATEMODES_STATE_SECRET", None)
 
     @property
     def STATEMODES_PARTITION_RESOLVER(self) -> str | None:
         # ASP.NET partitionResolverType: dotted path of a custom resolver.
-        return getattr(settings, "STATEMODES_PARTITION_RESOLVER", None)
+        return _setting("STATEMODES_PARTITION_RESOLVER", None)
 
     @property
     def STATEMODES_SQL_DATABASE(self) -> str:
-        return getattr(settings, "STATEMODES_SQL_DATABASE", "default")
+        return _setting("STATEMODES_SQL_DATABASE", "default")
 
     @property
     def STATEMODES_SQL_RETRY_INTERVAL(self) -> float:
         # ASP.NET sqlConnectionRetryInterval: 0 means no retry.
-        return getattr(settings, "STATEMODES_SQL_RETRY_INTERVAL", 0.0)
+        return _setting("STATEMODES_SQL_RETRY_INTERVAL", 0.0)
 
     @property
     def STATEMODES_PURGE_BATCH_SIZE(self) -> int:
-        return getattr(settings, "STATEMODES_PURGE_BATCH_SIZE", 5000)
+        return _setting("STATEMODES_PURGE_BATCH_SIZE", 5000)
 
     @property
     def STATEMODES_CUSTOM_PROVIDER(self) -> str | None:
-        return getattr(settings, "STATEMODES_CUSTOM_PROVIDER", None)
+        return _setting("STATEMODES_CUSTOM_PROVIDER", None)
 
     @property
     def STATEMODES_CUSTOM_PROVIDER_OPTIONS(self) -> dict[str, Any]:
         # Keyword arguments for the custom provider (ASP.NET <providers><add .../> attributes).
-        return getattr(settings, "STATEMODES_CUSTOM_PROVIDER_OPTIONS", {})
+        return _setting("STATEMODES_CUSTOM_PROVIDER_OPTIONS", {})
 
     @property
     def STATEMODES_REDIS_ALIAS(self) -> str:
         # The django-redis cache alias the Redis provider uses.
-        return getattr(settings, "STATEMODES_REDIS_ALIAS", "default")
+        return _setting("STATEMODES_REDIS_ALIAS", "default")
 
     @property
     def STATEMODES_COOKIELESS(self) -> str:
-        return getattr(settings, "STATEMODES_COOKIELESS", "UseCookies")
+        return _setting("STATEMODES_COOKIELESS", "UseCookies")
 
     @property
     def STATEMODES_REGENERATE_EXPIRED_SESSION_ID(self) -> bool:
-        return getattr(settings, "STATEMODES_REGENERATE_EXPIRED_SESSION_ID", True)
+        return _setting("STATEMODES_REGENERATE_EXPIRED_SESSION_ID", True)
 
     @property
     def STATEMODES_COOKIELESS_REFERRER_POLICY(self) -> str | None:
-        return getattr(settings, "STATEMODES_COOKIELESS_REFERRER_POLICY", "same-origin")
+        return _setting("STATEMODES_COOKIELESS_REFERRER_POLICY", "same-origin")
 
     @property
     def STATEMODES_COOKIELESS_NOINDEX(self) -> bool:
-        return getattr(settings, "STATEMODES_COOKIELESS_NOINDEX", False)
+        return _setting("STATEMODES_COOKIELESS_NOINDEX", False)
 
     @property
     def STATEMODES_COOKIELESS_BIND_USER_AGENT(self) -> bool:
-        return getattr(settings, "STATEMODES_COOKIELESS_BIND_USER_AGENT", False)
+        return _setting("STATEMODES_COOKIELESS_BIND_USER_AGENT", False)
 
     @property
     def STATEMODES_LOCK_TIMEOUT(self) -> float:
         # ASP.NET breaks a lock once it is older than executionTimeout (110 s).
-        return getattr(settings, "STATEMODES_LOCK_TIMEOUT", 110.0)
+        return _setting("STATEMODES_LOCK_TIMEOUT", 110.0)
 
     @property
     def STATEMODES_LOCK_QUEUE_LIMIT(self) -> int:
         # ASP.NET aspnet:RequestQueueLimitPerSession, 50 since 4.6.3.
-        return getattr(settings, "STATEMODES_LOCK_QUEUE_LIMIT", 50)
+        return _setting("STATEMODES_LOCK_QUEUE_LIMIT", 50)
 
     @property
     def STATEMODES_DEFAULT_ACCESS(self) -> str:
         # ASP.NET <pages enableSessionState="true">.
-        return getattr(settings, "STATEMODES_DEFAULT_ACCESS", "ReadWrite")
+        return _setting("STATEMODES_DEFAULT_ACCESS", "ReadWrite")
 
     @property
     def STATEMODES_COMPRESSION(self) -> bool:
         # ASP.NET compressionEnabled, off.
-        return getattr(settings, "STATEMODES_COMPRESSION", False)
+        return _setting("STATEMODES_COMPRESSION", False)
 
     @property
     def STATEMODES_APPLICATION_NAME(self) -> str:
         # Explicit, never derived from a deployment path (the classic web-farm trap).
-        return getattr(settings, "STATEMODES_APPLICATION_NAME", "default")
+        return _setting("STATEMODES_APPLICATION_NAME", "default")
 
     @property
     def STATEMODES_MAX_SESSION_SIZE(self) -> int:
-        return getattr(settings, "STATEMODES_MAX_SESSION_SIZE", 4 * 1024 * 1024)
+        return _setting("STATEMODES_MAX_SESSION_SIZE", 4 * 1024 * 1024)
 
     @property
     def STATEMODES_INPROC_MAX_SESSIONS(self) -> int:
-        return getattr(settings, "STATEMODES_INPROC_MAX_SESSIONS", 100_000)
+        return _setting("STATEMODES_INPROC_MAX_SESSIONS", 100_000)
 
 
 conf = Settings()
