@@ -6,7 +6,7 @@ documented in ``docs/settings.md``; validation is in ``checks.py``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.signals import setting_changed
@@ -17,11 +17,14 @@ _MISSING = object()
 _cache: dict[str, Any] = {}
 
 
-def _setting(name: str, default: Any) -> Any:
+T = TypeVar("T")
+
+
+def _setting(name: str, default: T) -> T:
     value = _cache.get(name, _MISSING)
     if value is _MISSING:
         value = _cache[name] = getattr(settings, name, default)
-    return value
+    return value  # type: ignore[no-any-return]
 
 
 def _clear(**kwargs: Any) -> None:
