@@ -8,16 +8,16 @@ and load, save and release) on live sessions; their p99 latency is compared with
 loop before the purge. Targets (DESIGN.md §5): rate at least 0.7x clearsessions, no batch
 (transaction) over 1 s, live p99 within 2x of idle.
 
-Run: ``python -m benchmarks.sql_purge [--rows 1000000] [--batch-size 5000]``
+Run: ``python -m benchmarks.sql_purge [--rows 1000000] [--batch-size 5000] [--type persisted]``
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
-import threading
 import time
 from typing import Any
 
@@ -59,7 +59,7 @@ def admin(sql: str) -> None:
         conn.execute(sql)
 
 
-def load(rows: int) -> None:
+def load(rows: int, table_type: str) -> None:
     """Fill both tables: half expired an hour ago, half live for a day."""
     from django.core.management import call_command
     from django.db import connection
@@ -67,7 +67,7 @@ def load(rows: int) -> None:
     from django_statemodes.sqlstate import schema
 
     call_command("migrate", "sessions", verbosity=0)
-    call_command("installsqlstate", type="persisted", verbosity=0)
+    call_command("installsqlstate", type=table_type, verbosity=0)
     suffix = schema.app_suffix(schema.app_id("default"))
     with connection.cursor() as cursor:
         cursor.execute(
@@ -88,8 +88,12 @@ def load(rows: int) -> None:
         cursor.execute("CHECKPOINT")
 
 
-def live_cycles(keys: list[str], stop: threading.Event, out: list[float]) -> None:
-    """Request cycles on live sessions until ``stop``: lock+load, change, save+release."""
+def live_cycles(keys: list[str], stop: Any, out: Any) -> None:
+    """Request cycles on live sessions until ``stop``: lock+load, change, save+release.
+
+    Runs in its own process, as a web worker does (the purge runs from cron).
+    """
+    configure()
     from django_statemodes.backends.sql import SessionStore
 
     i = 0
@@ -107,13 +111,13 @@ def p99(samples: list[float]) -> float:
     return statistics.quantiles(samples, n=100)[98]
 
 
-def run(rows: int, batch_size: int) -> dict[str, Any]:
+def run(rows: int, batch_size: int, table_type: str) -> dict[str, Any]:
     from django.contrib.sessions.backends.db import SessionStore as DjangoDb
     from django.db import connection
 
     from django_statemodes.backends.sql import SessionStore
 
-    load(rows)
+    load(rows, table_type)
     expired = rows // 2
 
     started = time.perf_counter()
@@ -127,30 +131,37 @@ def run(rows: int, batch_size: int) -> dict[str, Any]:
         store["n"] = 0
         store.finish(save=True)
         keys.append(store.session_key)
-    idle: list[float] = []
-    stop = threading.Event()
-    thread = threading.Thread(target=live_cycles, args=(keys, stop, idle))
-    thread.start()
-    time.sleep(3.0)
+    ctx = multiprocessing.get_context("spawn")
+    manager = ctx.Manager()
+    idle_samples = manager.list()
+    stop = ctx.Event()
+    worker = ctx.Process(target=live_cycles, args=(keys, stop, idle_samples))
+    worker.start()
+    time.sleep(4.0)
     stop.set()
-    thread.join()
+    worker.join()
+    idle = list(idle_samples)[50:]  # past the worker's warm-up
 
-    during: list[float] = []
-    stop = threading.Event()
-    thread = threading.Thread(target=live_cycles, args=(keys, stop, during))
-    thread.start()
+    during_samples = manager.list()
+    stop = ctx.Event()
+    worker = ctx.Process(target=live_cycles, args=(keys, stop, during_samples))
+    worker.start()
+    time.sleep(1.0)  # warmed up
+    warm = len(during_samples)
     provider = SessionStore.get_provider()
     marks = [time.perf_counter()]
     purged = provider.purge_expired(
         batch_size=batch_size, on_batch=lambda total: marks.append(time.perf_counter())
     )
     purge_seconds = marks[-1] - marks[0]
+    during = list(during_samples)[warm:]
     stop.set()
-    thread.join()
+    worker.join()
     batches = [b - a for a, b in zip(marks, marks[1:], strict=False)]
     assert purged == expired, (purged, expired)
     return {
         "rows": rows,
+        "table_type": table_type,
         "expired": expired,
         "payload_bytes": PAYLOAD_BYTES,
         "clearsessions_seconds": round(clear_seconds, 3),
@@ -174,13 +185,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--type", choices=["temp", "persisted"], default="persisted")
     args = parser.parse_args()
     os.environ.setdefault("STATEMODES_DJANGO_TESTS", "0")
     admin(f"DROP DATABASE IF EXISTS {SCRATCH}")
     admin(f"CREATE DATABASE {SCRATCH}")
     configure()
     try:
-        result = run(args.rows, args.batch_size)
+        result = run(args.rows, args.batch_size, args.type)
     finally:
         from django.db import connections
 

@@ -11,6 +11,7 @@ PostgreSQL wakes waiting requests with ``LISTEN``/``NOTIFY``; SQLite polls with 
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -136,7 +137,7 @@ class SQLStateProvider(SessionStateProvider):
 
     placeholder: ClassVar[str] = "%s"
 
-    def _execute(self, conn: Any, sql: str, params: Sequence[Any]) -> Any:
+    def _execute(self, conn: Any, sql: str, params: Sequence[Any], *, prepare: bool = True) -> Any:
         return conn.execute(sql, params)
 
     def _raise(self, exc: Exception) -> NoReturn:
@@ -189,14 +190,20 @@ class SQLStateProvider(SessionStateProvider):
                     ) from exc
                 time.sleep(min(RETRY_PAUSE, deadline - now))
 
-    def _one(self, sql: str, params: Sequence[Any]) -> Any:
-        return self.run(lambda conn: self._execute(conn, sql, params).fetchone())
+    def _one(self, sql: str, params: Sequence[Any], *, prepare: bool = True) -> Any:
+        return self.run(lambda conn: self._execute(conn, sql, params, prepare=prepare).fetchone())
 
     def _all(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        return list(self.run(lambda conn: self._execute(conn, sql, params).fetchall()))
+        # Purge statements are planned afresh each time (never prepared): a generic plan of
+        # "Expires <= $1 ... ORDER BY Expires LIMIT $4" may scan the whole table per batch.
+        return list(
+            self.run(lambda conn: self._execute(conn, sql, params, prepare=False).fetchall())
+        )
 
-    def _count(self, sql: str, params: Sequence[Any]) -> int:
-        return int(self.run(lambda conn: self._execute(conn, sql, params).rowcount))
+    def _count(self, sql: str, params: Sequence[Any], *, prepare: bool = True) -> int:
+        return int(
+            self.run(lambda conn: self._execute(conn, sql, params, prepare=prepare).rowcount)
+        )
 
     def sid(self, session_key: str) -> str:
         """Return the stored SessionId: the key plus the 8-hex AppId, as ASP.NET stores it."""
@@ -284,23 +291,24 @@ class SQLStateProvider(SessionStateProvider):
         since = self.lowest
         total = 0
         while True:
-            params = (cutoff, since, self.suffix, size, cutoff)
-            if on_expired is None:
-                removed, newest = self._purge_batch(params)
-            else:
-                rows = self._all(self.sql.purge_batch_items, params)
-                removed, newest = len(rows), max((row[1] for row in rows), default=None)
-                for session_id, _, payload in rows:
+            scanned, newest, removed, items = self._purge_step(
+                cutoff, since, size, with_items=on_expired is not None
+            )
+            if on_expired is not None:
+                for session_id, payload in items:
                     data = None if payload is None else bytes(payload)
                     on_expired(ExpiredItem(session_id[: -len(self.suffix)], data))
             total += removed
             if on_batch is not None:
                 on_batch(total)
-            if removed < size or newest is None:
+            if scanned < size or newest is None or (removed == 0 and newest == since):
                 return total
             since = newest  # keyset: the next batch starts where this one ended
 
-    def _purge_batch(self, params: Sequence[Any]) -> tuple[int, Any]:
+    def _purge_step(
+        self, cutoff: Any, since: Any, size: int, *, with_items: bool
+    ) -> tuple[int, Any, int, list[tuple[str, Any]]]:
+        """Delete one batch; return (rows scanned, newest Expires scanned, removed, items)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -352,8 +360,8 @@ class PostgresStateProvider(SQLStateProvider):
             return _Down  # admin shutdown, crash shutdown, cannot connect now, connection lost
         return None
 
-    def _execute(self, conn: Any, sql: str, params: Sequence[Any]) -> Any:
-        return conn.execute(sql, params, prepare=True, binary=True)
+    def _execute(self, conn: Any, sql: str, params: Sequence[Any], *, prepare: bool = True) -> Any:
+        return conn.execute(sql, params, prepare=prepare, binary=True)
 
     def get(self, session_key: str) -> StateItem | None:
         if not session_key:
@@ -370,9 +378,19 @@ class PostgresStateProvider(SQLStateProvider):
     def now(self) -> Any:
         return self._one("SELECT now()", ())[0]
 
-    def _purge_batch(self, params: Sequence[Any]) -> tuple[int, Any]:
-        count, newest = self._one(self.sql.purge_batch, params)
-        return int(count), newest
+    def _purge_step(
+        self, cutoff: Any, since: Any, size: int, *, with_items: bool
+    ) -> tuple[int, Any, int, list[tuple[str, Any]]]:
+        bound = self._one(self.sql.purge_scan, (cutoff, since, size - 1), prepare=False)
+        upper = cutoff if bound is None else bound[0]
+        params = (since, upper, self.suffix)
+        if with_items:
+            rows = self._all(self.sql.purge_batch_items, params)
+            removed, items = len(rows), [(row[0], row[1]) for row in rows]
+        else:
+            removed, items = self._count(self.sql.purge_batch, params, prepare=False), []
+        # A full batch: go on after its end (the range is exclusive of `since`).
+        return (size if bound is not None else 0), upper, removed, items
 
     # Waiting: LISTEN on a dedicated connection per thread, woken by the holder's NOTIFY.
 
@@ -481,9 +499,19 @@ class SQLiteStateProvider(SQLStateProvider):
     def now(self) -> Any:
         return self._one(f"SELECT {statements.SQLITE_NOW}", ())[0]
 
-    def _purge_batch(self, params: Sequence[Any]) -> tuple[int, Any]:
-        rows = self._all(self.sql.purge_batch, params)
-        return len(rows), max((row[0] for row in rows), default=None)
+    def _purge_step(
+        self, cutoff: Any, since: Any, size: int, *, with_items: bool
+    ) -> tuple[int, Any, int, list[tuple[str, Any]]]:
+        def work(conn: Any) -> tuple[int, Any, int, list[tuple[str, Any]]]:
+            with self._immediate(conn):
+                rows = conn.execute(self.sql.purge_scan, (cutoff, since, size)).fetchall()
+                mine = [row[0] for row in rows if row[2].endswith(self.suffix)]
+                gone = conn.execute(self.sql.purge_delete, (json.dumps(mine), cutoff)).fetchall()
+            newest = rows[-1][1] if rows else None
+            return len(rows), newest, len(gone), [(row[0], row[1]) for row in gone]
+
+        result: tuple[int, Any, int, list[tuple[str, Any]]] = self.run(work)
+        return result
 
 
 def provider_for(alias: str) -> SQLStateProvider:

@@ -34,8 +34,10 @@ class Statements:
     reset_timeout: str  # TempResetTimeout
     holds: str  # does lock cookie N still hold the item?
     count_expired: str
-    purge_batch: str  # DeleteExpiredSessions, one batch, without payloads
+    purge_batch: str  # PostgreSQL: DeleteExpiredSessions over one range of Expires
     purge_batch_items: str  # the same, returning keys and payloads for session_end
+    purge_scan: str  # the batch's end (PostgreSQL) or rows (SQLite), oldest first
+    purge_delete: str  # SQLite: delete the scanned rows of this application
 
 
 def postgres(q: Callable[[str], str]) -> Statements:
@@ -57,13 +59,11 @@ def postgres(q: Callable[[str], str]) -> Statements:
         f"{long} = %s, {flags} = {flags} & ~{FLAG_UNINITIALIZED}"
     )
     lock_check = f"{sid} = %s AND {locked} AND {cookie} = %s AND {expires} > now()"
-    # A batch deletes by ctid, no row locks taken first: a row a request slid meanwhile has a
-    # new ctid and so is left alone (PostgreSQL rechecks the qual on the updated version).
-    batch = (
-        f"DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} "
-        f"WHERE {expires} <= %s AND {expires} >= %s AND right({sid}, 8) = %s "
-        f"ORDER BY {expires} LIMIT %s)) AND {expires} <= %s"
-    )
+    # A batch is a range of the Expires index: the first query finds where the next `size`
+    # expired rows end (an index-only walk from where the last batch ended), the DELETE then
+    # removes this application's rows in that range, as clearsessions' one DELETE does, but in
+    # short transactions. A row a request slid meanwhile no longer matches and stays.
+    batch = f"DELETE FROM {t} WHERE {expires} > %s AND {expires} <= %s AND right({sid}, 8) = %s"
     return Statements(
         get=(
             old + f"UPDATE {t} SET {slide}, {flags} = {flags} & ~{FLAG_UNINITIALIZED} "
@@ -113,10 +113,13 @@ def postgres(q: Callable[[str], str]) -> Statements:
         count_expired=(
             f"SELECT count(*) FROM {t} WHERE {expires} <= now() AND right({sid}, 8) = %s"
         ),
-        purge_batch=(
-            f"WITH gone AS ({batch} RETURNING {expires}) SELECT count(*), max({expires}) FROM gone"
+        purge_batch=batch,
+        purge_batch_items=f"{batch} RETURNING {sid}, {payload}",
+        purge_scan=(
+            f"SELECT {expires} FROM {t} WHERE {expires} <= %s AND {expires} > %s "
+            f"ORDER BY {expires} OFFSET %s LIMIT 1"
         ),
-        purge_batch_items=f"{batch} RETURNING {sid}, {expires}, {payload}",
+        purge_delete="",
     )
 
 
@@ -143,11 +146,6 @@ def sqlite(q: Callable[[str], str]) -> Statements:
         f"{flags} = {flags} & ~{FLAG_UNINITIALIZED}"
     )
     lock_check = f"{sid} = ? AND {locked} AND {cookie} = ? AND {expires} > {now}"
-    batch = (
-        f"DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE {expires} <= ? "
-        f"AND {expires} >= ? AND substr({sid}, -8) = ? ORDER BY {expires} LIMIT ?) "
-        f"AND {expires} <= ?"
-    )
     return Statements(
         get=(
             f"SELECT {locked}, {cookie}, CASE WHEN {locked} THEN {age} ELSE 0 END, {timeout}, "
@@ -184,6 +182,14 @@ def sqlite(q: Callable[[str], str]) -> Statements:
         count_expired=(
             f"SELECT count(*) FROM {t} WHERE {expires} <= {now} AND substr({sid}, -8) = ?"
         ),
-        purge_batch=f"{batch} RETURNING {expires}",
-        purge_batch_items=f"{batch} RETURNING {sid}, {expires}, {payload}",
+        purge_batch="",
+        purge_batch_items="",
+        purge_scan=(
+            f"SELECT rowid, {expires}, {sid} FROM {t} WHERE {expires} <= ? AND {expires} >= ? "
+            f"ORDER BY {expires} LIMIT ?"
+        ),
+        purge_delete=(
+            f"DELETE FROM {t} WHERE rowid IN (SELECT value FROM json_each(?)) "
+            f"AND {expires} <= ? RETURNING {sid}, {payload}"
+        ),
     )
