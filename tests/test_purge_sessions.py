@@ -65,3 +65,36 @@ def test_django_engines_are_purged_like_clearsessions() -> None:
 def test_a_bad_batch_size_is_refused() -> None:
     with pytest.raises(CommandError, match="--batch-size"):
         purge("--batch-size", "0")
+
+
+class Terminal(StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.django_db(databases=["default", "statesqlite"], transaction=True)
+def test_a_terminal_gets_a_progress_bar_batch_by_batch(settings: Any) -> None:
+    from django_statemodes.backends.sql import SessionStore as SQLStore
+
+    settings.SESSION_ENGINE = "django_statemodes.backends.sql"
+    settings.STATEMODES_SQL_DATABASE = "statesqlite"
+    call_command("installsqlstate", database="statesqlite", verbosity=0)  # idempotent
+    SQLStore.purge()  # start from no expired session
+    for _ in range(5):
+        store = SQLStore()
+        store["x"] = 1
+        store.set_expiry(1)
+        store.save()
+    time.sleep(2.1)
+    out = Terminal()
+    call_command("purge_sessions", "--batch-size", "2", stdout=out)
+    text = out.getvalue()
+    assert "\r[" in text
+    assert "100% 5/5" in text
+    assert "2/5" in text and "4/5" in text  # drawn after each batch of 2
+    assert text.rstrip().endswith("Purged 5 expired session(s).")
+
+
+def test_without_a_terminal_there_is_no_bar_only_a_summary() -> None:
+    out = purge()
+    assert "\r" not in out and "[" not in out

@@ -15,11 +15,12 @@ owns everything else, so every mode behaves the same:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -604,17 +605,39 @@ class StateModeSessionBase(SessionBase):
         cls.purge()
 
     @classmethod
-    def purge(cls, *, dry_run: bool = False, batch_size: int | None = None) -> int:
-        """Remove expired sessions, send ``session_end`` for each, return how many."""
+    def purge(
+        cls,
+        *,
+        dry_run: bool = False,
+        batch_size: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> int:
+        """Remove expired sessions, send ``session_end`` for each, return how many.
+
+        ``on_batch`` is called with the running total after each batch, where the provider
+        purges in batches and accepts an ``on_batch`` keyword (SQL mode); for progress displays.
+        """
         on_expired = cls._expired if session_end.has_listeners() else None
-        return cls.get_provider().purge_expired(
-            on_expired=on_expired, dry_run=dry_run, batch_size=batch_size
+        provider = cls.get_provider()
+        extra: dict[str, Any] = {}
+        if on_batch is not None and _accepts(provider.purge_expired, "on_batch"):
+            extra["on_batch"] = on_batch
+        return provider.purge_expired(
+            on_expired=on_expired, dry_run=dry_run, batch_size=batch_size, **extra
         )
 
     @classmethod
     def _expired(cls, item: ExpiredItem, reason: str = "expired") -> None:
         data = None if item.data is None else cls()._from_payload(item.data)
         session_end.send(sender=cls, session_key=item.session_key, data=data, reason=reason)
+
+
+def _accepts(function: Callable[..., Any], name: str) -> bool:
+    """Say whether ``function`` takes the keyword argument ``name`` (an optional contract hook)."""
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _past(expiry: Any) -> bool:

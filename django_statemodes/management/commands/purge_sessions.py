@@ -10,11 +10,14 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_statemodes.exceptions import SessionStoreUnavailable
 
+BAR_WIDTH = 30
+
 
 class Command(BaseCommand):
     help = (
         "Delete expired sessions from the configured session store, sending session_end for "
-        "each when receivers are connected. Run it from cron."
+        "each when receivers are connected. Run it from cron: without a terminal it prints one "
+        "summary line (none at --verbosity 0); on a terminal it shows a progress bar."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -27,7 +30,8 @@ class Command(BaseCommand):
             "--batch-size",
             type=int,
             default=None,
-            help="Sessions deleted per batch, where the store deletes in batches (SQL).",
+            help="Sessions deleted per batch, where the store deletes in batches (SQL); "
+            "default STATEMODES_PURGE_BATCH_SIZE.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -35,11 +39,17 @@ class Command(BaseCommand):
         store = engine.SessionStore
         dry_run: bool = options["dry_run"]
         batch_size: int | None = options["batch_size"]
+        verbosity: int = options["verbosity"]
         if batch_size is not None and batch_size < 1:
             raise CommandError("--batch-size must be a positive integer.")
         try:
             if hasattr(store, "purge"):
-                count = store.purge(dry_run=dry_run, batch_size=batch_size)
+                on_batch = None
+                if verbosity >= 1 and not dry_run and self.stdout.isatty():
+                    on_batch = self._progress_bar(store.purge(dry_run=True))
+                count = store.purge(dry_run=dry_run, batch_size=batch_size, on_batch=on_batch)
+                if on_batch is not None:
+                    self.stdout.write("")  # end the bar's line
             elif dry_run:
                 raise CommandError(
                     f"Session engine {settings.SESSION_ENGINE!r} cannot count expired sessions."
@@ -55,7 +65,7 @@ class Command(BaseCommand):
             ) from None
         except SessionStoreUnavailable as exc:
             raise CommandError(f"{exc} Check {exc.setting}.") from exc
-        if options["verbosity"] < 1:
+        if verbosity < 1:
             return
         if count is None:
             self.stdout.write("Expired sessions purged.")
@@ -63,3 +73,16 @@ class Command(BaseCommand):
             self.stdout.write(f"{count} expired session(s) would be purged.")
         else:
             self.stdout.write(self.style.SUCCESS(f"Purged {count} expired session(s)."))
+
+    def _progress_bar(self, total: int) -> Any:
+        """Return an ``on_batch`` callback drawing a bar on the terminal, in place."""
+
+        def draw(done: int) -> None:
+            share = min(done / total, 1.0) if total else 1.0
+            filled = round(share * BAR_WIDTH)
+            bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+            self.stdout.write(f"\r[{bar}] {share:4.0%} {done}/{total}", ending="")
+            self.stdout.flush()
+
+        draw(0)
+        return draw
