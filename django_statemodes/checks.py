@@ -9,7 +9,6 @@ from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 from django.db import connections
-from django.utils.module_loading import import_string
 
 from django_statemodes.conf import conf
 from django_statemodes.modes import MODES
@@ -160,39 +159,12 @@ def check_settings(
 
 
 def _check_custom_provider() -> list[CheckMessage]:
-    from django_statemodes.providers.base import SessionStateProvider
+    from django_statemodes.backends.custom import HINT, ProviderNotFound, load_provider_class
 
-    path = conf.STATEMODES_CUSTOM_PROVIDER
-    hint = (
-        "Set STATEMODES_CUSTOM_PROVIDER to the dotted path of a SessionStateProvider subclass, "
-        "e.g. 'django_statemodes.providers.redis.RedisProvider'."
-    )
-    if not path or not isinstance(path, str):
-        return [
-            Error(
-                "SESSION_ENGINE is the custom engine but STATEMODES_CUSTOM_PROVIDER is not set.",
-                hint=hint,
-                id="django_statemodes.E007",
-            )
-        ]
     try:
-        provider = import_string(path)
-    except ImportError as exc:
-        return [
-            Error(
-                f"STATEMODES_CUSTOM_PROVIDER {path!r} cannot be imported: {exc}.",
-                hint=hint,
-                id="django_statemodes.E007",
-            )
-        ]
-    if not (isinstance(provider, type) and issubclass(provider, SessionStateProvider)):
-        return [
-            Error(
-                f"STATEMODES_CUSTOM_PROVIDER {path!r} is not a SessionStateProvider subclass.",
-                hint=hint,
-                id="django_statemodes.E007",
-            )
-        ]
+        provider = load_provider_class(conf.STATEMODES_CUSTOM_PROVIDER)
+    except ProviderNotFound as exc:
+        return [Error(exc.args[0], hint=HINT, id="django_statemodes.E007")]
     # A provider may check its own options (RedisProvider: E040-E049).
     provider_check = getattr(provider, "check", None)
     if callable(provider_check):

@@ -18,26 +18,37 @@ from .base import StateModeSessionBase
 
 HINT = (
     "Set STATEMODES_CUSTOM_PROVIDER to the dotted path of a SessionStateProvider subclass, "
-    "e.g. 'django_statemodes.providers.redis.RedisProvider' (system check django_statemodes.E007)."
+    "e.g. 'django_statemodes.providers.redis.RedisProvider'."
 )
 
 
+class ProviderNotFound(ImproperlyConfigured):
+    """Raised when ``STATEMODES_CUSTOM_PROVIDER`` does not name a provider class.
+
+    ``args[0]`` is the problem alone (what system check E007 reports, with ``HINT`` as its hint);
+    ``str()`` adds the hint.
+    """
+
+    def __str__(self) -> str:
+        return f"{self.args[0]} {HINT}"
+
+
 def load_provider_class(path: str | None) -> type[SessionStateProvider]:
-    """Import the provider class named by ``path``, or raise ``ImproperlyConfigured``."""
+    """Import the provider class named by ``path``, or raise ``ProviderNotFound``."""
     if not path or not isinstance(path, str):
-        raise ImproperlyConfigured(
+        raise ProviderNotFound(
             "SESSION_ENGINE is 'django_statemodes.backends.custom' but "
-            f"STATEMODES_CUSTOM_PROVIDER is not set. {HINT}"
+            "STATEMODES_CUSTOM_PROVIDER is not set."
         )
     try:
         provider_class = import_string(path)
     except ImportError as exc:
-        raise ImproperlyConfigured(
-            f"STATEMODES_CUSTOM_PROVIDER {path!r} cannot be imported: {exc}. {HINT}"
+        raise ProviderNotFound(
+            f"STATEMODES_CUSTOM_PROVIDER {path!r} cannot be imported: {exc}."
         ) from exc
     if not (isinstance(provider_class, type) and issubclass(provider_class, SessionStateProvider)):
-        raise ImproperlyConfigured(
-            f"STATEMODES_CUSTOM_PROVIDER {path!r} is not a SessionStateProvider subclass. {HINT}"
+        raise ProviderNotFound(
+            f"STATEMODES_CUSTOM_PROVIDER {path!r} is not a SessionStateProvider subclass."
         )
     return provider_class
 
