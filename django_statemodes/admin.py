@@ -83,8 +83,9 @@ class SessionStateAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             provider.close()
         self.message_user(request, f"Ended {ended} session(s).", messages.SUCCESS)
 
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        actions = super().get_actions(request)
+    def get_actions(self, request: HttpRequest, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        # *args: Django 6.1 added an action_location argument; 5.2 has none.
+        actions = super().get_actions(request, *args, **kwargs)
         actions.pop("delete_selected", None)  # rows end through the provider, never the ORM
         return actions
 
