@@ -344,6 +344,12 @@ class PostgresStateProvider(SQLStateProvider):
         params = wrapper.get_connection_params()
         # Server-side binding (Django's default cursor binds on the client): needed to prepare.
         params["cursor_factory"] = psycopg.Cursor
+        # Django disables prepared statements unless OPTIONS name a prepare_threshold (for
+        # poolers); ours are prepared explicitly (prepare=True), so enable them, unless the
+        # alias's OPTIONS set "prepare_threshold": None on purpose.
+        options = wrapper.settings_dict.get("OPTIONS") or {}
+        if options.get("prepare_threshold", 0) is not None:
+            params["prepare_threshold"] = options.get("prepare_threshold", 5)
         params.setdefault("connect_timeout", 5)
         try:
             return psycopg.connect(autocommit=autocommit, **params)
