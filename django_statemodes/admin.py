@@ -63,7 +63,7 @@ class SessionStateAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def size(self, obj: SessionState) -> int:
         return int(getattr(obj, "size", 0))
 
-    @admin.action(description="End the selected sessions (Session.Abandon)", permissions=["delete"])
+    @admin.action(description="End the selected sessions (Session.Abandon)", permissions=["end"])
     def end_sessions(self, request: HttpRequest, queryset: QuerySet[SessionState]) -> None:
         from django_statemodes.backends.sql import SessionStore, provider_for
 
@@ -83,11 +83,14 @@ class SessionStateAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             provider.close()
         self.message_user(request, f"Ended {ended} session(s).", messages.SUCCESS)
 
-    def get_actions(self, request: HttpRequest, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        # *args: Django 6.1 added an action_location argument; 5.2 has none.
-        actions = super().get_actions(request, *args, **kwargs)
-        actions.pop("delete_selected", None)  # rows end through the provider, never the ORM
-        return actions
+    def has_end_permission(self, request: HttpRequest) -> bool:
+        """Who may end sessions: whoever Django would let delete the rows."""
+        return super().has_delete_permission(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Rows end through the provider (waking waiters, sending session_end), never the ORM:
+        # this also drops Django's delete_selected action and the delete view.
+        return False
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
