@@ -12,7 +12,7 @@ from django.db import connections
 
 from django_statemodes.backends.sql import SQLStateProvider
 from django_statemodes.providers.base import ExpiredItem
-from django_statemodes.sqlstate import schema
+from django_statemodes.sqlstate import schema, statements
 from django_statemodes.testing import new_key
 from tests import fixtures_sql
 from tests.fixtures_sql import ALIASES, PG, PG_ENABLED
@@ -144,6 +144,74 @@ def test_a_waiter_is_woken_by_notify_within_milliseconds(make_provider: Any) -> 
         delays.append(woke[0] - released)
     delays.sort()
     assert delays[2] < 0.1, delays  # woken by NOTIFY, not by the 2 s safety net
+    provider.remove(key)
+
+
+@pytest.mark.skipif(not PG_ENABLED, reason="PostgreSQL is not reachable")
+def test_a_release_sends_a_notify_only_when_a_waiter_marked_the_item(make_provider: Any) -> None:
+    provider: SQLStateProvider = make_provider(PG)
+    key = fill(provider, 1, timeout=60)[0]
+    sid = provider.sid(key)
+    listener = provider.connect()
+    try:
+        listener.execute(f"LISTEN {statements.CHANNEL}")
+        held = provider.get_exclusive(key)
+        assert held is not None
+        provider.release(key, held.lock_id)
+        quiet = [n.payload for n in listener.notifies(timeout=0.5) if n.payload == sid]
+        assert quiet == []  # nobody waited: no NOTIFY (and no commit-time queue lock)
+        held = provider.get_exclusive(key)
+        assert held is not None
+        waiter = threading.Thread(target=provider.wait_for_release, args=(key, held.lock_id, 5.0))
+        waiter.start()
+        time.sleep(0.3)  # the waiter has listened and marked the item
+        assert provider.set_and_release(key, b"\x00x", lock_id=held.lock_id, timeout=60)
+        waiter.join(timeout=5)
+        heard = [n.payload for n in listener.notifies(timeout=1.0, stop_after=1)]
+        assert heard == [sid]
+        again = provider.get_exclusive(key)  # a new lock forgets the old waiters
+        assert again is not None
+        provider.release(key, again.lock_id)
+        assert [n.payload for n in listener.notifies(timeout=0.5) if n.payload == sid] == []
+    finally:
+        listener.close()
+    provider.remove(key)
+
+
+@pytest.mark.skipif(not PG_ENABLED, reason="PostgreSQL is not reachable")
+def test_racing_waiters_lose_no_update_and_no_wake_up(make_provider: Any) -> None:
+    provider: SQLStateProvider = make_provider(PG)
+    key = fill(provider, 1, timeout=60)[0]
+    assert provider.set_and_release(key, b"\x000", lock_id=None, timeout=60)
+    waits: list[float] = []
+
+    def increment(_: int) -> None:
+        for _ in range(25):
+            while True:
+                item = provider.get_exclusive(key)
+                assert item is not None
+                if not item.locked:
+                    break
+                started = time.monotonic()
+                provider.wait_for_release(key, item.lock_id, 10.0)
+                waits.append(time.monotonic() - started)
+            assert item.data is not None
+            value = int(item.data[1:]) + 1
+            saved = provider.set_and_release(
+                key, b"\x00" + str(value).encode(), lock_id=item.lock_id, timeout=60
+            )
+            assert saved
+
+    threads = [threading.Thread(target=increment, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    final = provider.get(key)
+    assert final is not None and final.data == b"\x00100"
+    assert waits, "the threads never contended"
+    # A lost wake-up shows as a wait that ran into the 2 s safety net.
+    assert max(waits) < 1.5, sorted(waits)[-5:]
     provider.remove(key)
 
 

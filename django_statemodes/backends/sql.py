@@ -269,6 +269,9 @@ class SQLStateProvider(SessionStateProvider):
         raise NotImplementedError
 
     lowest: ClassVar[Any] = None
+    #: After each purge batch, sleep this fraction of the batch's time, so that live requests
+    #: get the database (and, on a small machine, the CPU) between batches.
+    purge_pause: float = 0.0
 
     def purge_expired(
         self,
@@ -415,9 +418,10 @@ class PostgresStateProvider(SQLStateProvider):
             listener = self._listener()
             listener.execute(f"LISTEN {statements.CHANNEL}")
             try:
-                # Listening now: a release between the caller's get_exclusive and the LISTEN
-                # would be missed, so look once more before sleeping.
-                still = listener.execute(self.sql.holds, (sid, lock_id)).fetchone()
+                # Listening now, mark the item as awaited, so that its release sends a NOTIFY,
+                # and look once more: a release that came before the mark sent none (and the
+                # mark then finds the lock gone); one after it sees the mark.
+                still = listener.execute(self.sql.wait, (sid, lock_id), prepare=True).fetchone()
                 while still is not None:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:

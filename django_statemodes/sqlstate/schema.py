@@ -26,6 +26,9 @@ INDEX_APP_NAME = "Index_AppName"
 ITEM_SHORT_LENGTH = 7000
 # ASP.NET's Flags bit 1: an item made by CreateUninitializedItem, not read yet.
 FLAG_UNINITIALIZED = 1
+# Ours (PostgreSQL): a request is waiting for the lock, so its release must NOTIFY. Set by the
+# waiter while the lock is held, cleared by the next lock; releases without waiters skip NOTIFY.
+FLAG_WAITERS = 2
 
 TEMP = "temp"
 PERSISTED = "persisted"

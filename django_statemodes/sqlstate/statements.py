@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from django_statemodes.sqlstate.schema import FLAG_UNINITIALIZED, SESSIONS
+from django_statemodes.sqlstate.schema import FLAG_UNINITIALIZED, FLAG_WAITERS, SESSIONS
 
 # Payload channel of the NOTIFY sent when a lock is released; the payload is the SessionId.
 CHANNEL = "statemodes_release"
@@ -33,6 +33,7 @@ class Statements:
     remove_any: str
     reset_timeout: str  # TempResetTimeout
     holds: str  # does lock cookie N still hold the item?
+    wait: str  # PostgreSQL: the same check, marking the item as awaited (FLAG_WAITERS)
     count_expired: str
     purge_batch: str  # PostgreSQL: DeleteExpiredSessions over one range of Expires
     purge_batch_items: str  # the same, returning keys and payloads for session_end
@@ -49,7 +50,8 @@ def postgres(q: Callable[[str], str]) -> Statements:
     slide = f"{expires} = now() + {timeout} * interval '1 second'"
     age = f"extract(epoch FROM now() - {lock_date})::float8"
     payload = f"coalesce({short}, {long})"
-    notify = f"pg_notify('{CHANNEL}', {sid})"
+    # NOTIFY costs a commit-time global lock: send it only when a waiter marked the row.
+    notify = f"CASE WHEN {flags} & {FLAG_WAITERS} <> 0 THEN pg_notify('{CHANNEL}', {sid}) END"
     # "old" reads the row before the change: RETURNING only sees new values (PostgreSQL < 18).
     # FOR UPDATE makes it wait for, and then read, a concurrent request's committed change.
     old = f"WITH old AS (SELECT {locked} AS was_locked, {flags} AS old_flags FROM {t} WHERE {sid} = %s AND {expires} > now() FOR UPDATE) "
@@ -77,7 +79,9 @@ def postgres(q: Callable[[str], str]) -> Statements:
             f"ELSE localtimestamp END, "
             f"{cookie} = CASE WHEN was_locked THEN {cookie} ELSE {cookie} + 1 END, "
             f"{locked} = true, "
-            f"{flags} = CASE WHEN was_locked THEN {flags} ELSE {flags} & ~{FLAG_UNINITIALIZED} END "
+            # A new lock has no waiters yet: they mark it again after their LISTEN.
+            f"{flags} = CASE WHEN was_locked THEN {flags} "
+            f"ELSE {flags} & ~{FLAG_UNINITIALIZED | FLAG_WAITERS} END "
             f"FROM old WHERE {t}.{sid} = %s RETURNING was_locked, {cookie}, "
             f"CASE WHEN was_locked THEN {age} ELSE 0 END, {timeout}, "
             f"CASE WHEN was_locked THEN NULL ELSE {payload} END, "
@@ -110,6 +114,7 @@ def postgres(q: Callable[[str], str]) -> Statements:
         remove_any=f"DELETE FROM {t} WHERE {sid} = %s RETURNING {notify}",
         reset_timeout=f"UPDATE {t} SET {slide} WHERE {sid} = %s AND {expires} > now()",
         holds=f"SELECT 1 FROM {t} WHERE {lock_check}",
+        wait=f"UPDATE {t} SET {flags} = {flags} | {FLAG_WAITERS} WHERE {lock_check} RETURNING 1",
         count_expired=(
             f"SELECT count(*) FROM {t} WHERE {expires} <= now() AND right({sid}, 8) = %s"
         ),
@@ -179,6 +184,7 @@ def sqlite(q: Callable[[str], str]) -> Statements:
         remove_any=f"DELETE FROM {t} WHERE {sid} = ?",
         reset_timeout=f"UPDATE {t} SET {slide} WHERE {sid} = ? AND {expires} > {now}",
         holds=f"SELECT 1 FROM {t} WHERE {lock_check}",
+        wait="",
         count_expired=(
             f"SELECT count(*) FROM {t} WHERE {expires} <= {now} AND substr({sid}, -8) = ?"
         ),
