@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -175,6 +176,29 @@ def test_a_release_sends_a_notify_only_when_a_waiter_marked_the_item(make_provid
         assert [n.payload for n in listener.notifies(timeout=0.5) if n.payload == sid] == []
     finally:
         listener.close()
+    provider.remove(key)
+
+
+@pytest.mark.skipif(not PG_ENABLED, reason="PostgreSQL is not reachable")
+def test_an_async_waiter_is_woken_by_notify_not_by_polling(make_provider: Any) -> None:
+    provider: SQLStateProvider = make_provider(PG)
+    key = fill(provider, 1, timeout=60)[0]
+    delays: list[float] = []
+
+    async def wait_once(lock_id: int) -> float:
+        waiter = asyncio.ensure_future(provider.await_for_release(key, lock_id, 10.0))
+        await asyncio.sleep(0.3)  # listening and marked by now
+        assert not waiter.done()  # no poll interval elapsed into a return
+        released = time.monotonic()
+        await asyncio.to_thread(provider.release, key, lock_id)
+        await asyncio.wait_for(waiter, 5.0)
+        return time.monotonic() - released
+
+    for _ in range(3):
+        held = provider.get_exclusive(key)
+        assert held is not None and not held.locked
+        delays.append(asyncio.run(wait_once(held.lock_id)))
+    assert sorted(delays)[1] < 0.1, delays
     provider.remove(key)
 
 

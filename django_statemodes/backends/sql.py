@@ -11,6 +11,7 @@ PostgreSQL wakes waiting requests with ``LISTEN``/``NOTIFY``; SQLite polls with 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -291,12 +292,30 @@ class SQLStateProvider(SessionStateProvider):
             return int(row[0])
         size = batch_size or conf.STATEMODES_PURGE_BATCH_SIZE
         cutoff = self.now()
+        with self._purging():
+            return self._purge_batches(cutoff, size, on_expired, on_batch)
+
+    @contextmanager
+    def _purging(self) -> Iterator[None]:
+        """Set the connection up for a purge (PostgreSQL: commits that do not wait for WAL)."""
+        yield
+
+    def _purge_batches(
+        self,
+        cutoff: Any,
+        size: int,
+        on_expired: Callable[[ExpiredItem], None] | None,
+        on_batch: Callable[[int], None] | None,
+    ) -> int:
         since = self.lowest
         total = 0
+        pause = self.purge_pause
         while True:
+            started = time.monotonic()
             scanned, newest, removed, items = self._purge_step(
                 cutoff, since, size, with_items=on_expired is not None
             )
+            took = time.monotonic() - started
             if on_expired is not None:
                 for session_id, payload in items:
                     data = None if payload is None else bytes(payload)
@@ -307,6 +326,8 @@ class SQLStateProvider(SessionStateProvider):
             if scanned < size or newest is None or (removed == 0 and newest == since):
                 return total
             since = newest  # keyset: the next batch starts where this one ended
+            if pause > 0:
+                time.sleep(took * pause)
 
     def _purge_step(
         self, cutoff: Any, since: Any, size: int, *, with_items: bool
@@ -387,6 +408,21 @@ class PostgresStateProvider(SQLStateProvider):
     def now(self) -> Any:
         return self._one("SELECT now()", ())[0]
 
+    @contextmanager
+    def _purging(self) -> Iterator[None]:
+        # A purge batch need not wait for its WAL to reach the disk: a crash can only bring
+        # back expired rows, which the next purge deletes again (and no read serves them).
+        self.run(lambda conn: conn.execute("SET synchronous_commit TO off"))
+        try:
+            yield
+        finally:
+            conn = getattr(self._local, "conn", None)
+            if conn is not None:
+                try:
+                    conn.execute("RESET synchronous_commit")
+                except self._psycopg.Error:
+                    pass  # a broken connection is replaced on its next use anyway
+
     def _purge_step(
         self, cutoff: Any, since: Any, size: int, *, with_items: bool
     ) -> tuple[int, Any, int, list[tuple[str, Any]]]:
@@ -439,6 +475,11 @@ class PostgresStateProvider(SQLStateProvider):
                 self._local.listener = None
                 self._discard(listener)
             time.sleep(max(0.0, min(self.poll_interval, deadline - time.monotonic())))
+
+    async def await_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:
+        # The same LISTEN wait, in a worker thread (with that thread's listener connection):
+        # woken by the holder's NOTIFY, never polling, never blocking the event loop.
+        await asyncio.to_thread(self.wait_for_release, session_key, lock_id, timeout)
 
 
 class SQLiteStateProvider(SQLStateProvider):
