@@ -56,7 +56,8 @@ class StateServerProcess:
 
     def start(self) -> StateServerProcess:
         env = dict(os.environ, **(self.env or {}))
-        env["PYTHONPATH"] = str(ROOT)
+        extra = (self.env or {}).get("PYTHONPATH")
+        env["PYTHONPATH"] = f"{extra}{os.pathsep}{ROOT}" if extra else str(ROOT)
         command = [sys.executable, "-m", "django_statemodes.stateserver", "--port", str(self.port)]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(

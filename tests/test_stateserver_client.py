@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 
@@ -111,3 +112,25 @@ def test_links_of_finished_event_loops_are_dropped(stateserver: StateServerProce
     for _ in range(5):
         asyncio.run(client.get("loop-sweep"))
     assert len(client._links) == 1  # only the last loop's link is left
+
+
+def test_a_wait_may_outlast_the_network_timeout_which_then_applies_again() -> None:
+    with StateServerProcess() as server:
+        holder = StateServerClient(address(server), timeout=5)
+        holder.set_and_release("long-wait", b"v", lock_id=None, timeout=60, new_item=True)
+        item = holder.get_exclusive("long-wait")
+        assert item is not None
+        client = StateServerClient(address(server), timeout=0.5)
+        started = time.monotonic()
+        assert client.wait("long-wait", item.lock_id, 1.2) is False  # the server's own timeout
+        assert 1.1 < time.monotonic() - started < 3
+        assert client.ping(b"still usable") == b"still usable"
+        # The same connection, to a server that no longer answers: 0.5 s is in force again.
+        server.signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(StateServerUnavailable, match=r"no answer within 0.5 s"):
+                client.ping()
+            assert time.monotonic() - started < 2.5
+        finally:
+            server.signal(signal.SIGCONT)

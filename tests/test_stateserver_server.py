@@ -306,3 +306,51 @@ def test_the_server_sweeps_expired_sessions_unless_told_to_leave_them() -> None:
         ended: list[Any] = []
         assert client.purge_expired(on_expired=ended.append) == 1
         assert [(e.session_key, e.data) for e in ended] == [("short", b"kept for session_end")]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_server_runs_on_the_event_loop_it_is_told_to_use(loop: str) -> None:
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    with StateServerProcess("--loop", loop) as server:
+        holder, waiter = client_for(server), client_for(server)
+        assert holder.stats()["loop"] == loop
+        holder.set_and_release("on-loop", b"v1", lock_id=None, timeout=60, new_item=True)
+        item = holder.get_exclusive("on-loop")
+        assert item is not None and item.data == b"v1"
+        timer = threading.Timer(
+            0.2,
+            lambda: holder.set_and_release("on-loop", b"v2", lock_id=item.lock_id, timeout=60),
+        )
+        timer.start()
+        started = time.monotonic()
+        assert waiter.wait("on-loop", item.lock_id, 10) is True
+        assert time.monotonic() - started < 5  # woken by the release, not by the timeout
+        timer.join()
+        assert waiter.get("on-loop").data == b"v2"  # type: ignore[union-attr]
+
+
+def test_auto_takes_uvloop_when_installed_and_asyncio_otherwise(tmp_path: Path) -> None:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        expected = "asyncio"
+    else:
+        expected = "uvloop"
+    with StateServerProcess() as server:
+        assert client_for(server).stats()["loop"] == expected
+    # A uvloop that cannot be imported: auto falls back, --loop uvloop says what to install.
+    (tmp_path / "uvloop.py").write_text("raise ImportError('uvloop is not installed here')\n")
+    with StateServerProcess(env={"PYTHONPATH": str(tmp_path)}) as server:
+        assert client_for(server).stats()["loop"] == "asyncio"
+    result = subprocess.run(
+        [sys.executable, "-m", "django_statemodes.stateserver", "--port", str(free_port())]
+        + ["--loop", "uvloop"],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "pip install 'django-statemodes[uvloop]'" in result.stderr

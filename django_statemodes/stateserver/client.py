@@ -15,6 +15,8 @@ import hmac
 import os
 import secrets
 import socket
+import struct
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -142,23 +144,56 @@ class _Handshake:
 
 
 class _Link:
-    """One blocking connection, used by one thread."""
+    """One blocking connection, used by one thread.
 
-    __slots__ = ("sock", "conn", "next_id", "generation")
+    The socket stays in blocking mode and its timeouts are the kernel's (SO_RCVTIMEO,
+    SO_SNDTIMEO): a Python socket timeout would add a poll() before every send and every
+    receive, two system calls per round trip. Replies are read into one buffer kept per link.
+    """
+
+    __slots__ = ("sock", "conn", "next_id", "generation", "buffer", "view", "kernel_timeouts")
 
     def __init__(self, sock: socket.socket, conn: p.Connection) -> None:
         self.sock = sock
         self.conn = conn
         self.next_id = 0
         self.generation = _generation
+        self.buffer = bytearray(RECV_SIZE)
+        self.view = memoryview(self.buffer)
+        self.kernel_timeouts = False
+
+    def set_timeout(self, seconds: float) -> None:
+        """Bound every later send and receive by ``seconds``."""
+        if _KERNEL_TIMEOUTS:
+            value = _timeval(seconds)
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+            except OSError:
+                pass
+            else:
+                if not self.kernel_timeouts:
+                    self.sock.settimeout(None)
+                    self.kernel_timeouts = True
+                return
+        self.sock.settimeout(seconds)
+
+    def set_read_timeout(self, seconds: float) -> None:
+        if self.kernel_timeouts:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
+        else:
+            self.sock.settimeout(seconds)
 
     def read_event(self) -> p.Event:
         conn = self.conn
         while True:
             event = conn.next_event()
             if event is p.NEED_DATA:
-                data = self.sock.recv(RECV_SIZE)
-                conn.receive_data(data)
+                try:
+                    count = self.sock.recv_into(self.buffer)
+                except BlockingIOError as exc:  # SO_RCVTIMEO ran out
+                    raise TimeoutError("timed out") from exc
+                conn.receive_data(self.view[:count])  # copied by the Connection
                 continue
             if event is p.CLOSED:
                 raise _Broken("the server closed the connection")
@@ -169,6 +204,17 @@ class _Link:
             self.sock.close()
         except OSError:
             pass
+
+
+# Linux and macOS take a struct timeval for SO_RCVTIMEO; elsewhere Python's own timeouts are used.
+_KERNEL_TIMEOUTS = sys.platform.startswith(("linux", "darwin"))
+_TIMEVAL = struct.Struct("@ll")
+
+
+def _timeval(seconds: float) -> bytes:
+    # Zero would mean "no timeout" to the kernel: the shortest bound is one microsecond.
+    micros = max(1, round(seconds * 1_000_000))
+    return _TIMEVAL.pack(*divmod(micros, 1_000_000))
 
 
 def _secret_bytes(secret: str | bytes | None) -> bytes | None:
@@ -215,9 +261,9 @@ class StateServerClient:
         except OSError as exc:
             raise _unavailable(self.address, f"cannot connect ({exc})") from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(self.timeout)
         link = _Link(sock, p.Connection(p.CLIENT, max_frame_size=self.max_frame_size))
         try:
+            link.set_timeout(self.timeout)
             handshake = _Handshake(self.address, self.application, self.secret)
             hello = handshake.hello(link.read_event())
             sock.sendall(link.conn.send(hello))
@@ -241,17 +287,17 @@ class StateServerClient:
         self._local = threading.local()
 
     def _exchange(self, link: _Link, event: p.Request, read_timeout: float | None) -> p.Event:
-        frame = link.conn.send(event)
-        sock = link.sock
-        sock.sendall(frame)
-        if read_timeout is not None:
-            sock.settimeout(read_timeout)
         try:
-            reply = link.read_event()
+            link.sock.sendall(link.conn.send(event))
+        except BlockingIOError as exc:  # SO_SNDTIMEO ran out
+            raise TimeoutError("timed out") from exc
+        if read_timeout is None:
+            return link.read_event()
+        link.set_read_timeout(read_timeout)
+        try:
+            return link.read_event()
         finally:
-            if read_timeout is not None:
-                sock.settimeout(self.timeout)
-        return reply
+            link.set_read_timeout(self.timeout)
 
     def call(self, make: Callable[[int], p.Request], read_timeout: float | None = None) -> p.Event:
         """Send one request (built by ``make(request_id)``) and return its reply."""

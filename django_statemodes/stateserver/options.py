@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any
 
-from .server import ServerConfig
+from .server import LOOPS, ServerConfig
 
 __all__ = ["SECRET_ENV", "add_arguments", "build_config", "format_stats", "parse_size"]
 
@@ -65,6 +65,12 @@ def add_arguments(parser: Any, *, with_address: bool = True) -> None:
         help="seconds a client may take to finish a started frame (30)",
     )
     parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="auto",
+        help="event loop: auto (uvloop if installed, else asyncio), asyncio or uvloop",
+    )
+    parser.add_argument(
         "--stats",
         action="store_true",
         help="print the statistics of the server running at the address, then exit",
@@ -95,6 +101,7 @@ def build_config(options: dict[str, Any], host: str, port: int) -> ServerConfig:
         max_memory=options.get("max_memory"),
         purge_interval=options["purge_interval"],
         frame_timeout=options["frame_timeout"],
+        loop=options.get("loop") or "auto",
     )
 
 

@@ -347,61 +347,118 @@ def _u32(value: int, what: str) -> int:
     return value
 
 
-def _encode(event: Event) -> bytes:  # noqa: C901 - one branch per frame type, kept together
-    if isinstance(event, KeyRequest):
-        key = _key(event.key)
-        if isinstance(event, SetAndRelease):
-            flags = event.new_item | event.release << 1 | (event.data is None) << 2
-            head = _SET.pack(flags, _lock(event.lock_id), _u32(event.timeout, "timeout"))
-            return head + key + (event.data or b"")
-        if isinstance(event, (Release, Remove)):
-            return _LOCK.pack(_lock(event.lock_id)) + key
-        if isinstance(event, CreateUninitialized):
-            return _U32.pack(_u32(event.timeout, "timeout")) + key
-        if isinstance(event, Wait):
-            millis = _u32(max(0, round(event.timeout * 1000)), "wait timeout")
-            return _WAIT.pack(_lock(event.lock_id), millis) + key
-        return key
-    if isinstance(event, Item):
-        flags = event.locked | event.initialize << 1 | (event.data is None) << 2
-        head = _ITEM.pack(flags, event.lock_id, event.lock_age, _u32(event.timeout, "timeout"))
-        return head + (event.data or b"")
-    if isinstance(event, (NotFound, Stats, Purge)):
-        return b""
-    if isinstance(event, Result):
-        return _U64.pack(event.value)
-    if isinstance(event, (Ping, Pong)):
-        return event.payload
-    if isinstance(event, Released):
-        return _U8.pack(event.released)
-    if isinstance(event, PurgeExpired):
-        return _U8.pack(event.with_data | event.dry_run << 1)
-    if isinstance(event, ExpiredBatch):
-        parts = [_U32.pack(len(event.items))]
-        for key_, data in event.items:
-            parts.append(_key(key_))
-            parts.append(_U32.pack(NO_DATA if data is None else len(data)))
-            parts.append(data or b"")
-        return b"".join(parts)
-    if isinstance(event, StatsReply):
-        return json.dumps(event.stats, separators=(",", ":")).encode()
-    if isinstance(event, Error):
-        return _ERROR.pack(event.code) + event.message.encode("utf-8", "replace")
-    if isinstance(event, Welcome):
-        if len(event.nonce) != NONCE_SIZE:
-            raise LocalProtocolError(f"nonce must be {NONCE_SIZE} bytes")
-        return _WELCOME.pack(event.min_version, event.max_version, event.auth_required, event.nonce)
-    if isinstance(event, Hello):
-        app = event.application.encode("utf-8")
-        if len(event.client_nonce) != NONCE_SIZE or len(event.proof) > 255:
-            raise LocalProtocolError("bad client nonce or proof size")
-        if not 0 < len(app) <= MAX_APPLICATION_LENGTH:
-            raise LocalProtocolError("application name must be 1 to 1024 bytes of UTF-8")
-        head = _HELLO.pack(event.version, event.client_nonce, len(event.proof))
-        return head + event.proof + _U16.pack(len(app)) + app
-    if isinstance(event, Ready):
-        return _U8.pack(len(event.proof)) + event.proof
-    raise LocalProtocolError(f"cannot send {type(event).__name__}")
+def _e_key(event: KeyRequest) -> bytes:
+    return _key(event.key)
+
+
+def _e_set(event: SetAndRelease) -> bytes:
+    flags = event.new_item | event.release << 1 | (event.data is None) << 2
+    head = _SET.pack(flags, _lock(event.lock_id), _u32(event.timeout, "timeout"))
+    return head + _key(event.key) + (event.data or b"")
+
+
+def _e_locked_key(event: Release | Remove) -> bytes:
+    return _LOCK.pack(_lock(event.lock_id)) + _key(event.key)
+
+
+def _e_create(event: CreateUninitialized) -> bytes:
+    return _U32.pack(_u32(event.timeout, "timeout")) + _key(event.key)
+
+
+def _e_wait(event: Wait) -> bytes:
+    millis = _u32(max(0, round(event.timeout * 1000)), "wait timeout")
+    return _WAIT.pack(_lock(event.lock_id), millis) + _key(event.key)
+
+
+def _e_item(event: Item) -> bytes:
+    flags = event.locked | event.initialize << 1 | (event.data is None) << 2
+    head = _ITEM.pack(flags, event.lock_id, event.lock_age, _u32(event.timeout, "timeout"))
+    return head + (event.data or b"")
+
+
+def _e_empty(event: Event) -> bytes:
+    return b""
+
+
+def _e_result(event: Result) -> bytes:
+    return _U64.pack(event.value)
+
+
+def _e_payload(event: Ping | Pong) -> bytes:
+    return event.payload
+
+
+def _e_released(event: Released) -> bytes:
+    return _U8.pack(event.released)
+
+
+def _e_purge_expired(event: PurgeExpired) -> bytes:
+    return _U8.pack(event.with_data | event.dry_run << 1)
+
+
+def _e_expired(event: ExpiredBatch) -> bytes:
+    parts = [_U32.pack(len(event.items))]
+    for key_, data in event.items:
+        parts.append(_key(key_))
+        parts.append(_U32.pack(NO_DATA if data is None else len(data)))
+        parts.append(data or b"")
+    return b"".join(parts)
+
+
+def _e_stats(event: StatsReply) -> bytes:
+    return json.dumps(event.stats, separators=(",", ":")).encode()
+
+
+def _e_error(event: Error) -> bytes:
+    return _ERROR.pack(event.code) + event.message.encode("utf-8", "replace")
+
+
+def _e_welcome(event: Welcome) -> bytes:
+    if len(event.nonce) != NONCE_SIZE:
+        raise LocalProtocolError(f"nonce must be {NONCE_SIZE} bytes")
+    return _WELCOME.pack(event.min_version, event.max_version, event.auth_required, event.nonce)
+
+
+def _e_hello(event: Hello) -> bytes:
+    app = event.application.encode("utf-8")
+    if len(event.client_nonce) != NONCE_SIZE or len(event.proof) > 255:
+        raise LocalProtocolError("bad client nonce or proof size")
+    if not 0 < len(app) <= MAX_APPLICATION_LENGTH:
+        raise LocalProtocolError("application name must be 1 to 1024 bytes of UTF-8")
+    head = _HELLO.pack(event.version, event.client_nonce, len(event.proof))
+    return head + event.proof + _U16.pack(len(app)) + app
+
+
+def _e_ready(event: Ready) -> bytes:
+    return _U8.pack(len(event.proof)) + event.proof
+
+
+# The body encoder of each event type: one dictionary lookup per frame sent.
+_ENCODERS: dict[type[Event], Any] = {
+    Get: _e_key,
+    GetExclusive: _e_key,
+    ResetTimeout: _e_key,
+    SetAndRelease: _e_set,
+    Release: _e_locked_key,
+    Remove: _e_locked_key,
+    CreateUninitialized: _e_create,
+    Wait: _e_wait,
+    Item: _e_item,
+    NotFound: _e_empty,
+    Stats: _e_empty,
+    Purge: _e_empty,
+    Result: _e_result,
+    Ping: _e_payload,
+    Pong: _e_payload,
+    Released: _e_released,
+    PurgeExpired: _e_purge_expired,
+    ExpiredBatch: _e_expired,
+    StatsReply: _e_stats,
+    Error: _e_error,
+    Welcome: _e_welcome,
+    Hello: _e_hello,
+    Ready: _e_ready,
+}
 
 
 def _need(body: bytes, size: int, what: str) -> None:
@@ -675,8 +732,11 @@ class Connection:
         """Bytes received but not yet turned into events (bounded by one frame)."""
         return len(self._buffer)
 
-    def receive_data(self, data: bytes) -> None:
-        """Add bytes read from the peer; ``b""`` means the peer closed the connection."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Add bytes read from the peer; ``b""`` means the peer closed the connection.
+
+        ``data`` is copied: a caller may pass a view of a buffer it reuses for the next read.
+        """
         if not data:
             self._eof = True
             return
@@ -781,7 +841,10 @@ class Connection:
         # Fast path past the handshake: the event's kind alone decides (one set lookup).
         if type(event) not in self._steady:
             self._check_send(event)
-        body = _encode(event)
+        encoder = _ENCODERS.get(type(event))
+        if encoder is None:
+            raise LocalProtocolError(f"cannot send {type(event).__name__}")
+        body: bytes = encoder(event)
         request_id = event.request_id if isinstance(event, (Request, Reply)) else 0
         length = len(body) + _MIN_LENGTH
         if length > self.max_frame_size:
