@@ -16,6 +16,7 @@ owns everything else, so every mode behaves the same:
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import threading
 import time
@@ -34,6 +35,7 @@ from django.contrib.sessions.backends.base import (
     UpdateError,
 )
 from django.core.signals import setting_changed
+from django.core.signing import JSONSerializer
 from django.dispatch import receiver
 from django.utils import timezone
 from django.utils.crypto import get_random_string
@@ -61,6 +63,19 @@ RAW = b"\x00"
 ZLIB = b"\x01"
 # Below this many bytes compression costs more than it saves.
 COMPRESS_MIN_LENGTH = 256
+
+# Django's default SESSION_SERIALIZER is json.dumps(obj, separators=(",", ":")).encode("latin-1")
+# and json.loads(data.decode("latin-1")), building a JSONEncoder on every call. These pre-built
+# coders produce the same bytes and data; they are used only while that serializer is configured
+# (under any name: django.contrib.sessions.serializers re-exports django.core.signing's).
+_is_django_json: dict[str, bool] = {}
+_json_encode = json.JSONEncoder(separators=(",", ":")).encode
+_json_decoder = json.JSONDecoder()
+_json_scan = _json_decoder.scan_once  # type: ignore[attr-defined]
+# Values whose JSON form exists always and is at most this many bytes per character of text
+# (ensure_ascii writes a character outside the BMP as two 6-byte escapes).
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
+_JSON_BYTES_PER_CHAR = 12
 
 
 @dataclass
@@ -277,8 +292,10 @@ class StateModeSessionBase(SessionBase):
         await super().aupdate(dict_)
 
     def _check_value(self, key: str, value: Any) -> None:
+        if self._plain_fits(key, value):
+            return  # JSON always takes it, within the size limit: nothing to serialize
         try:
-            size = len(self.serializer().dumps({key: value}))
+            size = len(self._dumps({key: value}))
         except Exception as exc:
             raise SessionValueError(
                 f"The session value for {key!r} cannot be stored: {type(value).__name__} is not "
@@ -292,13 +309,43 @@ class StateModeSessionBase(SessionBase):
                 f"STATEMODES_MAX_SESSION_SIZE ({limit} bytes)."
             )
 
+    def _plain_fits(self, key: Any, value: Any) -> bool:
+        """Say whether Django's JSON serializer surely stores ``{key: value}`` within the limit."""
+        kind = type(value)
+        if type(key) is not str or kind not in _PLAIN_TYPES or not self._default_json:
+            return False
+        if kind is int and not -(1 << 63) <= value < 1 << 64:
+            return False  # huge ints can be over sys.get_int_max_str_digits()
+        length = len(key) + (len(value) if kind is str else 32)
+        return length * _JSON_BYTES_PER_CHAR + 8 <= conf.STATEMODES_MAX_SESSION_SIZE
+
+    @cached_property
+    def _default_json(self) -> bool:
+        # The fast coders stand in for Django's JSONSerializer only where it is the serializer:
+        # the setting names it and no subclass overrides ``serializer``.
+        path = settings.SESSION_SERIALIZER
+        default = _is_django_json.get(path)
+        if default is None:
+            default = _is_django_json[path] = import_string(path) is JSONSerializer
+        return default and type(self).serializer is StateModeSessionBase.__dict__["serializer"]
+
+    def _dumps(self, data: Any) -> bytes:
+        if self._default_json:
+            return _json_encode(data).encode("latin-1")
+        return self.serializer().dumps(data)  # type: ignore[no-any-return]
+
+    def _loads(self, data: bytes) -> Any:
+        if self._default_json:
+            return _json_loads(data.decode("latin-1"))
+        return self.serializer().loads(data)
+
     # Payloads.
 
     def _to_payload(self, data: dict[str, Any]) -> Any:
         if self._stores_objects:
             return dict(data)  # live objects; a copy, so an unsaved request changes nothing
         try:
-            raw = self.serializer().dumps(data)
+            raw = self._dumps(data)
         except Exception:
             for key, value in data.items():  # name the offending key
                 self._check_value(key, value)
@@ -326,7 +373,7 @@ class StateModeSessionBase(SessionBase):
                 body = zlib.decompress(body)
             elif marker != RAW:
                 raise ValueError(f"unknown payload marker {marker!r}")
-            data = self.serializer().loads(body)
+            data = self._loads(body)
             if not isinstance(data, dict):
                 raise ValueError("payload is not a dict")
             return data
@@ -630,6 +677,17 @@ class StateModeSessionBase(SessionBase):
     def _expired(cls, item: ExpiredItem, reason: str = "expired") -> None:
         data = None if item.data is None else cls()._from_payload(item.data)
         session_end.send(sender=cls, session_key=item.session_key, data=data, reason=reason)
+
+
+def _json_loads(text: str) -> Any:
+    """``json.loads(text)`` for a payload the core wrote: one scan, no whitespace regex."""
+    try:
+        data, end = _json_scan(text, 0)
+    except StopIteration:
+        end = -1
+    if end != len(text):  # leading or trailing text: json.loads decides (and names the error)
+        return _json_decoder.decode(text)
+    return data
 
 
 def _accepts(function: Callable[..., Any], name: str) -> bool:

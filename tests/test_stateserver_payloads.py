@@ -1,0 +1,113 @@
+"""What the StateServer engine stores: Django's serializer's bytes, checked values, size limits.
+
+The core writes Django's default JSONSerializer through pre-built coders (a speed-up); these
+tests pin that the bytes on the server are exactly Django's, and that any other serializer is
+still the one used.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.core.signing import JSONSerializer
+from django.test import override_settings
+
+from django_statemodes.backends.base import RAW
+from django_statemodes.backends.stateserver import SessionStore
+from django_statemodes.exceptions import SessionTooLarge, SessionValueError
+from django_statemodes.stateserver.addresses import Address
+from django_statemodes.stateserver.client import StateServerClient
+from tests.fixtures_stateserver import StateServerProcess
+
+pytestmark = [pytest.mark.stateserver]
+
+DATA: dict[str, Any] = {
+    "text": 'héllo \U0001f600 \ud800 "quoted"\n',
+    "number": 12.5,
+    "big": 1 << 70,
+    "nothing": None,
+    "flags": [True, False],
+    "nested": {"b": [1, {"c": "d"}], "a": -3},
+}
+
+
+class SortedJSONSerializer:
+    """A SESSION_SERIALIZER other than Django's: sorted keys, spaces, a marker key."""
+
+    def dumps(self, obj: Any) -> bytes:
+        return json.dumps({**obj, "_by": "sorted"}, sort_keys=True).encode()
+
+    def loads(self, data: bytes) -> Any:
+        value = json.loads(data)
+        value.pop("_by", None)
+        return value
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[StateServerProcess]:
+    with StateServerProcess() as process:
+        yield process
+
+
+@pytest.fixture
+def engine(server: StateServerProcess) -> Iterator[StateServerClient]:
+    client = StateServerClient(Address("127.0.0.1", server.port), timeout=5)
+    with override_settings(STATEMODES_STATE_CONNECTION=server.connection):
+        yield client
+    client.close()
+
+
+def stored(client: StateServerClient, key: str) -> bytes:
+    item = client.get(key)
+    assert item is not None and item.data is not None
+    return bytes(item.data)
+
+
+def save(data: dict[str, Any]) -> str:
+    session = SessionStore(access="ReadWrite")
+    session.update(data)
+    session.finish(save=True)
+    assert session.session_key is not None
+    return session.session_key
+
+
+def test_the_stored_bytes_are_exactly_djangos_json_serializer(engine: StateServerClient) -> None:
+    key = save(DATA)
+    assert stored(engine, key) == RAW + JSONSerializer().dumps(DATA)
+    assert dict(SessionStore(key, access="ReadOnly").items()) == DATA
+
+
+def test_another_session_serializer_is_used_for_storing_and_loading(
+    engine: StateServerClient,
+) -> None:
+    with override_settings(SESSION_SERIALIZER=f"{__name__}.SortedJSONSerializer"):
+        key = save({"b": 1, "a": "x"})
+        assert stored(engine, key) == RAW + b'{"_by": "sorted", "a": "x", "b": 1}'
+        assert dict(SessionStore(key, access="ReadOnly").items()) == {"b": 1, "a": "x"}
+
+
+def test_a_plain_value_over_the_size_limit_is_refused_where_it_is_set(
+    engine: StateServerClient,
+) -> None:
+    with override_settings(STATEMODES_MAX_SESSION_SIZE=100):
+        session = SessionStore(access="ReadWrite")
+        session["short"] = "x" * 10
+        with pytest.raises(SessionTooLarge, match="'long'"):
+            session["long"] = "x" * 200
+        assert "long" not in session
+
+
+def test_values_json_cannot_hold_are_refused_where_they_are_set(
+    engine: StateServerClient,
+) -> None:
+    session = SessionStore(access="ReadWrite")
+    with pytest.raises(SessionValueError, match="'when'"):
+        session["when"] = {1, 2}
+    with pytest.raises(SessionValueError, match="int"):
+        session["huge"] = 10**5000  # past sys.get_int_max_str_digits(): json.dumps refuses it
+    with pytest.raises(SessionValueError, match="keys must be str"):
+        session[("tuple", "key")] = "v"  # type: ignore[index]  # a plain value, a key JSON refuses
+    assert dict(session.items()) == {}
