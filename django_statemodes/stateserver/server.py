@@ -101,7 +101,7 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """Return what builds the event loop ``--loop name`` asks for (None: asyncio's own).
 
     ``auto`` takes uvloop when it is installed (``pip install django-statemodes[uvloop]``): it
-    serves a request in about two thirds of the CPU time of asyncio's default loop.
+    spends 15-25 % less CPU per request than asyncio's default loop.
     """
     if name not in LOOPS:
         raise ValueError(f"--loop must be one of {', '.join(LOOPS)}, not {name!r}")
