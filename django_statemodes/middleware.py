@@ -261,13 +261,8 @@ class SessionStateMiddleware(SessionMiddleware):
                 session.finish(plan["save"])
             elif plan["save"]:
                 session.save()
-        except UpdateError:
-            raise SessionInterrupted(INTERRUPTED) from None
-        except (SessionStoreUnavailable, SessionQueueFull) as exc:
-            self._log_unavailable(request, exc)
-            if response.status_code >= 500:
-                return response  # already failing; the release could not be sent either
-            return unavailable_response(exc)
+        except (UpdateError, SessionStoreUnavailable, SessionQueueFull) as exc:
+            return self._finish_failed(request, response, exc)
         return self._cookie(request, response, plan)
 
     async def aprocess_response(
@@ -282,14 +277,21 @@ class SessionStateMiddleware(SessionMiddleware):
                 await session.afinish(plan["save"])
             elif plan["save"]:
                 await session.asave()
-        except UpdateError:
-            raise SessionInterrupted(INTERRUPTED) from None
-        except (SessionStoreUnavailable, SessionQueueFull) as exc:
-            self._log_unavailable(request, exc)
-            if response.status_code >= 500:
-                return response
-            return unavailable_response(exc)
+        except (UpdateError, SessionStoreUnavailable, SessionQueueFull) as exc:
+            return self._finish_failed(request, response, exc)
         return self._cookie(request, response, plan)
+
+    def _finish_failed(
+        self, request: HttpRequest, response: HttpResponseBase, exc: Exception
+    ) -> HttpResponseBase:
+        """Answer for a final save or release that failed (sync and async alike)."""
+        if isinstance(exc, UpdateError):
+            # Django's rule: the session was deleted meanwhile (or, here, its lock broken).
+            raise SessionInterrupted(INTERRUPTED) from None
+        self._log_unavailable(request, exc)
+        if response.status_code >= 500:
+            return response  # already failing; the release could not be sent either
+        return unavailable_response(exc)
 
     def _cookie(
         self, request: HttpRequest, response: HttpResponseBase, plan: dict[str, Any]
