@@ -45,6 +45,16 @@ class SessionStoreUnavailable(StateModesError):
             self.setting = setting
 
 
+class SessionStoreFull(SessionStoreUnavailable):
+    """Raised when InProc cannot take a new session: at its bound, and every session locked.
+
+    A ``SessionStoreUnavailable``: the middleware answers 503 with ``Retry-After``, as the
+    condition ends on its own when a request finishes and its session may be evicted.
+    """
+
+    setting = "STATEMODES_INPROC_MAX_SESSIONS"
+
+
 class StateServerError(StateModesError):
     """Base class for errors talking to the state server."""
 

@@ -51,8 +51,24 @@ def test_dry_run_counts_then_purge_removes_and_sends_session_end() -> None:
     assert live.session_key is not None and SessionStore().exists(live.session_key)
 
 
-def test_verbosity_zero_prints_nothing() -> None:
-    assert purge("--verbosity", "0") == ""
+def test_verbosity_zero_prints_nothing_but_still_purges() -> None:
+    SessionStore.purge()  # start from a clean store
+    keys = {make_expiring("a"), make_expiring("b")}
+    time.sleep(1.1)
+    assert SessionStore.purge(dry_run=True) == 2
+    ended: list[str] = []
+
+    def receiver(sender: Any, session_key: str, **kw: Any) -> None:
+        ended.append(session_key)
+
+    session_end.connect(receiver)
+    try:
+        assert purge("--verbosity", "0") == ""
+    finally:
+        session_end.disconnect(receiver)
+    assert set(ended) == keys
+    # Removed, not merely hidden (an expired session is never served even before a purge).
+    assert SessionStore.purge(dry_run=True) == 0
 
 
 @override_settings(SESSION_ENGINE="django.contrib.sessions.backends.cache")

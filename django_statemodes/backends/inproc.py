@@ -14,13 +14,24 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from django_statemodes.conf import conf
-from django_statemodes.memory import MemoryStore
+from django_statemodes.exceptions import SessionStoreFull
+from django_statemodes.memory import MemoryStore, StoreFull
 from django_statemodes.providers.base import ExpiredItem, SessionStateProvider, StateItem
 
 from .base import StateModeSessionBase
 
 # Expired sessions are swept (and session_end sent) lazily, at most this often.
 SWEEP_INTERVAL = 1.0
+
+
+def _full(exc: StoreFull) -> SessionStoreFull:
+    # The store's own StoreFull names no setting and is no error the middleware knows: it
+    # would end the request as a bare 500.
+    return SessionStoreFull(
+        f"The InProc session store cannot take a new session: {exc} "
+        "(STATEMODES_INPROC_MAX_SESSIONS). Locked sessions are never evicted; one can be once "
+        "its request ends."
+    )
 
 
 class InProcProvider(SessionStateProvider):
@@ -132,9 +143,17 @@ class InProcProvider(SessionStateProvider):
         new_item: bool = False,
         release: bool = True,
     ) -> bool:
-        return self.store.set_and_release(
-            session_key, data, lock_id=lock_id, timeout=timeout, new_item=new_item, release=release
-        )
+        try:
+            return self.store.set_and_release(
+                session_key,
+                data,
+                lock_id=lock_id,
+                timeout=timeout,
+                new_item=new_item,
+                release=release,
+            )
+        except StoreFull as exc:
+            raise _full(exc) from None
 
     def release(self, session_key: str, lock_id: int) -> None:
         self.store.release(session_key, lock_id)
@@ -146,7 +165,10 @@ class InProcProvider(SessionStateProvider):
         self.store.reset_timeout(session_key)
 
     def create_uninitialized(self, session_key: str, timeout: int) -> bool:
-        return self.store.create_uninitialized(session_key, timeout)
+        try:
+            return self.store.create_uninitialized(session_key, timeout)
+        except StoreFull as exc:
+            raise _full(exc) from None
 
     def purge_expired(
         self,
