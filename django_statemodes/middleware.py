@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from importlib import import_module
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
@@ -78,6 +78,15 @@ def _locked_before_view(session: SessionBase, mode: SessionStateMode | None) -> 
         and mode in (READ_ONLY, DISABLED)
         and session.access == READ_WRITE
         and hasattr(session, "_session_cache")
+    )
+
+
+def _refreshes_only(session: SessionBase) -> TypeGuard[StateModeSessionBase]:
+    """A ReadOnly session under ``SESSION_SAVE_EVERY_REQUEST``: its cookie is re-sent, unsaved."""
+    return (
+        bool(settings.SESSION_SAVE_EVERY_REQUEST)
+        and isinstance(session, StateModeSessionBase)
+        and session.access == READ_ONLY
     )
 
 
@@ -255,8 +264,10 @@ class SessionStateMiddleware(SessionMiddleware):
         session = self._skip(request)
         if session is None:
             return response
-        plan = self._plan(request, response)
         try:
+            if _refreshes_only(session):
+                session.refresh()
+            plan = self._plan(request, response)
             if isinstance(session, StateModeSessionBase):
                 session.finish(plan["save"])
             elif plan["save"]:
@@ -271,8 +282,10 @@ class SessionStateMiddleware(SessionMiddleware):
         session = self._skip(request)
         if session is None:
             return response
-        plan = self._plan(request, response)
         try:
+            if _refreshes_only(session):
+                await session.arefresh()
+            plan = self._plan(request, response)
             if isinstance(session, StateModeSessionBase):
                 await session.afinish(plan["save"])
             elif plan["save"]:

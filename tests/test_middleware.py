@@ -13,7 +13,11 @@ from django.test import AsyncClient, Client, override_settings
 
 from django_statemodes.backends import base as core
 from django_statemodes.backends.inproc import SessionStore
-from django_statemodes.exceptions import SessionStateDisabled, SessionStateReadOnly
+from django_statemodes.exceptions import (
+    SessionLockLost,
+    SessionStateDisabled,
+    SessionStateReadOnly,
+)
 from tests import engines
 
 COOKIE = settings.SESSION_COOKIE_NAME
@@ -94,15 +98,37 @@ def test_class_based_view_attribute_sets_the_mode(client: Client, session_key: s
         client.post("/cbv-read-only/")
 
 
-@override_settings(SESSION_ENGINE="tests.engine_counting")
-def test_a_disabled_view_does_no_store_io_and_sets_no_cookie() -> None:
-    client = Client()
-    client.get("/increment/")  # a session exists and its cookie is sent
-    assert COOKIE in client.cookies
-    engines.calls.clear()
-    response = client.get("/disabled/")
+@pytest.fixture
+def counting_client() -> Iterator[Client]:
+    """A client with a session on the counting engine, its cookie sent, the counts at zero."""
+    # The engine is set here, not on the test: a client loads the middleware (and so the
+    # engine) on its first request, which this fixture makes.
+    with override_settings(SESSION_ENGINE="tests.engine_counting"):
+        engines.empty_counting_store()
+        client = Client()
+        client.get("/increment/")
+        assert COOKIE in client.cookies
+        engines.calls.clear()
+        yield client
+
+
+# SESSION_SAVE_EVERY_REQUEST with a session cookie is where an unmarked view does store I/O and
+# sends a cookie without touching the session (sessions otherwise load lazily, so a view that
+# never touches the session would do no I/O even unmarked).
+@override_settings(SESSION_SAVE_EVERY_REQUEST=True)
+def test_an_unmarked_view_that_ignores_the_session_still_saves_it(counting_client: Client) -> None:
+    response = counting_client.get("/unmarked-disabled-twin/")
     assert response.content == b"no session here"
-    assert sum(engines.calls.values()) == 0
+    assert engines.calls == {"get_exclusive": 1, "set_and_release": 1}
+    assert COOKIE in response.cookies
+    assert response["Vary"] == "Cookie"
+
+
+@override_settings(SESSION_SAVE_EVERY_REQUEST=True)
+def test_a_disabled_view_does_no_store_io_and_sets_no_cookie(counting_client: Client) -> None:
+    response = counting_client.get("/disabled/")
+    assert response.content == b"no session here"
+    assert engines.calls == {}
     assert COOKIE not in response.cookies  # neither set nor deleted
     assert not response.has_header("Vary")
 
@@ -152,7 +178,7 @@ def test_a_stale_holders_write_is_refused_with_session_interrupted(
     stale = hold_lock(session_key)
     stale["counter"] = 1000
     assert client.get("/increment/").json() == {"counter": 2}  # broke the 1 s old lock
-    with pytest.raises(core.SessionLockLost):
+    with pytest.raises(SessionLockLost):
         stale.finish(save=True)
     assert client.get("/read/").json() == {"counter": 2}
 
@@ -205,12 +231,83 @@ def test_django_engines_still_work_without_locking() -> None:
         client.get("/disabled-touch/")
 
 
-@override_settings(SESSION_ENGINE="django_statemodes.backends.off")
+@override_settings(SESSION_ENGINE="django_statemodes.backends.off", SESSION_SAVE_EVERY_REQUEST=True)
 def test_off_engine_refuses_use_and_sets_no_cookie() -> None:
-    client = Client()
-    assert client.get("/disabled/").content == b"no session here"
-    with pytest.raises(SessionStateDisabled, match="SESSION_ENGINE"):
-        client.get("/increment/")
+    # A cookie from before the switch to Off, and SESSION_SAVE_EVERY_REQUEST: what would make
+    # any other engine set (or, for an empty session, delete) the cookie.
+    client = Client(raise_request_exception=False)
+    client.cookies[COOKIE] = "a" * 32
+    response = client.get("/disabled/")
+    assert response.content == b"no session here"
+    assert COOKIE not in response.cookies  # neither set nor deleted
+    assert not response.has_header("Vary")
+    refused = client.get("/increment/")
+    assert refused.status_code == 500
+    assert COOKIE not in refused.cookies
+    assert isinstance(refused.exc_info[1], SessionStateDisabled)  # type: ignore[attr-defined]
+    assert "SESSION_ENGINE" in str(refused.exc_info[1])  # type: ignore[attr-defined]
+
+
+def test_without_save_every_request_an_unmodified_session_is_not_saved(
+    counting_client: Client,
+) -> None:
+    response = counting_client.get("/read/")
+    assert response.json() == {"counter": 1}
+    assert engines.calls == {"get_exclusive": 1, "release": 1}
+    assert COOKIE not in response.cookies
+
+
+@override_settings(SESSION_SAVE_EVERY_REQUEST=True)
+def test_save_every_request_saves_an_unmodified_session_and_resends_the_cookie(
+    counting_client: Client,
+) -> None:
+    key = counting_client.cookies[COOKIE].value
+    response = counting_client.get("/read/")
+    assert response.json() == {"counter": 1}
+    # Saved and released in one call, as a modified session is, and the cookie's expiry slides.
+    assert engines.calls == {"get_exclusive": 1, "set_and_release": 1}
+    assert response.cookies[COOKIE].value == key
+    assert response.cookies[COOKIE]["max-age"] == settings.SESSION_COOKIE_AGE
+    assert counting_client.get("/read/").json() == {"counter": 1}
+
+
+@override_settings(SESSION_SAVE_EVERY_REQUEST=True)
+@pytest.mark.parametrize("path", ["/read-only/", "/read-only-untouched/"])
+def test_save_every_request_refreshes_a_read_only_session_without_writing_it(
+    counting_client: Client, path: str
+) -> None:
+    key = counting_client.cookies[COOKIE].value
+    response = counting_client.get(path)
+    assert response.status_code == 200
+    # One unlocked read, which slides the stored expiry; nothing written, nothing locked.
+    assert engines.calls == {"get": 1}
+    assert response.cookies[COOKIE].value == key
+    assert response.cookies[COOKIE]["max-age"] == settings.SESSION_COOKIE_AGE
+
+
+@override_settings(SESSION_SAVE_EVERY_REQUEST=True)
+def test_save_every_request_never_refreshes_an_unknown_key_in_a_read_only_view(
+    counting_client: Client,
+) -> None:
+    counting_client.cookies[COOKIE] = "x" * 32
+    response = counting_client.get("/read-only-untouched/")
+    assert response.status_code == 200
+    assert engines.calls == {"get": 1}
+    assert response.cookies[COOKIE].value == ""  # deleted, as Django does for an empty session
+
+
+@override_settings(SESSION_SAVE_EVERY_REQUEST=True)
+def test_save_every_request_refreshes_a_read_only_session_on_the_async_path(
+    session_key: str,
+) -> None:
+    async def scenario() -> None:
+        client = AsyncClient()
+        client.cookies[COOKIE] = session_key
+        response = await client.get("/async-read-only/")
+        assert response.json() == {"counter": 1}
+        assert response.cookies[COOKIE].value == session_key
+
+    asyncio.run(scenario())
 
 
 def test_async_views_use_the_native_async_path() -> None:

@@ -29,6 +29,11 @@ def read_only(request: HttpRequest) -> JsonResponse:
 
 
 @session_readonly
+def read_only_untouched(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("not read")
+
+
+@session_readonly
 def read_only_write(request: HttpRequest) -> HttpResponse:
     request.session["counter"] = 0
     return HttpResponse("unreachable")
@@ -36,6 +41,11 @@ def read_only_write(request: HttpRequest) -> HttpResponse:
 
 @session_disabled
 def disabled(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("no session here")
+
+
+def unmarked_disabled_twin(request: HttpRequest) -> HttpResponse:
+    """``disabled`` without the decorator: the control case of the Disabled tests."""
     return HttpResponse("no session here")
 
 

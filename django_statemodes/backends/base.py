@@ -577,11 +577,14 @@ class StateModeSessionBase(SessionBase):
     # The request's end (called by SessionStateMiddleware).
 
     def finish(self, save: bool) -> None:
-        """Save if ``save`` and release the lock, in one store call; idempotent."""
+        """Save if ``save`` and release the lock, in one store call; idempotent.
+
+        A ReadOnly session is never saved: nothing in it can have changed.
+        """
         if self._released:
             return
         try:
-            if save:
+            if save and self.access != READ_ONLY:
                 self._save(must_create=False, release=True)
             elif self._lock_id is not None and self._locked_key is not None:
                 self._provider.release(self._locked_key, self._lock_id)
@@ -594,7 +597,7 @@ class StateModeSessionBase(SessionBase):
         if self._released:
             return
         try:
-            if save:
+            if save and self.access != READ_ONLY:
                 await self._asave(release=True)
             elif self._lock_id is not None and self._locked_key is not None:
                 await self._provider.arelease(self._locked_key, self._lock_id)
@@ -613,6 +616,18 @@ class StateModeSessionBase(SessionBase):
     async def arelease(self) -> None:
         save = (self._modified or settings.SESSION_SAVE_EVERY_REQUEST) and not self.is_empty()
         await self.afinish(save)
+
+    def refresh(self) -> None:
+        """Load the session if it is not loaded yet (for ``SESSION_SAVE_EVERY_REQUEST``).
+
+        In a ReadOnly request, where nothing is saved, the read slides the stored expiry (as
+        ASP.NET's ResetItemTimeout does for pages that do not write) and drops an unknown key,
+        so the cookie the middleware re-sends matches the record.
+        """
+        self._get_session()
+
+    async def arefresh(self) -> None:
+        await self._aget_session()
 
     @property
     def released(self) -> bool:
