@@ -1,13 +1,16 @@
-"""What the StateServer engine stores: Django's serializer's bytes, checked values, size limits.
+"""What the StateServer engine stores: Django's serializer's bytes, checked values, size limits,
+compression.
 
 The core writes Django's default JSONSerializer through pre-built coders (a speed-up); these
 tests pin that the bytes on the server are exactly Django's, and that any other serializer is
-still the one used.
+still the one used. The first byte of every stored payload says how the rest is encoded (0x00
+raw, 0x01 zlib), so STATEMODES_COMPRESSION can be switched either way without losing sessions.
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +18,7 @@ import pytest
 from django.core.signing import JSONSerializer
 from django.test import override_settings
 
-from django_statemodes.backends.base import RAW
+from django_statemodes.backends.base import COMPRESS_MIN_LENGTH, RAW, ZLIB
 from django_statemodes.backends.stateserver import SessionStore
 from django_statemodes.exceptions import SessionTooLarge, SessionValueError
 from django_statemodes.stateserver.addresses import Address
@@ -74,6 +77,10 @@ def save(data: dict[str, Any]) -> str:
     return session.session_key
 
 
+def load(key: str) -> dict[str, Any]:
+    return dict(SessionStore(key, access="ReadOnly").items())
+
+
 def test_the_stored_bytes_are_exactly_djangos_json_serializer(engine: StateServerClient) -> None:
     key = save(DATA)
     assert stored(engine, key) == RAW + JSONSerializer().dumps(DATA)
@@ -111,3 +118,58 @@ def test_values_json_cannot_hold_are_refused_where_they_are_set(
     with pytest.raises(SessionValueError, match="keys must be str"):
         session[("tuple", "key")] = "v"  # type: ignore[index]  # a plain value, a key JSON refuses
     assert dict(session.items()) == {}
+
+
+# Well over COMPRESS_MIN_LENGTH and very compressible, as real sessions (JSON) are.
+LARGE: dict[str, Any] = {
+    "cart": [{"sku": f"SKU-{i:05d}", "name": "A fine item", "qty": 1} for i in range(500)],
+    "note": "ab" * 5000,
+}
+
+
+@override_settings(STATEMODES_COMPRESSION=True)
+def test_a_large_session_is_stored_zlib_compressed_and_read_back(
+    engine: StateServerClient,
+) -> None:
+    key = save(LARGE)
+
+    payload = stored(engine, key)
+    serialized = JSONSerializer().dumps(LARGE)
+    assert payload[:1] == ZLIB
+    assert zlib.decompress(payload[1:]) == serialized
+    assert len(payload) < len(serialized) / 10
+    assert load(key) == LARGE
+
+
+@override_settings(STATEMODES_COMPRESSION=True)
+def test_a_session_below_the_threshold_stays_raw_with_compression_on(
+    engine: StateServerClient,
+) -> None:
+    small = {"user": "42"}
+    assert len(JSONSerializer().dumps(small)) < COMPRESS_MIN_LENGTH
+    key = save(small)
+    assert stored(engine, key) == RAW + JSONSerializer().dumps(small)
+    assert load(key) == small
+
+
+def test_a_large_session_is_stored_raw_with_compression_off(engine: StateServerClient) -> None:
+    key = save(LARGE)
+    assert stored(engine, key) == RAW + JSONSerializer().dumps(LARGE)
+
+
+@pytest.mark.parametrize(("before", "after"), [(False, True), (True, False)])
+def test_sessions_stay_readable_when_compression_is_switched(
+    engine: StateServerClient, before: bool, after: bool
+) -> None:
+    with override_settings(STATEMODES_COMPRESSION=before):
+        key = save(LARGE)
+    assert stored(engine, key)[:1] == (ZLIB if before else RAW)
+
+    with override_settings(STATEMODES_COMPRESSION=after):
+        assert load(key) == LARGE
+        # The next write of that session uses the new encoding, and still reads back.
+        session = SessionStore(key, access="ReadWrite")
+        session["visits"] = 1
+        session.finish(save=True)
+        assert stored(engine, key)[:1] == (ZLIB if after else RAW)
+        assert load(key) == {**LARGE, "visits": 1}

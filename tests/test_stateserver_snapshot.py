@@ -1,0 +1,104 @@
+"""Snapshot atomicity: the file at ``--snapshot PATH`` is always a complete snapshot.
+
+``write_snapshot`` writes ``PATH.tmp``, fsyncs it and renames it over PATH. These tests show
+the consequences a crash relies on: a half-written ``PATH.tmp`` left by a killed server is never
+read and is replaced by the next write, and a reader of PATH never sees a partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from django_statemodes.stateserver.addresses import Address
+from django_statemodes.stateserver.client import StateServerClient
+from django_statemodes.stateserver.snapshot import MAGIC, SnapshotError, read_snapshot
+from tests.fixtures_stateserver import StateServerProcess
+
+pytestmark = [pytest.mark.stateserver]
+
+
+def client_for(server: StateServerProcess) -> StateServerClient:
+    return StateServerClient(Address("127.0.0.1", server.port), timeout=5)
+
+
+def keys_in(path: Path) -> set[str]:
+    return {key for items in read_snapshot(str(path)).values() for key, *_ in items}
+
+
+def wait_for_keys(path: Path, expected: set[str], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and expected <= keys_in(path):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not come to hold {expected} within {timeout} s")
+
+
+def test_a_half_written_tmp_file_is_ignored_at_start_and_replaced_by_the_next_write(
+    tmp_path: Path,
+) -> None:
+    snapshot = tmp_path / "sessions.snap"
+    leftover = tmp_path / "sessions.snap.tmp"
+    with StateServerProcess("--snapshot", str(snapshot)) as server:
+        client_for(server).set_and_release("kept", b"v1", lock_id=None, timeout=600, new_item=True)
+    assert keys_in(snapshot) == {"kept"}
+    # What a server killed in the middle of a write leaves: the start of a snapshot, cut off.
+    leftover.write_bytes(MAGIC + b"\x01\x00\x07def")
+    with pytest.raises(SnapshotError, match="cut off"):
+        read_snapshot(str(leftover))
+
+    with StateServerProcess("--snapshot", str(snapshot)) as server:
+        client = client_for(server)
+        item = client.get("kept")
+        assert item is not None and item.data == b"v1"  # loaded from PATH, not from PATH.tmp
+        client.set_and_release("added", b"v2", lock_id=None, timeout=600, new_item=True)
+    # The shutdown snapshot went through PATH.tmp and renamed it: nothing is left beside PATH.
+    assert not leftover.exists()
+    assert keys_in(snapshot) == {"kept", "added"}
+    assert sorted(os.listdir(tmp_path)) == ["sessions.snap"]
+
+
+def test_a_snapshot_is_replaced_whole_never_rewritten_in_place(tmp_path: Path) -> None:
+    snapshot = tmp_path / "sessions.snap"
+    count = 3000
+    args = ("--snapshot", str(snapshot), "--snapshot-interval", "0.1")
+    with StateServerProcess(*args) as server:
+        client = client_for(server)
+        for index in range(count):  # a file of a few MB: a rewrite in place takes a while
+            client.set_and_release(
+                f"s{index:05d}", os.urandom(1000), lock_id=None, timeout=600, new_item=True
+            )
+        wait_for_keys(snapshot, {f"s{count - 1:05d}"})
+
+        # A reader holding the current file open keeps reading that complete file after the
+        # server has written a newer one: PATH was renamed over, not truncated and rewritten.
+        with open(snapshot, "rb") as held:
+            before = held.read()
+            client.set_and_release("newer", b"x", lock_id=None, timeout=600, new_item=True)
+            wait_for_keys(snapshot, {"newer"})
+            held.seek(0)
+            assert held.read() == before
+        assert before.startswith(MAGIC)
+
+        # Readers racing several rewrites only ever find a complete snapshot at PATH.
+        failures: list[str] = []
+        reads = 0
+        inodes: set[int] = set()
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            inodes.add(os.stat(snapshot).st_ino)
+            try:
+                found = keys_in(snapshot)
+            except SnapshotError as exc:
+                failures.append(str(exc))
+            else:
+                reads += 1
+                if len(found) != count + 1:
+                    failures.append(f"{len(found)} sessions")
+        assert failures == []
+        assert reads > 0
+        assert len(inodes) >= 2  # several snapshots were written meanwhile, each a new file
