@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,9 @@ class RedisServer:
         self.port = port or free_port()
         self.extra = extra
         self.process: subprocess.Popen[bytes] | None = None
+        # Its working directory: a replica writes the primary's RDB there even with --save "",
+        # and it must not land in the checkout (``running`` removes it).
+        self.dir = tempfile.mkdtemp(prefix="statemodes-redis-")
 
     @property
     def url(self) -> str:
@@ -30,7 +34,7 @@ class RedisServer:
     def start(self) -> None:
         command = [
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", *self.extra,
+            "--save", "", "--appendonly", "no", "--dir", self.dir, *self.extra,
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_timeout=1)
@@ -62,7 +66,7 @@ def need_redis_binary() -> None:
 
 @contextmanager
 def running(*servers: RedisServer) -> Iterator[tuple[RedisServer, ...]]:
-    """Start the servers in order; kill them all afterwards."""
+    """Start the servers in order; kill them all and remove their files afterwards."""
     need_redis_binary()
     try:
         for server in servers:
@@ -71,3 +75,4 @@ def running(*servers: RedisServer) -> Iterator[tuple[RedisServer, ...]]:
     finally:
         for server in servers:
             server.kill()
+            shutil.rmtree(server.dir, ignore_errors=True)

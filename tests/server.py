@@ -93,11 +93,18 @@ def session_cookie(headers: dict[str, str]) -> str:
 
 
 def hammer(
-    port: int, *, clients: int = 8, increments: int = 50, work_ms: int = 2
+    port: int,
+    *,
+    clients: int = 8,
+    increments: int = 50,
+    work_ms: int = 2,
+    served: set[str] | None = None,
+    served_header: str = "x-worker-pid",
 ) -> tuple[int, int]:
     """Create a session (counter 1), then send clients x increments concurrently.
 
-    Returns (expected, actual) final counter values.
+    Returns (expected, actual) final counter values. ``served`` collects the values of
+    ``served_header`` (which worker answered) where the app under test sets it.
     """
     status, headers, body = get(port, "/increment/")
     assert status == 200, body
@@ -106,7 +113,9 @@ def hammer(
 
     def client() -> None:
         for _ in range(increments):
-            status, _, body = get(port, f"/increment/?work={work_ms}", key)
+            status, headers, body = get(port, f"/increment/?work={work_ms}", key)
+            if served is not None:
+                served.add(headers[served_header])
             if status != 200:
                 failures.append(f"{status}: {body[:200]!r}")
 

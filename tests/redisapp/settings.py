@@ -24,3 +24,5 @@ else:
     STATEMODES_CUSTOM_PROVIDER = "django_statemodes.providers.redis.RedisProvider"
     STATEMODES_REDIS_ALIAS = "statemodes-redis"
     MIDDLEWARE = ["django_statemodes.middleware.SessionStateMiddleware"]
+# Outermost, so that every response names its worker process, the 503s included.
+MIDDLEWARE = ["tests.redisapp.middleware.worker_pid", *MIDDLEWARE]
