@@ -119,8 +119,10 @@ if COOKIELESS:
             f"STATEMODES_DEMO_COOKIELESS is {COOKIELESS!r}; use UseUri or AutoDetect."
         )
     STATEMODES_COOKIELESS = COOKIELESS
-    # Without a session cookie the CSRF secret must live in the session, not in a cookie.
+    # Without a session cookie the CSRF secret must live in the session, not in a cookie
+    # (check E009), and so must the messages (W050).
     CSRF_USE_SESSIONS = True
+    MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 
 # The demo's session timeout (ASP.NET timeout="20" minutes); sliding, as in ASP.NET.
 SESSION_COOKIE_AGE = 20 * 60

@@ -10,7 +10,7 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import rotate_token
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -32,6 +32,9 @@ MODE_NAMES = {
 
 # How many parallel increments the counter page fires.
 PARALLEL_REQUESTS = 20
+
+# How many pages the tour has.
+TOUR_PAGES = 5
 
 
 @dataclass
@@ -108,6 +111,30 @@ def logout(request: HttpRequest) -> HttpResponse:
     # Session.Abandon(): the data goes (session_end is sent) and the key is not reused.
     request.session.flush()
     return redirect("login")
+
+
+# The tour: five linked pages, each reading the name stored at login, joined by {% url %}
+# links, relative links and a redirect (cookieless, every one of them keeps the URL's key).
+
+
+@explains_off
+def tour(request: HttpRequest, number: int) -> HttpResponse:
+    if not 1 <= number <= TOUR_PAGES:
+        raise Http404("The tour has no such page.")
+    name = request.session.get("user_name")
+    if name is None:
+        return redirect("login")
+    seen = request.session["pages_seen"] = request.session.get("pages_seen", 0) + 1
+    context = {"name": name, "number": number, "pages": TOUR_PAGES, "seen": seen}
+    return render(request, "testproject/tour.html", context)
+
+
+def tour_next(request: HttpRequest, number: int) -> HttpResponse:
+    # redirect() with a view name goes through reverse(): the script prefix, and with it the
+    # cookieless segment, is kept.
+    if not 1 <= number <= TOUR_PAGES:
+        raise Http404("The tour has no such page.")
+    return redirect("tour", number + 1) if number < TOUR_PAGES else redirect("welcome")
 
 
 # StudentInfo: an object stored in the session and restored on a later request.

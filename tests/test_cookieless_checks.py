@@ -19,7 +19,7 @@ COOKIELESS_IDS = {
 
 
 def ids(settings: Any) -> set[str]:
-    return {message.id for message in check_settings()}
+    return {message.id for message in check_settings() if message.id is not None}
 
 
 @pytest.fixture
@@ -34,9 +34,18 @@ def test_a_correct_cookieless_site_passes(cookieless: Any) -> None:
     assert not ids(cookieless) & COOKIELESS_IDS
 
 
-def test_cookieless_without_csrf_in_the_session_is_an_error(cookieless: Any) -> None:
+@pytest.mark.parametrize("mode", ["UseUri", "AutoDetect"])
+def test_cookieless_without_csrf_in_the_session_is_an_error(cookieless: Any, mode: str) -> None:
+    cookieless.STATEMODES_COOKIELESS = mode
+    assert "django_statemodes.E009" not in ids(cookieless)
     cookieless.CSRF_USE_SESSIONS = False
     assert "django_statemodes.E009" in ids(cookieless)
+
+
+def test_with_cookies_csrf_may_stay_in_its_cookie(cookieless: Any) -> None:
+    cookieless.STATEMODES_COOKIELESS = "UseCookies"
+    cookieless.CSRF_USE_SESSIONS = False
+    assert "django_statemodes.E009" not in ids(cookieless)
 
 
 @pytest.mark.parametrize("policy", ["unsafe-url", "no-referrer-when-downgrade", "", "same_origin"])

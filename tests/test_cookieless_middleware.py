@@ -12,7 +12,7 @@ import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import AsyncClient, Client
-from django.urls import get_script_prefix
+from django.urls import clear_script_prefix, get_script_prefix, set_script_prefix
 from django.utils import timezone
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -95,9 +95,14 @@ def log_in(client: Client, url: str) -> Any:
 
 def test_with_use_cookies_the_segment_is_an_ordinary_path(settings: Any) -> None:
     settings.ROOT_URLCONF = "tests.cookielessapp.urls"
-    response = Client().get(f"/(S({UNKNOWN}))/touch/")
-    assert response.status_code == 404
-    assert "Referrer-Policy" not in response or response["Referrer-Policy"] != "never"
+    # Set, so that a cookieless handler running by mistake would show in the headers.
+    settings.STATEMODES_COOKIELESS_REFERRER_POLICY = "no-referrer"
+    settings.STATEMODES_COOKIELESS_NOINDEX = True
+    for segment in [f"(S({UNKNOWN}))", f"(S({UNKNOWN})S({UNKNOWN}))"]:  # well formed, malformed
+        response = Client().get(f"/{segment}/touch/")
+        assert response.status_code == 404, segment  # resolved as it is: neither cut nor a 400
+        assert "Referrer-Policy" not in response, segment
+        assert "X-Robots-Tag" not in response, segment
 
 
 def test_with_use_cookies_the_middleware_has_no_cookieless_handler(settings: Any) -> None:
@@ -301,6 +306,99 @@ def test_redirects_keep_the_key_when_they_stay_on_the_site(
     response = client.get(session_url + path)
     assert response.status_code == 302
     assert response["Location"] == location.format(url=session_url)
+
+
+# An application mounted under a SCRIPT_NAME: the segment comes right after it.
+
+MOUNT = "/app"
+
+
+class MountedClient(CookielessClient):
+    """A cookieless client of the site mounted at /app, as a WSGI server passes it.
+
+    The server sends ``SCRIPT_NAME=/app`` and the path below it as ``PATH_INFO``; Django's
+    ``WSGIHandler`` then sets the script prefix from ``SCRIPT_NAME``, which the test client's
+    handler leaves out, so this client does that one step itself.
+    """
+
+    def request(self, **request: Any) -> Any:
+        request["SCRIPT_NAME"] = MOUNT
+        set_script_prefix(MOUNT)
+        return super().request(**request)
+
+
+@pytest.fixture
+def mounted(site: Any) -> Iterator[Client]:
+    yield MountedClient(enforce_csrf_checks=True)
+    clear_script_prefix()
+
+
+def below_mount(location: str) -> str:
+    """Return the PATH_INFO a server mounting the site at /app passes for ``location``."""
+    assert location.startswith(MOUNT + "/"), location
+    return location[len(MOUNT) :]
+
+
+def test_under_a_script_name_the_key_follows_the_mount_point(mounted: Client) -> None:
+    response = mounted.get("/put/?value=mounted")
+    assert response.status_code == 302
+    key = key_of(response["Location"])
+    session = f"{MOUNT}/(S({key}))"
+    assert response["Location"] == f"{session}/put/?value=mounted"
+    assert stored(key) == {"put": "mounted"}
+    data = mounted.get(below_mount(f"{session}/state/")).json()
+    assert data["session_key"] == key
+    assert data["path"] == f"{MOUNT}/state/"
+    assert data["path_info"] == "/state/"
+    assert data["reverse"] == f"{session}/page/3/"
+    assert data["static"] == f"{MOUNT}/static/x.css"  # the mount, never the key
+    assert get_script_prefix() == f"{MOUNT}/"  # the handler's prefix is restored, not "/"
+
+
+def test_under_a_script_name_links_and_redirects_carry_the_mount_and_the_key(
+    mounted: Client,
+) -> None:
+    key = key_of(mounted.get("/put/")["Location"])
+    session = f"{MOUNT}/(S({key}))"
+    html = mounted.get(below_mount(f"{session}/links/")).content.decode()
+    assert f'href="{session}/page/2/"' in html
+    assert 'href="page/2/"' in html
+    assert f'action="{session}/login/"' in html
+    assert mounted.get(below_mount(f"{session}/go/4/"))["Location"] == f"{session}/page/4/"
+    # These views write "/page/7/" and http://testserver/page/8/ by hand: outside the
+    # application at /app, so not its URLs, and left alone.
+    assert mounted.get(below_mount(f"{session}/hand-written/"))["Location"] == "/page/7/?from=hand"
+    absolute = mounted.get(below_mount(f"{session}/absolute/"))["Location"]
+    assert absolute == "http://testserver/page/8/"
+
+
+def test_under_a_script_name_logging_in_redirects_to_the_new_key_below_the_mount(
+    mounted: Client, user: User
+) -> None:
+    old = key_of(mounted.get("/put/")["Location"])
+    response = mounted.get(f"/(S({old}))/private/")
+    assert response["Location"] == f"{MOUNT}/(S({old}))/login/?next={MOUNT}/private/"
+    page = mounted.get(below_mount(response["Location"]))
+    form = {"username": "ada", "password": PASSWORD}
+    form["csrfmiddlewaretoken"] = csrf_token(page.content.decode())
+    response = mounted.post(f"/(S({old}))/login/?next={MOUNT}/private/", form)
+    new = key_of(response["Location"])
+    assert new != old
+    assert response["Location"] == f"{MOUNT}/(S({new}))/private/"
+    assert mounted.get(below_mount(response["Location"])).content == b"private page of ada"
+
+
+def test_under_a_script_name_autodetect_probes_and_goes_cookieless_below_the_mount(
+    site: Any, mounted: Client
+) -> None:
+    site.STATEMODES_COOKIELESS = "AutoDetect"
+    response = mounted.get("/put/?a=1")
+    assert response["Location"] == f"{MOUNT}/put/?a=1&{PROBE}=1"
+    response = mounted.get(below_mount(response["Location"]))  # back without the probe cookie
+    key = key_of(response["Location"])
+    assert response["Location"] == f"{MOUNT}/(S({key})X(1))/put/?a=1"
+    data = mounted.get(below_mount(f"{MOUNT}/(S({key})X(1))/state/")).json()
+    assert data["reverse"] == f"{MOUNT}/(S({key})X(1))/page/3/"
 
 
 # Malformed segments: ignored or 400, never 500.

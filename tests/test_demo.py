@@ -8,15 +8,12 @@ from __future__ import annotations
 import os
 import re
 import runpy
-import signal
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,6 +32,7 @@ from django_statemodes.providers.base import SessionStateProvider
 from testproject import settings as demo
 from testproject.views import PARALLEL_REQUESTS, StudentInfo
 from tests.conftest import free_port
+from tests.demo_site import demo_env, running_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 COOKIE = django_settings.SESSION_COOKIE_NAME
@@ -446,36 +444,6 @@ def test_debug_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
 # scripts/demo.sh, the README's demo command, for real.
 
 
-def demo_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STATEMODES_DEMO_")}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    env.update(extra)
-    return env
-
-
-@contextmanager
-def running_demo(*args: str, **env: str) -> Iterator[str]:
-    """Run scripts/demo.sh on a free loopback port; yield its base URL; stop its process group."""
-    port = free_port()
-    process = subprocess.Popen(
-        [str(ROOT / "scripts" / "demo.sh"), f"127.0.0.1:{port}", *args],
-        cwd=ROOT,
-        env=demo_env(**env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the reloader's child and state server too
-    )
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
-
-
 CSRF_TOKEN = re.compile(r'name="(?:csrfmiddlewaretoken" value|csrf-token" content)="([^"]+)"')
 COOKIELESS_PREFIX = re.compile(r"^(https?://[^/]+/\(S\([a-z0-9]+\)\))/")
 
@@ -531,7 +499,7 @@ class Browser:
 
 @pytest.mark.slow
 def test_the_demo_command_serves_the_site(tmp_path: Path) -> None:
-    with running_demo(STATEMODES_DEMO_SQLITE=str(tmp_path / "demo.sqlite3")) as url:
+    with running_demo(env={"STATEMODES_DEMO_SQLITE": str(tmp_path / "demo.sqlite3")}) as url:
         status, page = Browser(url).wait_until_up()
     assert status == 200
     assert "<h1>Log in</h1>" in page  # / redirects to the login page
@@ -600,7 +568,7 @@ def test_every_scenario_works_in_every_mode_of_the_demo(
         "STATEMODES_DEMO_STATE_PORT": str(free_port()),
         "STATEMODES_DEMO_REDIS_URL": "redis://127.0.0.1:6379/14",
     }
-    with running_demo("--noreload", **env) as url:
+    with running_demo("--noreload", env=env) as url:
         browser = Browser(url)
         walk_through(browser)
         assert f"mode: <strong>{mode}</strong>" in browser.request("/status/")[1]
@@ -615,7 +583,7 @@ def test_every_scenario_works_without_cookies_in_the_cookieless_demo(tmp_path: P
         "STATEMODES_DEMO_COOKIELESS": "UseUri",
         "STATEMODES_DEMO_SQLITE": str(tmp_path / "demo.sqlite3"),
     }
-    with running_demo("--noreload", **env) as url:
+    with running_demo("--noreload", env=env) as url:
         browser = Browser(url)
         walk_through(browser)
         assert "/(S(" in browser.base
