@@ -488,8 +488,11 @@ class SQLiteStateProvider(SQLStateProvider):
     vendor = "sqlite"
     placeholder = "?"
     driver_errors: tuple[type[Exception], ...] = (sqlite3.Error,)
-    #: SQLite has no notifications: the core's waiting polls with this short back-off.
-    poll_interval = 0.01
+    #: SQLite has no notifications: a waiting request re-checks the lock after a pause that
+    #: starts at poll_first and doubles up to poll_interval, so a short hold is handed over
+    #: within a few milliseconds and a long one costs about 60 cheap reads a second.
+    poll_first = 0.001
+    poll_interval = 0.016
     lowest = ""
 
     def make_statements(self, q: Callable[[str], str]) -> statements.Statements:
@@ -547,6 +550,31 @@ class SQLiteStateProvider(SQLStateProvider):
     def get_exclusive(self, session_key: str) -> StateItem | None:
         return self._read(session_key, exclusive=True)
 
+    # Waiting: a bounded back-off, re-checking the lock with a plain read (in WAL mode it never
+    # waits for a writer), so the core's next get_exclusive comes only once the lock is gone.
+
+    def _pauses(self, timeout: float) -> Iterator[float]:
+        """Yield each pause before the next check: 1 ms doubling to the cap, until the bound."""
+        deadline = time.monotonic() + max(0.0, min(timeout, MAX_NOTIFY_WAIT))
+        pause = self.poll_first
+        while (remaining := deadline - time.monotonic()) > 0:
+            yield min(pause, remaining)
+            pause = min(pause * 2, self.poll_interval)
+
+    def wait_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:
+        for pause in self._pauses(timeout):
+            time.sleep(pause)
+            if not self.holds(session_key, lock_id):
+                return
+
+    async def await_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:
+        # Sleep on the event loop, check in a worker thread (with that thread's connection):
+        # the loop is never blocked, and no thread is held while the request only waits.
+        for pause in self._pauses(timeout):
+            await asyncio.sleep(pause)
+            if not await asyncio.to_thread(self.holds, session_key, lock_id):
+                return
+
     def now(self) -> Any:
         return self._one(f"SELECT {statements.SQLITE_NOW}", ())[0]
 
@@ -557,9 +585,14 @@ class SQLiteStateProvider(SQLStateProvider):
             with self._immediate(conn):
                 rows = conn.execute(self.sql.purge_scan, (cutoff, since, size)).fetchall()
                 mine = [row[0] for row in rows if row[2].endswith(self.suffix)]
-                gone = conn.execute(self.sql.purge_delete, (json.dumps(mine), cutoff)).fetchall()
+                params = (json.dumps(mine), cutoff)
+                if with_items:
+                    gone = conn.execute(self.sql.purge_batch_items, params).fetchall()
+                    removed, items = len(gone), [(row[0], row[1]) for row in gone]
+                else:
+                    removed, items = conn.execute(self.sql.purge_batch, params).rowcount, []
             newest = rows[-1][1] if rows else None
-            return len(rows), newest, len(gone), [(row[0], row[1]) for row in gone]
+            return len(rows), newest, removed, items
 
         result: tuple[int, Any, int, list[tuple[str, Any]]] = self.run(work)
         return result

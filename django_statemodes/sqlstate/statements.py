@@ -35,10 +35,11 @@ class Statements:
     holds: str  # does lock cookie N still hold the item?
     wait: str  # PostgreSQL: the same check, marking the item as awaited (FLAG_WAITERS)
     count_expired: str
-    purge_batch: str  # PostgreSQL: DeleteExpiredSessions over one range of Expires
+    # DeleteExpiredSessions, one batch: PostgreSQL a range of Expires, SQLite the scanned rows
+    # of this application.
+    purge_batch: str
     purge_batch_items: str  # the same, returning keys and payloads for session_end
     purge_scan: str  # the batch's end (PostgreSQL) or rows (SQLite), oldest first
-    purge_delete: str  # SQLite: delete the scanned rows of this application
 
 
 def postgres(q: Callable[[str], str]) -> Statements:
@@ -124,7 +125,6 @@ def postgres(q: Callable[[str], str]) -> Statements:
             f"SELECT {expires} FROM {t} WHERE {expires} <= %s AND {expires} > %s "
             f"ORDER BY {expires} OFFSET %s LIMIT 1"
         ),
-        purge_delete="",
     )
 
 
@@ -151,6 +151,7 @@ def sqlite(q: Callable[[str], str]) -> Statements:
         f"{flags} = {flags} & ~{FLAG_UNINITIALIZED}"
     )
     lock_check = f"{sid} = ? AND {locked} AND {cookie} = ? AND {expires} > {now}"
+    batch = f"DELETE FROM {t} WHERE rowid IN (SELECT value FROM json_each(?)) AND {expires} <= ?"
     return Statements(
         get=(
             f"SELECT {locked}, {cookie}, CASE WHEN {locked} THEN {age} ELSE 0 END, {timeout}, "
@@ -188,14 +189,11 @@ def sqlite(q: Callable[[str], str]) -> Statements:
         count_expired=(
             f"SELECT count(*) FROM {t} WHERE {expires} <= {now} AND substr({sid}, -8) = ?"
         ),
-        purge_batch="",
-        purge_batch_items="",
+        purge_batch=batch,
+        # Payloads only when session_end has receivers: most purges need none of them.
+        purge_batch_items=f"{batch} RETURNING {sid}, {payload}",
         purge_scan=(
             f"SELECT rowid, {expires}, {sid} FROM {t} WHERE {expires} <= ? AND {expires} >= ? "
             f"ORDER BY {expires} LIMIT ?"
-        ),
-        purge_delete=(
-            f"DELETE FROM {t} WHERE rowid IN (SELECT value FROM json_each(?)) "
-            f"AND {expires} <= ? RETURNING {sid}, {payload}"
         ),
     )
