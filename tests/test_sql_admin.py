@@ -84,7 +84,9 @@ def test_the_list_shows_live_sessions_with_their_columns(admin: Client) -> None:
     assert session.session_key in page and locked.session_key in page
     row = next(line for line in page.split("<tr") if session.session_key in line)
     assert ">default<" in row  # the application row's name
-    assert "5" in row and "&quot;cart&quot;" not in row  # a size, never the data
+    # The stored size exactly: the marker byte + {"cart":"x...x"} (11 bytes + 500), never the data.
+    assert '<td class="field-size">512</td>' in row
+    assert "&quot;cart&quot;" not in row and "xxxxx" not in row
     locked_row = next(line for line in page.split("<tr") if locked.session_key in line)
     assert " s<" in locked_row  # a lock age in seconds
     holder.finish(save=False)

@@ -70,10 +70,64 @@ def test_persisted_creates_ordinary_tables_and_the_expires_index(clean: str) -> 
             [schema.SESSIONS],
         )
         columns = {row[0] for row in cursor.fetchall()}
-    assert columns == {
-        "SessionId", "Created", "Expires", "LockDate", "LockDateLocal", "LockCookie",
-        "Timeout", "Locked", "SessionItemShort", "SessionItemLong", "Flags",
-    }  # fmt: skip
+        cursor.execute(
+            "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+            "WHERE table_name = %s",
+            [schema.APPLICATIONS],
+        )
+        applications = {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
+    assert columns == SESSION_COLUMNS
+    assert applications == {
+        "AppId": ("integer", "NO"),
+        "AppName": ("character varying", "NO"),
+    }
+    assert primary_key(schema.APPLICATIONS) == ["AppId"]
+
+
+# ASP.NET's ASPStateTempSessions, column for column.
+SESSION_COLUMNS = {
+    "SessionId", "Created", "Expires", "LockDate", "LockDateLocal", "LockCookie",
+    "Timeout", "Locked", "SessionItemShort", "SessionItemLong", "Flags",
+}  # fmt: skip
+
+
+def primary_key(table: str) -> list[str]:
+    with connections[PG].cursor() as cursor:
+        cursor.execute(
+            "SELECT a.attname FROM pg_index i JOIN pg_attribute a "
+            "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+            "WHERE i.indrelid = %s::regclass AND i.indisprimary",
+            [f'"{table}"'],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+@pytest.mark.parametrize("clean", [SQLITE], indirect=True)
+def test_the_sqlite_schema_has_both_tables_and_the_expires_index(clean: str) -> None:
+    run("installsqlstate", database=SQLITE)
+    with connections[SQLITE].cursor() as cursor:
+
+        def table_info(table: str) -> dict[str, tuple[str, bool, bool]]:
+            # PRAGMA table_info: (cid, name, type, notnull, default, pk)
+            cursor.execute(f'PRAGMA table_info("{table}")')
+            return {row[1]: (row[2].lower(), bool(row[3]), bool(row[5])) for row in cursor}
+
+        sessions = table_info(schema.SESSIONS)
+        applications = table_info(schema.APPLICATIONS)
+        cursor.execute(f'PRAGMA index_info("{schema.INDEX_EXPIRES}")')
+        expires_index = [row[2] for row in cursor.fetchall()]
+        cursor.execute(f'PRAGMA index_list("{schema.SESSIONS}")')
+        indexes = {row[1] for row in cursor.fetchall()}
+    assert set(sessions) == SESSION_COLUMNS
+    assert sessions["SessionId"][2] is True  # the primary key, as in ASP.NET
+    assert sessions["SessionItemShort"][1] is False and sessions["SessionItemLong"][1] is False
+    assert sessions["Expires"][1] is True and sessions["LockCookie"][1] is True
+    assert applications == {
+        "AppId": ("integer", True, True),
+        "AppName": ("varchar(280)", True, False),
+    }
+    assert schema.INDEX_EXPIRES in indexes
+    assert expires_index == ["Expires"]
 
 
 @pytest.mark.parametrize("clean", ALIASES, indirect=True)

@@ -11,7 +11,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from tests import fixtures_sql
 from tests.conftest import REQUIRE_SERVICES, free_port
 from tests.fixtures_sql import PG, PG_ENABLED, database_name
 from tests.server import get, gunicorn, hammer, session_cookie
+
+PID = "x-worker-pid"  # tests/redisapp/middleware.py's header, listed in tests/sqlapp/settings.py
 
 ROOT = Path(__file__).resolve().parent.parent
 sql_tables = fixtures_sql.sql_tables
@@ -48,8 +51,10 @@ def test_atomic_requests_lose_no_update_across_processes_and_threads(
     with gunicorn("tests.sqlapp.wsgi", workers=2, threads=4, env=env) as port:
         status, _, body = get(port, "/pid/")
         assert status == 200 and json.loads(body)["in_atomic"] is True  # ATOMIC_REQUESTS is on
-        expected, actual = hammer(port, clients=8, increments=50, work_ms=2)
+        served: set[str] = set()
+        expected, actual = hammer(port, clients=8, increments=50, work_ms=2, served=served)
     assert actual == expected == 401
+    assert len(served) == 2, served  # both workers took increments: the race was across processes
 
 
 # A private PostgreSQL cluster, so a restart disturbs nobody else's tests.
@@ -98,72 +103,167 @@ def private_cluster() -> Iterator[tuple[int, Any, Any]]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_a_database_restart_gives_503s_loses_nothing_and_recovers(sql_tables: list[str]) -> None:
+def worker_pids(port: int, timeout: float = 20) -> set[str]:
+    """Sample both workers' pids: rounds of concurrent requests until two pids have answered.
+
+    Sampling stops at two: if a worker had been replaced, the set holds a pid not seen before.
+    """
+    pids: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while len(pids) < 2 and time.monotonic() < deadline:
+        with ThreadPoolExecutor(8) as pool:
+            for status, headers, body in pool.map(lambda _: get(port, "/pid/"), range(16)):
+                assert status == 200, body
+                assert headers[PID] == str(json.loads(body)["pid"])
+                pids.add(headers[PID])
+    assert len(pids) == 2, f"only {pids} answered in {timeout} s"
+    return pids
+
+
+def install_on(env: dict[str, str]) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "django", "installsqlstate", "--type", "persisted"],
+        cwd=ROOT, env={**os.environ, **env, "STATEMODES_DJANGO_TESTS": "0"},
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+
+
+@contextmanager
+def site_on_private_cluster(**extra: str) -> Iterator[tuple[int, Callable[[], None], Any]]:
+    """Yield (site port, stop, start): the SQL-mode site, its sessions on a private cluster."""
     with private_cluster() as (pg_port, stop, start):
         env = app_env(
             "postgres",
             STATEMODES_SQLAPP_USER="postgres",
             STATEMODES_SQLAPP_PORT=str(pg_port),
-            STATEMODES_SQLAPP_LOCK_TIMEOUT="3",
+            **extra,
         )
-        subprocess.run(
-            [sys.executable, "-m", "django", "installsqlstate", "--type", "persisted"],
-            cwd=ROOT, env={**os.environ, **env, "STATEMODES_DJANGO_TESTS": "0"},
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
+        install_on(env)
         with gunicorn("tests.sqlapp.wsgi", workers=2, threads=4, env=env) as port:
-            pids_before = {json.loads(get(port, "/pid/")[2])["pid"] for _ in range(8)}
-            status, headers, _ = get(port, "/increment/")
-            assert status == 200
-            key = session_cookie(headers)
-            results: list[tuple[float, int, bytes]] = []
-            stop_at = time.monotonic() + 30
+            yield port, stop, start
 
-            def client() -> None:
-                while time.monotonic() < stop_at:
-                    status, _, body = get(port, "/increment/?work=1", key)
-                    results.append((time.monotonic(), status, body))
-                    if status != 200:
-                        time.sleep(0.05)
 
-            threads = [threading.Thread(target=client) for _ in range(4)]
-            for thread in threads:
-                thread.start()
-            try:
-                time.sleep(1.0)
-                down_at = time.monotonic()
-                stop()
-                time.sleep(1.0)
-            finally:
-                start()  # always: the cluster must come back whatever happened
-            up_at = time.monotonic()
-            # Run until some increments succeeded after the restart (a lock held across it
-            # is broken after the 3 s lock timeout), then stop the clients.
-            deadline = up_at + 20
-            while time.monotonic() < deadline:
-                if sum(1 for t, s, _ in results if t > up_at and s == 200) >= 20:
-                    break
-                time.sleep(0.2)
-            stop_at = 0.0
-            for thread in threads:
-                thread.join(timeout=60)
-            pids_after = {json.loads(get(port, "/pid/")[2])["pid"] for _ in range(8)}
-            status, _, body = get(port, "/read/", key)
+def assert_clear_503(headers: dict[str, str], body: bytes) -> None:
+    assert headers.get("retry-after", "").isdigit() and int(headers["retry-after"]) > 0, headers
+    assert b"Session state is unavailable" in body, body
+    assert b"SQL session-state database" in body, body  # says which store is down
+
+
+# One request: (started, finished, status, headers, body).
+Result = tuple[float, float, int, dict[str, str], bytes]
+
+
+def test_a_database_restart_gives_503s_loses_nothing_and_recovers(sql_tables: list[str]) -> None:
+    with site_on_private_cluster(STATEMODES_SQLAPP_LOCK_TIMEOUT="3") as (port, stop, start):
+        pids_before = worker_pids(port)
+        status, headers, _ = get(port, "/increment/")
         assert status == 200
-        final = json.loads(body)["counter"]
+        key = session_cookie(headers)
+        results: list[Result] = []
+        stop_at = time.monotonic() + 30
 
-    statuses = [status for _, status, _ in results]
-    unavailable = [body for _, status, body in results if status == 503]
+        def client() -> None:
+            while time.monotonic() < stop_at:
+                started = time.monotonic()
+                status, headers, body = get(port, "/increment/?work=1", key)
+                results.append((started, time.monotonic(), status, headers, body))
+                if status != 200:
+                    time.sleep(0.05)
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(1.0)
+            down_at = time.monotonic()
+            stop()
+            time.sleep(1.0)
+        finally:
+            start()  # always: the cluster must come back whatever happened
+        up_at = time.monotonic()
+        # Run until some increments succeeded after the restart (a lock held across it
+        # is broken after the 3 s lock timeout), then stop the clients.
+        deadline = up_at + 20
+        while time.monotonic() < deadline:
+            if sum(1 for r in results if r[0] > up_at and r[2] == 200) >= 20:
+                break
+            time.sleep(0.2)
+        stop_at = 0.0
+        for thread in threads:
+            thread.join(timeout=60)
+        pids_after = worker_pids(port)
+        status, _, body = get(port, "/read/", key)
+    assert status == 200
+    final = json.loads(body)["counter"]
+
+    statuses = [r[2] for r in results]
+    unavailable = [r for r in results if r[2] == 503]
     succeeded = statuses.count(200)
     assert unavailable, "no 503 while the database was down"
-    assert all(
-        b"STATEMODES_SQL_DATABASE" in body or b"session-state database" in body
-        for body in unavailable
-    )
+    for _, _, _, headers, body in unavailable:
+        assert_clear_503(headers, body)
+    assert any(r[1] > down_at for r in unavailable)
     assert set(statuses) <= {200, 503, 400}, sorted(set(statuses))
     # Every acknowledged increment is in the session: nothing committed was lost, none lost by
     # a race. (A request whose lock was broken gets 400 SessionInterrupted and saves nothing.)
     assert final == 1 + succeeded
-    assert sum(1 for t, s, _ in results if t > up_at and s == 200) >= 20
-    assert any(t > down_at for t, s, _ in results if s == 503)
-    assert pids_after <= pids_before | pids_after and pids_after & pids_before  # same workers
+    # Recovered: once one increment started after the restart has succeeded, every request
+    # started after that succeeds too.
+    recovered_at = min(r[1] for r in results if r[0] > up_at and r[2] == 200)
+    later = [r[2] for r in results if r[0] >= recovered_at]
+    assert len(later) >= 10 and set(later) == {200}, sorted(set(later))
+    # The same two workers throughout, none restarted: the 503s came from them too.
+    assert pids_after == pids_before
+    assert {r[3][PID] for r in results} <= pids_before
+
+
+def test_a_retry_interval_makes_a_request_wait_for_the_database(sql_tables: list[str]) -> None:
+    with site_on_private_cluster(STATEMODES_SQLAPP_RETRY="15") as (port, stop, start):
+        status, headers, _ = get(port, "/increment/")
+        assert status == 200
+        key = session_cookie(headers)
+        answers: list[tuple[float, int, dict[str, str], bytes]] = []
+
+        def request() -> None:
+            status, headers, body = get(port, "/increment/", key)
+            answers.append((time.monotonic(), status, headers, body))
+
+        stop()
+        waiter = threading.Thread(target=request)
+        try:
+            sent_at = time.monotonic()
+            waiter.start()
+            time.sleep(2.0)
+            assert waiter.is_alive() and not answers  # waiting, not a 503
+        finally:
+            start()
+        up_at = time.monotonic()
+        waiter.join(timeout=30)
+        status, _, body = get(port, "/read/", key)
+    assert answers, "the request never returned"
+    answered_at, status_, _, body_ = answers[0]
+    assert status_ == 200, body_
+    assert json.loads(body_) == {"counter": 2}
+    assert answered_at >= up_at - 0.5  # answered once the database was back (+ pg_ctl's lag)
+    assert answered_at - sent_at >= 2.0
+    assert answered_at - up_at < 5.0  # soon after: it retries every 0.5 s
+    assert status == 200 and json.loads(body) == {"counter": 2}
+
+
+def test_without_a_retry_interval_a_request_fails_at_once(sql_tables: list[str]) -> None:
+    with site_on_private_cluster(STATEMODES_SQLAPP_RETRY="0") as (port, stop, start):
+        status, headers, _ = get(port, "/increment/")
+        assert status == 200
+        key = session_cookie(headers)
+        stop()
+        try:
+            sent_at = time.monotonic()
+            status, headers, body = get(port, "/increment/", key)
+            took = time.monotonic() - sent_at
+        finally:
+            start()
+        assert status == 503
+        assert_clear_503(headers, body)
+        assert took < 1.0, took  # no waiting for the database
+        status, _, body = get(port, "/increment/", key)
+    assert status == 200 and json.loads(body) == {"counter": 2}  # the failed one saved nothing

@@ -29,7 +29,11 @@ else:
     STATEMODES_SQL_DATABASE = "state"
 
 SESSION_ENGINE = "django_statemodes.backends.sql"
-MIDDLEWARE = ["django_statemodes.middleware.SessionStateMiddleware"]
+# The worker's pid on every response, 503s included: tests check that no worker was replaced.
+MIDDLEWARE = [
+    "tests.redisapp.middleware.worker_pid",
+    "django_statemodes.middleware.SessionStateMiddleware",
+]
 ROOT_URLCONF = "tests.sqlapp.urls"
 STATEMODES_LOCK_TIMEOUT = float(os.environ.get("STATEMODES_SQLAPP_LOCK_TIMEOUT", "110"))
 STATEMODES_SQL_RETRY_INTERVAL = float(os.environ.get("STATEMODES_SQLAPP_RETRY", "0"))
