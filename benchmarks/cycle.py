@@ -299,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
         samples = measure(chosen, args.iterations)
     stats = {name: summary(timings) for name, timings in samples.items()}
     rows = ratios({name: stat["median"] for name, stat in stats.items()})
+    print(f"our SQL tables: {registry.SQL_TYPE} (STATEMODES_BENCH_SQL_TYPE)")
     print(report(stats, rows))
     if not args.no_save:
         labels = {engine.name: engine.label for engine in chosen}
@@ -308,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
             {
                 "iterations": args.iterations,
                 "unit": "µs",
+                "sql_table_type": registry.SQL_TYPE,
                 "engines": {
                     name: {**stat, "label": labels[name], "kind": kinds[name]}
                     for name, stat in stats.items()

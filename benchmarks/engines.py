@@ -226,14 +226,24 @@ def store_class(engine: Engine) -> type[Any]:
     return _stores[engine.name]
 
 
+#: The type of our SQL tables in every benchmark: installsqlstate's default (temp: UNLOGGED on
+#: PostgreSQL), or "persisted" (WAL-logged, like Django's django_session).
+SQL_TYPE = os.environ.get("STATEMODES_BENCH_SQL_TYPE", "temp")
+
+
 def prepare(engine: Engine) -> None:
-    """Create what the engine's store needs: Django's session table, our SQL tables."""
+    """Create what the engine's store needs: Django's session table, our SQL tables.
+
+    Our tables are made afresh, of ``SQL_TYPE``: installsqlstate keeps tables that exist, so a
+    run would otherwise measure whatever type an earlier run or test left behind.
+    """
     from django.core.management import call_command
 
     if engine.kind == DJANGO and engine.database:
         call_command("migrate", "sessions", database=engine.database, verbosity=0)
     elif engine.kind == OURS and engine.database:
-        call_command("installsqlstate", database=engine.database, verbosity=0)
+        call_command("uninstallsqlstate", database=engine.database, interactive=False, verbosity=0)
+        call_command("installsqlstate", database=engine.database, type=SQL_TYPE, verbosity=0)
 
 
 @contextmanager

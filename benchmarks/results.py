@@ -56,7 +56,7 @@ def record(section: str, data: dict[str, Any], path: Path | None = LATEST) -> No
     results["machine"] = machine()
     results[section] = {
         "command": "python -m " + " ".join([f"benchmarks.{section}", *sys.argv[1:]]),
-        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),  # Django sets TZ
         **data,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
