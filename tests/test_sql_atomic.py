@@ -188,20 +188,29 @@ def assert_locked_from_outside(
     assert raw.users(username) == 0  # while the view's own write is not committed yet
 
 
+def request_held_in_its_transaction(
+    url: str, key: str, raw: Raw, provider: SQLStateProvider, username: str
+) -> Any:
+    """Run the request, check the lock from outside while its view holds, then let it end."""
+    thread, responses = start_request(f"{url}&user={username}", key)
+    try:
+        assert seen["in_atomic"] is True  # the view really runs in a transaction
+        assert_locked_from_outside(raw, provider, key, username)
+    finally:
+        go.set()
+        thread.join(timeout=30)
+    assert responses
+    return responses[0]
+
+
 def test_the_lock_is_visible_while_the_view_is_inside_its_transaction(
     url: str, alias: str, raw: Raw, make_provider: Any
 ) -> None:
     key = new_session()
     other = other_provider(alias, make_provider)
-    thread, responses = start_request(f"{url}&user=ada", key)
-    try:
-        assert seen["in_atomic"] is True  # the view really runs in a transaction
-        assert_locked_from_outside(raw, other, key, "ada")
-    finally:
-        go.set()
-        thread.join(timeout=30)
-    assert responses and responses[0].status_code == 200
-    assert responses[0].json() == {"counter": 2}
+    response = request_held_in_its_transaction(url, key, raw, other, "ada")
+    assert response.status_code == 200
+    assert response.json() == {"counter": 2}
     assert raw.lock(other.sid(key))[0] is False  # released after the commit
     assert raw.users("ada") == 1  # the view's transaction committed
     assert SessionStore(key)["counter"] == 2
@@ -212,14 +221,8 @@ def test_a_rolled_back_view_still_releases_the_lock_and_keeps_the_session(
 ) -> None:
     key = new_session()
     other = other_provider(alias, make_provider)
-    thread, responses = start_request(f"{url}&user=bob&fail=1", key)
-    try:
-        assert seen["in_atomic"] is True
-        assert_locked_from_outside(raw, other, key, "bob")
-    finally:
-        go.set()
-        thread.join(timeout=30)
-    assert responses and responses[0].status_code == 500
+    response = request_held_in_its_transaction(f"{url}&fail=1", key, raw, other, "bob")
+    assert response.status_code == 500
     assert raw.lock(other.sid(key))[0] is False  # the rollback did not keep the lock
     assert raw.users("bob") == 0  # the view's write was rolled back
     # The session is intact, unchanged by the failed request, and nobody waits for a lock.

@@ -14,6 +14,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -126,6 +127,13 @@ class _Listener:
         self.thread.join(10)
         self.listener.close()
 
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def _accept_loop(self) -> None:
         while not self.stopping.is_set():
             try:
@@ -169,13 +177,6 @@ class ScriptedServer(_Listener):
         self.received = bytearray()
         self.hellos: list[p.Hello] = []
         self.connections = 0
-
-    def __enter__(self) -> ScriptedServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def serve(self, sock: socket.socket) -> None:
         self.connections += 1
@@ -269,13 +270,6 @@ class RecordingProxy(_Listener):
         self.upstream = port
         self.client_sent = bytearray()  # client -> server
         self.server_sent = bytearray()  # server -> client
-
-    def __enter__(self) -> RecordingProxy:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def serve(self, sock: socket.socket) -> None:
         with socket.create_connection(("127.0.0.1", self.upstream), timeout=5) as upstream:
