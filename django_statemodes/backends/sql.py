@@ -194,13 +194,6 @@ class SQLStateProvider(SessionStateProvider):
     def _one(self, sql: str, params: Sequence[Any], *, prepare: bool = True) -> Any:
         return self.run(lambda conn: self._execute(conn, sql, params, prepare=prepare).fetchone())
 
-    def _all(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        # Purge statements are planned afresh each time (never prepared): a generic plan of
-        # "Expires <= $1 ... ORDER BY Expires LIMIT $4" may scan the whole table per batch.
-        return list(
-            self.run(lambda conn: self._execute(conn, sql, params, prepare=False).fetchall())
-        )
-
     def _count(self, sql: str, params: Sequence[Any], *, prepare: bool = True) -> int:
         return int(
             self.run(lambda conn: self._execute(conn, sql, params, prepare=prepare).rowcount)
@@ -335,6 +328,20 @@ class SQLStateProvider(SessionStateProvider):
         """Delete one batch; return (rows scanned, newest Expires scanned, removed, items)."""
         raise NotImplementedError
 
+    def _delete_batch(
+        self, conn: Any, params: Sequence[Any], *, with_items: bool
+    ) -> tuple[int, list[tuple[str, Any]]]:
+        """Run one batch's DELETE on ``conn``; return (removed, items).
+
+        Payloads are fetched only ``with_items``. Purge statements are planned afresh each time
+        (never prepared): a generic plan of "Expires <= $1 ... ORDER BY Expires LIMIT $4" may
+        scan the whole table per batch.
+        """
+        if with_items:
+            rows = self._execute(conn, self.sql.purge_batch_items, params, prepare=False).fetchall()
+            return len(rows), [(row[0], row[1]) for row in rows]
+        return int(self._execute(conn, self.sql.purge_batch, params, prepare=False).rowcount), []
+
     def close(self) -> None:
         with self._open_mutex:
             open_, self._open = self._open, set()
@@ -429,11 +436,9 @@ class PostgresStateProvider(SQLStateProvider):
         bound = self._one(self.sql.purge_scan, (cutoff, since, size - 1), prepare=False)
         upper = cutoff if bound is None else bound[0]
         params = (since, upper, self.suffix)
-        if with_items:
-            rows = self._all(self.sql.purge_batch_items, params)
-            removed, items = len(rows), [(row[0], row[1]) for row in rows]
-        else:
-            removed, items = self._count(self.sql.purge_batch, params, prepare=False), []
+        removed, items = self.run(
+            lambda conn: self._delete_batch(conn, params, with_items=with_items)
+        )
         # A full batch: go on after its end (the range is exclusive of `since`).
         return (size if bound is not None else 0), upper, removed, items
 
@@ -586,11 +591,7 @@ class SQLiteStateProvider(SQLStateProvider):
                 rows = conn.execute(self.sql.purge_scan, (cutoff, since, size)).fetchall()
                 mine = [row[0] for row in rows if row[2].endswith(self.suffix)]
                 params = (json.dumps(mine), cutoff)
-                if with_items:
-                    gone = conn.execute(self.sql.purge_batch_items, params).fetchall()
-                    removed, items = len(gone), [(row[0], row[1]) for row in gone]
-                else:
-                    removed, items = conn.execute(self.sql.purge_batch, params).rowcount, []
+                removed, items = self._delete_batch(conn, params, with_items=with_items)
             newest = rows[-1][1] if rows else None
             return len(rows), newest, removed, items
 
