@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.benchmark_runs import run_benchmark
 
 
 def run_cycle(*args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.cycle", *args, "--iterations", "20", "--no-save"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_benchmark("cycle", *args, "--iterations", "20", "--no-save")
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -38,13 +29,7 @@ def test_cycle_harness_reports_inproc_beside_djangos_locmem_cache() -> None:
 
 
 def test_cycle_harness_rejects_an_unknown_engine_by_name() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.cycle", "--engines", "nosuch", "--no-save"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_benchmark("cycle", "--engines", "nosuch", "--no-save", timeout=60)
 
     assert result.returncode != 0
     assert "unknown engine 'nosuch'" in result.stderr

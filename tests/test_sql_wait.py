@@ -31,12 +31,21 @@ def provider(make_provider: Any) -> SQLStateProvider:
     return provider
 
 
-def locked_key(provider: SQLStateProvider) -> tuple[str, int]:
+def stored_key(provider: SQLStateProvider) -> str:
     key = new_key()
     assert provider.set_and_release(key, b"\x00{}", lock_id=None, timeout=60, new_item=True)
+    return key
+
+
+def lock(provider: SQLStateProvider, key: str) -> int:
     held = provider.get_exclusive(key)
     assert held is not None and not held.locked
-    return key, held.lock_id
+    return held.lock_id
+
+
+def locked_key(provider: SQLStateProvider) -> tuple[str, int]:
+    key = stored_key(provider)
+    return key, lock(provider, key)
 
 
 def timed_wait(
@@ -79,30 +88,25 @@ def test_a_waiter_does_not_return_while_the_lock_holds(provider: SQLStateProvide
 
 
 def test_a_long_hold_is_handed_over_within_the_cap(provider: SQLStateProvider) -> None:
-    key = new_key()
-    assert provider.set_and_release(key, b"\x00{}", lock_id=None, timeout=60, new_item=True)
+    key = stored_key(provider)
     delays = []
     for _ in range(7):
-        held = provider.get_exclusive(key)
-        assert held is not None and not held.locked
-        delays.append(timed_wait(provider, key, held.lock_id, hold=0.2)[0])
+        delays.append(timed_wait(provider, key, lock(provider, key), hold=0.2)[0])
     # The cap is 16 ms: the median waiter wakes well within 30 ms of the release.
     assert statistics.median(delays) < 0.03, sorted(delays)
     provider.remove(key)
 
 
 def test_a_short_hold_is_handed_over_in_a_few_milliseconds(provider: SQLStateProvider) -> None:
-    key = new_key()
-    assert provider.set_and_release(key, b"\x00{}", lock_id=None, timeout=60, new_item=True)
+    key = stored_key(provider)
     waits = []
     for _ in range(9):
-        held = provider.get_exclusive(key)
-        assert held is not None and not held.locked
-        threading.Timer(0.002, provider.release, args=(key, held.lock_id)).start()
+        lock_id = lock(provider, key)
+        threading.Timer(0.002, provider.release, args=(key, lock_id)).start()
         started = time.monotonic()
-        provider.wait_for_release(key, held.lock_id, 10.0)
+        provider.wait_for_release(key, lock_id, 10.0)
         waits.append(time.monotonic() - started)
-        assert not provider.holds(key, held.lock_id)  # returned because it was released
+        assert not provider.holds(key, lock_id)  # returned because it was released
     # Checks at 1, 3 and 7 ms: a release at 2 ms is seen at the 3 or 7 ms check, sooner than
     # a single 10 ms poll, let alone a fixed 16 ms one.
     assert statistics.median(waits) < 0.009, sorted(waits)

@@ -4,28 +4,19 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks import stateserver_memory
 from benchmarks.results import record
+from tests.benchmark_runs import run_benchmark
 
 pytestmark = [pytest.mark.stateserver]
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def test_a_small_run_states_the_target_and_a_verdict_on_a_projection() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.stateserver_memory", "--sessions", "2000", "--no-save"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_benchmark("stateserver_memory", "--sessions", "2000", "--no-save")
 
     assert result.returncode == 0, result.stderr
     assert "sessions:            2,000 of 1024 bytes" in result.stdout
