@@ -221,9 +221,10 @@ def run(
         assert purged == expired, (purged, expired)
     stop.set()
     worker.join()
-    idle = within(list(samples), idle_windows)
-    during = within(list(samples), purge_windows)
-    clearing = within(list(samples), clear_windows)
+    collected = list(samples)  # one copy out of the manager process, not one per window set
+    idle = within(collected, idle_windows)
+    during = within(collected, purge_windows)
+    clearing = within(collected, clear_windows)
     clear_seconds = statistics.median(clears)
     purge_seconds = statistics.median(purges)
     return {

@@ -108,7 +108,8 @@ def measure(sessions: int, size: int) -> dict[str, Any]:
         server.wait(60)
     per_session = (full - empty) / sessions
     # Below the target count, project: the empty server plus the measured cost per session.
-    projected = full if sessions >= TARGET_SESSIONS else empty + per_session * TARGET_SESSIONS
+    projected = sessions < TARGET_SESSIONS
+    at_target = empty + per_session * TARGET_SESSIONS if projected else full
     return {
         "sessions": sessions,
         "size": size,
@@ -119,10 +120,10 @@ def measure(sessions: int, size: int) -> dict[str, Any]:
         "bytes_per_session": round(per_session),
         "overhead_per_session": round(per_session - size),
         "target": {"sessions": TARGET_SESSIONS, "size": TARGET_SIZE, "rss_bytes": TARGET_RSS},
-        "rss_at_target_bytes": round(projected),
-        "projected": sessions < TARGET_SESSIONS,
+        "rss_at_target_bytes": round(at_target),
+        "projected": projected,
         # Smaller sessions than the target's cannot answer it; larger ones can (conservatively).
-        "met": None if size < TARGET_SIZE else projected <= TARGET_RSS,
+        "met": None if size < TARGET_SIZE else at_target <= TARGET_RSS,
     }
 
 

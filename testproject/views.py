@@ -117,10 +117,14 @@ def logout(request: HttpRequest) -> HttpResponse:
 # links, relative links and a redirect (cookieless, every one of them keeps the URL's key).
 
 
-@explains_off
-def tour(request: HttpRequest, number: int) -> HttpResponse:
+def _tour_page(number: int) -> None:
     if not 1 <= number <= TOUR_PAGES:
         raise Http404("The tour has no such page.")
+
+
+@explains_off
+def tour(request: HttpRequest, number: int) -> HttpResponse:
+    _tour_page(number)
     name = request.session.get("user_name")
     if name is None:
         return redirect("login")
@@ -132,8 +136,7 @@ def tour(request: HttpRequest, number: int) -> HttpResponse:
 def tour_next(request: HttpRequest, number: int) -> HttpResponse:
     # redirect() with a view name goes through reverse(): the script prefix, and with it the
     # cookieless segment, is kept.
-    if not 1 <= number <= TOUR_PAGES:
-        raise Http404("The tour has no such page.")
+    _tour_page(number)
     return redirect("tour", number + 1) if number < TOUR_PAGES else redirect("welcome")
 
 
