@@ -25,10 +25,10 @@ TARGET_P50_MS = 5.0
 
 
 def _wait_until_queued(key: str, timeout: float = 5.0) -> None:
-    from django_statemodes.backends import base
+    from django_statemodes.core import locking
 
     deadline = time.monotonic() + timeout
-    while not base._waiting.get(key):
+    while not locking.waiting(key):
         if time.monotonic() > deadline:
             raise SystemExit("the waiter never queued for the lock")
         time.sleep(0.0005)

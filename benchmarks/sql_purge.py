@@ -73,7 +73,7 @@ def load(rows: int, table_type: str) -> None:
     from django.core.management import call_command
     from django.db import connection
 
-    from django_statemodes.sqlstate import schema
+    from django_statemodes.providers.sql import schema
 
     call_command("migrate", "sessions", verbosity=0)
     call_command("installsqlstate", type=table_type, verbosity=0)
@@ -168,7 +168,7 @@ def run(
 
     from django_statemodes.backends.sql import SessionStore
     from django_statemodes.conf import conf
-    from django_statemodes.sqlstate import schema
+    from django_statemodes.providers.sql import schema
 
     load(rows, table_type)
     suffix = schema.app_suffix(schema.app_id("default"))
@@ -287,10 +287,9 @@ def main() -> None:
     finally:
         from django.db import connections
 
-        from django_statemodes.backends.base import _providers
+        from django_statemodes.core import registry
 
-        for provider in list(_providers.values()):
-            provider.close()
+        registry.close_all()
         connections.close_all()
         admin(f"DROP DATABASE IF EXISTS {SCRATCH}")
     result["targets_met"] = (

@@ -13,7 +13,7 @@ from django.utils import timezone
 from django_statemodes.conf import conf
 from django_statemodes.models import SessionState, SessionStateApplication
 from django_statemodes.providers.base import ExpiredItem
-from django_statemodes.sqlstate import schema
+from django_statemodes.providers.sql import schema
 
 
 @admin.register(SessionState)
@@ -65,7 +65,8 @@ class SessionStateAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.action(description="End the selected sessions (Session.Abandon)", permissions=["end"])
     def end_sessions(self, request: HttpRequest, queryset: QuerySet[SessionState]) -> None:
-        from django_statemodes.backends.sql import SessionStore, provider_for
+        from django_statemodes.backends.sql import SessionStore
+        from django_statemodes.providers.sql import provider_for
 
         provider = provider_for(conf.STATEMODES_SQL_DATABASE)
         ended = 0

@@ -85,7 +85,7 @@ def check_settings(
     if engine == ENGINE_PREFIX + "custom":
         errors.extend(_check_custom_provider())
     if engine == ENGINE_PREFIX + "sql":
-        from django_statemodes.sqlstate.checks import check_sql_settings
+        from django_statemodes.providers.sql.checks import check_sql_settings
 
         errors.extend(check_sql_settings())
     if engine == ENGINE_PREFIX + "sql" and conf.STATEMODES_SQL_DATABASE not in connections:
@@ -159,7 +159,9 @@ def check_settings(
 
 
 def _check_custom_provider() -> list[CheckMessage]:
-    from django_statemodes.backends.custom import HINT, ProviderNotFound, load_provider_class
+    from django_statemodes.core.registry import load_provider_class
+    from django_statemodes.exceptions import PROVIDER_HINT as HINT
+    from django_statemodes.exceptions import ProviderNotFound
 
     try:
         provider = load_provider_class(conf.STATEMODES_CUSTOM_PROVIDER)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from django_statemodes.exceptions import MalformedSegment
+
 #: Django's session keys (``VALID_KEY_CHARS``, 32 characters).
 KEY_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 KEY_LENGTH = 32
@@ -28,10 +30,6 @@ PROBE = "AspxAutoDetectCookieSupport"
 # values too, so that a token's end is never ambiguous.
 _GRAMMAR = re.compile(r"\((?:[A-Z]\([^/()]*\))+\)")
 _TOKEN = re.compile(r"([A-Z])\(([^/()]*)\)")
-
-
-class MalformedSegment(ValueError):
-    """A segment in ASP.NET's grammar whose tokens make no sense (answered with a 400)."""
 
 
 @dataclass(frozen=True, slots=True)

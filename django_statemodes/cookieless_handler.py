@@ -33,11 +33,9 @@ from django.http import HttpRequest, HttpResponseBadRequest, HttpResponseRedirec
 from django.http.response import HttpResponseBase
 from django.urls import get_script_prefix, set_script_prefix
 
-from django_statemodes.backends.base import StateModeSessionBase
 from django_statemodes.conf import conf
 from django_statemodes.cookieless import (
     PROBE,
-    MalformedSegment,
     autodetect,
     format_segment,
     insert_segment,
@@ -47,6 +45,8 @@ from django_statemodes.cookieless import (
     with_probe,
     without_probe,
 )
+from django_statemodes.core.session import StateModeSessionBase
+from django_statemodes.exceptions import MalformedSegment
 from django_statemodes.modes import READ_ONLY
 
 if TYPE_CHECKING:

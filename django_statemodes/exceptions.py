@@ -1,8 +1,52 @@
-"""The exceptions django-statemodes raises."""
+"""Every exception django-statemodes raises, in one place.
+
+The state server's own errors (``ProtocolError`` and its two sides, ``SnapshotError``,
+``StoreFull``) are defined Django-free in ``stateserver/errors.py``, since the daemon runs
+without Django, and re-exported here.
+"""
 
 from __future__ import annotations
 
 from django.contrib.sessions.backends.base import UpdateError
+from django.core.exceptions import ImproperlyConfigured
+
+from django_statemodes.stateserver.errors import (
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    SnapshotError,
+    StoreFull,
+)
+
+__all__ = [
+    "LocalProtocolError",
+    "MalformedSegment",
+    "ProtocolError",
+    "ProviderNotFound",
+    "RemoteProtocolError",
+    "SQLStateNotInstalled",
+    "SessionLockLost",
+    "SessionQueueFull",
+    "SessionStateDisabled",
+    "SessionStateReadOnly",
+    "SessionStoreFull",
+    "SessionStoreUnavailable",
+    "SessionTooLarge",
+    "SessionValueError",
+    "SnapshotError",
+    "StateModesError",
+    "StateServerError",
+    "StateServerFull",
+    "StateServerProtocolError",
+    "StateServerUnavailable",
+    "StoreFull",
+]
+
+#: What ProviderNotFound adds to its message (and system check E007 gives as its hint).
+PROVIDER_HINT = (
+    "Set STATEMODES_CUSTOM_PROVIDER to the dotted path of a SessionStateProvider subclass, "
+    "e.g. 'django_statemodes.providers.redis.RedisProvider'."
+)
 
 
 class StateModesError(Exception):
@@ -67,3 +111,30 @@ class StateServerUnavailable(StateServerError, SessionStoreUnavailable):
 
 class StateServerProtocolError(StateServerError):
     """Raised when the state server answers something the protocol does not allow."""
+
+
+class StateServerFull(StateServerError, SessionStoreUnavailable):
+    """The state server refused a write: it reached its ``--max-memory`` bound."""
+
+    setting = "--max-memory"
+
+
+class SQLStateNotInstalled(SessionStoreUnavailable):
+    """Raised when the session-state tables are missing from the database."""
+
+    setting = "STATEMODES_SQL_DATABASE"
+
+
+class ProviderNotFound(ImproperlyConfigured):
+    """Raised when ``STATEMODES_CUSTOM_PROVIDER`` does not name a provider class.
+
+    ``args[0]`` is the problem alone (what system check E007 reports, with ``PROVIDER_HINT`` as
+    its hint); ``str()`` adds the hint.
+    """
+
+    def __str__(self) -> str:
+        return f"{self.args[0]} {PROVIDER_HINT}"
+
+
+class MalformedSegment(ValueError):
+    """A cookieless URL segment whose tokens make no sense (answered with a 400)."""

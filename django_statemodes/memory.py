@@ -18,16 +18,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from django_statemodes.providers.base import ExpiredItem, StateItem
+from django_statemodes.items import ExpiredItem, StateItem
+from django_statemodes.stateserver.errors import StoreFull
 
 __all__ = ["MemoryStore", "StoreFull"]
 
 #: Sliding expiry is kept to this many seconds: a write right after a read skips moving the item.
 TOUCH_GRANULARITY = 1.0
-
-
-class StoreFull(Exception):
-    """Raised when an item cannot be stored within the store's bounds."""
 
 
 @dataclass(slots=True)
@@ -169,7 +166,6 @@ class MemoryStore:
                 locked=item.locked,
                 lock_id=item.lock_id,
                 lock_age=now - item.lock_date if item.locked else 0.0,
-                timeout=item.timeout,
                 initialize=initialize,
             )
 
@@ -187,9 +183,7 @@ class MemoryStore:
             item.lock_date = now
             initialize = item.uninitialized
             item.uninitialized = False
-            return StateItem(
-                data=item.data, lock_id=item.lock_id, timeout=item.timeout, initialize=initialize
-            )
+            return StateItem(data=item.data, lock_id=item.lock_id, initialize=initialize)
 
     def set_and_release(
         self,

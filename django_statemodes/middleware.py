@@ -31,8 +31,8 @@ from django.utils.cache import patch_vary_headers
 from django.utils.html import escape
 from django.utils.http import http_date
 
-from django_statemodes.backends.base import StateModeSessionBase
 from django_statemodes.conf import conf
+from django_statemodes.core.session import StateModeSessionBase
 from django_statemodes.decorators import view_mode
 from django_statemodes.exceptions import SessionQueueFull, SessionStoreUnavailable
 from django_statemodes.modes import DISABLED, READ_ONLY, READ_WRITE, SessionStateMode

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.db import models
 
-from django_statemodes.sqlstate import schema
+from django_statemodes.providers.sql import schema
 
 
 class SessionState(models.Model):

@@ -16,8 +16,9 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from django_statemodes.backends.base import StateModeSessionBase, lock_stats
 from django_statemodes.conf import conf
+from django_statemodes.core.locking import lock_stats
+from django_statemodes.core.session import StateModeSessionBase
 from django_statemodes.decorators import session_disabled, session_readonly
 from django_statemodes.exceptions import SessionStateDisabled, SessionStateReadOnly
 

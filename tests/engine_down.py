@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django_statemodes.backends.base import StateModeSessionBase
+from django_statemodes.core.session import StateModeSessionBase
 from django_statemodes.providers.base import SessionStateProvider
 from tests.engines import DownProvider
 

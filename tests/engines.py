@@ -9,11 +9,11 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from django_statemodes.backends.inproc import InProcProvider
 from django_statemodes.backends.inproc import SessionStore as InProcStore
 from django_statemodes.conf import conf
 from django_statemodes.exceptions import SessionStoreUnavailable
 from django_statemodes.providers.base import ExpiredItem, SessionStateProvider
+from django_statemodes.providers.inproc import InProcProvider
 
 calls: Counter[str] = Counter()
 
@@ -25,7 +25,6 @@ OPERATIONS = (
     "set_and_release",
     "release",
     "remove",
-    "reset_timeout",
     "create_uninitialized",
     "purge_expired",
     "wait_for_release",

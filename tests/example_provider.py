@@ -48,7 +48,6 @@ class DictProvider(SessionStateProvider):
                 locked=entry.locked,
                 lock_id=entry.lock_id,
                 lock_age=now - entry.lock_date if entry.locked else 0.0,
-                timeout=entry.timeout,
                 initialize=initialize,
             )
 
@@ -63,9 +62,7 @@ class DictProvider(SessionStateProvider):
                 return StateItem(locked=True, lock_id=entry.lock_id, lock_age=now - entry.lock_date)
             entry.locked, entry.lock_id, entry.lock_date = True, entry.lock_id + 1, now
             initialize, entry.initialize = entry.initialize, False
-            return StateItem(
-                data=entry.data, lock_id=entry.lock_id, timeout=entry.timeout, initialize=initialize
-            )
+            return StateItem(data=entry.data, lock_id=entry.lock_id, initialize=initialize)
 
     def set_and_release(
         self,
@@ -75,7 +72,7 @@ class DictProvider(SessionStateProvider):
         lock_id: int | None,
         timeout: int,
         new_item: bool = False,
-        release: bool = True,
+        keep_lock: bool = False,
     ) -> bool:
         with self.changed:
             now = time.monotonic()
@@ -91,7 +88,7 @@ class DictProvider(SessionStateProvider):
                 return False  # the lock was broken: never overwrite the new holder
             entry.data, entry.timeout, entry.expires = data, timeout, now + timeout
             entry.initialize = False
-            if release and lock_id is not None and entry.locked:
+            if not keep_lock and lock_id is not None and entry.locked:
                 entry.locked = False
                 self.changed.notify_all()
             return True
@@ -116,13 +113,6 @@ class DictProvider(SessionStateProvider):
             self.changed.notify_all()
             return True
 
-    def reset_timeout(self, session_key: str) -> None:
-        with self.changed:
-            now = time.monotonic()
-            entry = self._live(session_key, now)
-            if entry is not None:
-                entry.expires = now + entry.timeout
-
     def create_uninitialized(self, session_key: str, timeout: int) -> bool:
         with self.changed:
             now = time.monotonic()
@@ -137,6 +127,7 @@ class DictProvider(SessionStateProvider):
         on_expired: Callable[[ExpiredItem], None] | None = None,
         dry_run: bool = False,
         batch_size: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> int:
         with self.changed:
             now = time.monotonic()
@@ -148,6 +139,8 @@ class DictProvider(SessionStateProvider):
         if on_expired is not None and not dry_run:
             for key, data in expired:
                 on_expired(ExpiredItem(key, data))  # the core sends session_end
+        if on_batch is not None:
+            on_batch(len(expired))
         return len(expired)
 
     def wait_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:

@@ -14,8 +14,8 @@ import pytest
 from django.core.management import call_command
 from django.db import connections
 
-from django_statemodes.backends import base as core
-from django_statemodes.backends.sql import SQLStateProvider, provider_for
+from django_statemodes.core import registry
+from django_statemodes.providers.sql import SQLStateProvider, provider_for
 from tests.conftest import REQUIRE_SERVICES, service_up
 
 PG = "pg"
@@ -26,11 +26,7 @@ ALIASES = [SQLITE, PG] if PG_ENABLED else [SQLITE]
 
 def close_providers() -> None:
     """Close every cached engine provider: a test database cannot be dropped while in use."""
-    with core._providers_mutex:
-        providers = list(core._providers.values())
-        core._providers.clear()
-    for provider in providers:
-        provider.close()
+    registry.close_all()
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from django_statemodes.backends.inproc import InProcProvider, SessionStore
+from django_statemodes.backends.inproc import SessionStore
+from django_statemodes.providers.inproc import InProcProvider
 from django_statemodes.testing import EngineContract, ProviderContract
 
 

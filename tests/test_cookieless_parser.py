@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 
 from django_statemodes.cookieless import (
     PROBE,
-    MalformedSegment,
     Segment,
     autodetect,
     format_segment,
@@ -21,6 +20,7 @@ from django_statemodes.cookieless import (
     with_probe,
     without_probe,
 )
+from django_statemodes.exceptions import MalformedSegment
 
 KEY = "abcdefghij0123456789klmnopqrstuv"
 OTHER = "0" * 32

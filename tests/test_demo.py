@@ -24,11 +24,12 @@ from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.test import AsyncClient, Client
 
-from django_statemodes.backends.base import StateModeSessionBase, lock_stats
-from django_statemodes.backends.inproc import InProcProvider
 from django_statemodes.backends.inproc import SessionStore as InProcStore
+from django_statemodes.core.locking import lock_stats
+from django_statemodes.core.session import StateModeSessionBase
 from django_statemodes.exceptions import SessionValueError
 from django_statemodes.providers.base import SessionStateProvider
+from django_statemodes.providers.inproc import InProcProvider
 from testproject import settings as demo
 from testproject.views import PARALLEL_REQUESTS, StudentInfo
 from tests.conftest import free_port

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.test import AsyncClient, Client, override_settings
 
 from django_statemodes.backends import inproc
+from django_statemodes.providers import inproc as inproc_provider
 from django_statemodes.signals import session_end
 from tests import engines
 
@@ -48,7 +49,7 @@ def test_the_lazy_sweep_on_get_sends_session_end_expired_with_the_data(ended: En
     assert key is not None
     provider = inproc.SessionStore.get_provider()
     # Sleep past the expiry and the sweep interval: the next get is due to sweep.
-    time.sleep(max(1.1, inproc.SWEEP_INTERVAL + 0.1))
+    time.sleep(max(1.1, inproc_provider.SWEEP_INTERVAL + 0.1))
     assert [e for e in ended if e[0] == key] == []  # expiry alone sends nothing
     assert provider.get("0" * 32) is None  # any get runs the sweep
     assert [e for e in ended if e[0] == key] == [
@@ -62,7 +63,7 @@ def test_the_lazy_sweep_on_get_sends_session_end_expired_with_the_data(ended: En
 @override_settings(STATEMODES_INPROC_MAX_SESSIONS=7)
 def test_the_engine_bound_follows_the_setting() -> None:
     provider = inproc.SessionStore.get_provider()
-    assert isinstance(provider, inproc.InProcProvider)
+    assert isinstance(provider, inproc_provider.InProcProvider)
     assert provider.store.max_items == 7
 
 

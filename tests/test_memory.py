@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from django_statemodes.memory import MemoryStore, StoreFull
+from django_statemodes.exceptions import StoreFull
+from django_statemodes.memory import MemoryStore
 from django_statemodes.providers.base import ExpiredItem
 
 

@@ -11,8 +11,8 @@ import pytest
 from django.conf import settings
 from django.test import AsyncClient, Client, override_settings
 
-from django_statemodes.backends import base as core
 from django_statemodes.backends.inproc import SessionStore
+from django_statemodes.core import locking
 from django_statemodes.exceptions import (
     SessionLockLost,
     SessionStateDisabled,
@@ -206,7 +206,7 @@ def test_a_full_queue_answers_503_with_retry_after(session_key: str) -> None:
     thread = threading.Thread(target=waiter)
     thread.start()
     deadline = time.monotonic() + 5
-    while core._waiting.get(session_key, 0) < 1 and time.monotonic() < deadline:
+    while locking.waiting(session_key) < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
     extra = Client()
     extra.cookies[COOKIE] = session_key

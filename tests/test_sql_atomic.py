@@ -26,8 +26,8 @@ from django.http import HttpRequest, JsonResponse
 from django.test import Client
 from django.urls import path
 
-from django_statemodes.backends.sql import SessionStore, SQLStateProvider
-from django_statemodes.sqlstate import schema
+from django_statemodes.backends.sql import SessionStore
+from django_statemodes.providers.sql import SQLStateProvider, schema
 from django_statemodes.testing import new_key
 from tests import fixtures_sql
 from tests.fixtures_sql import ALIASES, database_name

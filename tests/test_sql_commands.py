@@ -10,9 +10,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connections
 
-from django_statemodes.backends.sql import provider_for
-from django_statemodes.sqlstate import schema
-from django_statemodes.sqlstate.schema import SQLStateNotInstalled
+from django_statemodes.exceptions import SQLStateNotInstalled
+from django_statemodes.providers.sql import provider_for, schema
 from tests.fixtures_sql import ALIASES, PG, PG_ENABLED, SQLITE
 
 pytestmark = pytest.mark.django_db(databases=["default", *ALIASES], transaction=True)

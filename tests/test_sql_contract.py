@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from django_statemodes.backends.sql import SessionStore, SQLStateProvider
+from django_statemodes.backends.sql import SessionStore
+from django_statemodes.providers.sql import SQLStateProvider
 from django_statemodes.testing import EngineContract, ProviderContract
 from tests import fixtures_sql
 from tests.fixtures_sql import ALIASES

@@ -11,9 +11,8 @@ import pytest
 from django.core.management import call_command
 from django.db import connections
 
-from django_statemodes.backends.sql import SQLStateProvider
 from django_statemodes.providers.base import ExpiredItem
-from django_statemodes.sqlstate import schema, statements
+from django_statemodes.providers.sql import SQLStateProvider, schema, statements
 from django_statemodes.testing import new_key
 from tests import fixtures_sql
 from tests.fixtures_sql import ALIASES, PG, PG_ENABLED

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 
-from django_statemodes.backends.sql import SessionStore, SQLStateProvider
+from django_statemodes.backends.sql import SessionStore
+from django_statemodes.providers.sql import SQLStateProvider
 from django_statemodes.signals import session_end
 from django_statemodes.testing import new_key
 from tests import fixtures_sql

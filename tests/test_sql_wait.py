@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from django_statemodes.backends.sql import SQLStateProvider
+from django_statemodes.providers.sql import SQLStateProvider
 from django_statemodes.testing import new_key
 from tests import fixtures_sql
 from tests.fixtures_sql import SQLITE

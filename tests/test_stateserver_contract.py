@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from django_statemodes.backends.stateserver import SessionStore, StateServerProvider
+from django_statemodes.backends.stateserver import SessionStore
+from django_statemodes.providers.stateserver import StateServerProvider
 from django_statemodes.testing import EngineContract, ProviderContract
 from tests.fixtures_stateserver import StateServerProcess, stateserver  # noqa: F401
 

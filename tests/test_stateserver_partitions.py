@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from django_statemodes.backends.stateserver import RendezvousResolver, StateServerProvider
 from django_statemodes.exceptions import StateServerUnavailable
+from django_statemodes.providers.stateserver import RendezvousResolver, StateServerProvider
 from django_statemodes.stateserver.addresses import parse_address
 from tests.fixtures_stateserver import StateServerProcess
 

@@ -18,8 +18,8 @@ import pytest
 from django.core.signing import JSONSerializer
 from django.test import override_settings
 
-from django_statemodes.backends.base import COMPRESS_MIN_LENGTH, RAW, ZLIB
 from django_statemodes.backends.stateserver import SessionStore
+from django_statemodes.core.codec import COMPRESS_MIN_LENGTH, RAW, ZLIB
 from django_statemodes.exceptions import SessionTooLarge, SessionValueError
 from django_statemodes.stateserver.addresses import Address
 from django_statemodes.stateserver.client import StateServerClient

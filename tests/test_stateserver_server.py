@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 
-from django_statemodes.exceptions import StateServerUnavailable
+from django_statemodes.exceptions import StateServerFull, StateServerUnavailable
 from django_statemodes.stateserver import protocol as p
 from django_statemodes.stateserver.addresses import Address
-from django_statemodes.stateserver.client import StateServerClient, StateServerFull
+from django_statemodes.stateserver.client import StateServerClient
 from tests.conftest import free_port
 from tests.fixtures_stateserver import ROOT, StateServerProcess, stateserver  # noqa: F401
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from django_statemodes.exceptions import SnapshotError
 from django_statemodes.stateserver.addresses import Address
 from django_statemodes.stateserver.client import StateServerClient
-from django_statemodes.stateserver.snapshot import MAGIC, SnapshotError, read_snapshot
+from django_statemodes.stateserver.snapshot import MAGIC, read_snapshot
 from tests.fixtures_stateserver import StateServerProcess
 
 pytestmark = [pytest.mark.stateserver]

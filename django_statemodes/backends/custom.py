@@ -8,68 +8,25 @@ session core gives it the same locking, access modes and signals as every built-
 
 from __future__ import annotations
 
-from django.core.exceptions import ImproperlyConfigured
-from django.utils.module_loading import import_string
+from typing import ClassVar
 
 from django_statemodes.conf import conf
+from django_statemodes.core import registry
+from django_statemodes.core.session import StateModeSessionBase
 from django_statemodes.providers.base import SessionStateProvider
 
-from .base import StateModeSessionBase
-
-HINT = (
-    "Set STATEMODES_CUSTOM_PROVIDER to the dotted path of a SessionStateProvider subclass, "
-    "e.g. 'django_statemodes.providers.redis.RedisProvider'."
-)
-
-
-class ProviderNotFound(ImproperlyConfigured):
-    """Raised when ``STATEMODES_CUSTOM_PROVIDER`` does not name a provider class.
-
-    ``args[0]`` is the problem alone (what system check E007 reports, with ``HINT`` as its hint);
-    ``str()`` adds the hint.
-    """
-
-    def __str__(self) -> str:
-        return f"{self.args[0]} {HINT}"
-
-
-def load_provider_class(path: str | None) -> type[SessionStateProvider]:
-    """Import the provider class named by ``path``, or raise ``ProviderNotFound``."""
-    if not path or not isinstance(path, str):
-        raise ProviderNotFound(
-            "SESSION_ENGINE is 'django_statemodes.backends.custom' but "
-            "STATEMODES_CUSTOM_PROVIDER is not set."
-        )
-    try:
-        provider_class = import_string(path)
-    except ImportError as exc:
-        raise ProviderNotFound(
-            f"STATEMODES_CUSTOM_PROVIDER {path!r} cannot be imported: {exc}."
-        ) from exc
-    if not (isinstance(provider_class, type) and issubclass(provider_class, SessionStateProvider)):
-        raise ProviderNotFound(
-            f"STATEMODES_CUSTOM_PROVIDER {path!r} is not a SessionStateProvider subclass."
-        )
-    return provider_class
+__all__ = ["SessionStore"]
 
 
 class SessionStore(StateModeSessionBase):
     """Keep session data in the provider named by ``STATEMODES_CUSTOM_PROVIDER``."""
 
+    provider_settings: ClassVar[frozenset[str]] = frozenset(
+        {"STATEMODES_CUSTOM_PROVIDER", "STATEMODES_CUSTOM_PROVIDER_OPTIONS"}
+    )
+
     @classmethod
     def create_provider(cls) -> SessionStateProvider:
-        provider_class = load_provider_class(conf.STATEMODES_CUSTOM_PROVIDER)
-        options = conf.STATEMODES_CUSTOM_PROVIDER_OPTIONS
-        if not isinstance(options, dict):
-            raise ImproperlyConfigured(
-                "STATEMODES_CUSTOM_PROVIDER_OPTIONS should be a dict of keyword arguments for "
-                f"{provider_class.__name__}, not {type(options).__name__}."
-            )
-        try:
-            return provider_class(**options)
-        except TypeError as exc:
-            # A misspelt option: name the setting, not just the constructor's signature.
-            raise ImproperlyConfigured(
-                f"{provider_class.__name__} does not accept STATEMODES_CUSTOM_PROVIDER_OPTIONS "
-                f"{sorted(options)}: {exc}."
-            ) from exc
+        return registry.build_provider(
+            conf.STATEMODES_CUSTOM_PROVIDER, conf.STATEMODES_CUSTOM_PROVIDER_OPTIONS
+        )

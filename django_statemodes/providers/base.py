@@ -15,37 +15,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 from asgiref.sync import sync_to_async
 
+from django_statemodes.items import ExpiredItem, StateItem
+
 __all__ = ["ExpiredItem", "SessionStateProvider", "StateItem"]
-
-
-class StateItem(NamedTuple):
-    """What ``get`` or ``get_exclusive`` found under a key (a named tuple: cheap to build).
-
-    ``locked`` is true when another request holds the lock; ``get_exclusive`` then returns no
-    ``data`` and the holder's ``lock_id`` and ``lock_age``. After a successful ``get_exclusive``
-    ``lock_id`` is the caller's own. ``initialize`` is ASP.NET's ``InitializeItem`` action: the
-    first read of an item made by ``create_uninitialized``.
-    """
-
-    data: Any = None
-    locked: bool = False
-    lock_id: int = 0
-    lock_age: float = 0.0
-    timeout: int = 0
-    initialize: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ExpiredItem:
-    """A session that ``purge_expired`` removed; ``data`` is ``None`` if the store cannot tell."""
-
-    session_key: str
-    data: Any = None
 
 
 class SessionStateProvider:
@@ -60,6 +36,9 @@ class SessionStateProvider:
 
     #: True if payloads are live Python dicts (never serialized); only sensible in-process.
     stores_objects: ClassVar[bool] = False
+
+    #: Settings read when the provider is built: ``override_settings`` of one rebuilds it.
+    settings: ClassVar[frozenset[str]] = frozenset()
 
     #: Longest sleep of the default ``wait_for_release`` back-off, in seconds.
     poll_interval: ClassVar[float] = 0.05
@@ -91,15 +70,15 @@ class SessionStateProvider:
         lock_id: int | None,
         timeout: int,
         new_item: bool = False,
-        release: bool = True,
+        keep_lock: bool = False,
     ) -> bool:
         """Store ``data`` and return True, or return False if the write is refused.
 
         With ``new_item`` insert only if the key is absent (refused if present). Otherwise update
         only an existing item, and when ``lock_id`` is given only while it still holds that lock;
         ``lock_id=None`` updates whatever the lock state (Django's unlocked last-write-wins, for
-        code that uses a store outside a request). ``release`` unlocks the item in the same call;
-        ``release=False`` keeps the lock (a mid-request ``save()``).
+        code that uses a store outside a request). The lock is released in the same call, unless
+        ``keep_lock`` (a mid-request ``save()``, or ``request.session.save()`` in a view).
         """
         raise NotImplementedError(
             "subclasses of SessionStateProvider must provide a set_and_release() method"
@@ -117,12 +96,6 @@ class SessionStateProvider:
             "subclasses of SessionStateProvider must provide a remove() method"
         )
 
-    def reset_timeout(self, session_key: str) -> None:
-        """Slide the item's expiry by its stored timeout without reading it."""
-        raise NotImplementedError(
-            "subclasses of SessionStateProvider must provide a reset_timeout() method"
-        )
-
     def create_uninitialized(self, session_key: str, timeout: int) -> bool:
         """Insert an empty placeholder item unless the key exists; return True if inserted."""
         raise NotImplementedError(
@@ -135,12 +108,15 @@ class SessionStateProvider:
         on_expired: Callable[[ExpiredItem], None] | None = None,
         dry_run: bool = False,
         batch_size: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> int:
         """Remove expired items and return how many there were.
 
         If ``on_expired`` is given, call it with each removed item and its payload (so the core
         can send ``session_end``); without it, providers should not fetch payloads at all.
-        ``dry_run`` counts without removing.
+        ``dry_run`` counts without removing. ``batch_size`` bounds one batch where the store
+        purges in batches; ``on_batch``, if given, is called with the running total after each
+        batch (a store that purges in one step calls it once), for progress displays.
         """
         raise NotImplementedError(
             "subclasses of SessionStateProvider must provide a purge_expired() method"
@@ -177,10 +153,15 @@ class SessionStateProvider:
         lock_id: int | None,
         timeout: int,
         new_item: bool = False,
-        release: bool = True,
+        keep_lock: bool = False,
     ) -> bool:
         return await sync_to_async(self.set_and_release)(
-            session_key, data, lock_id=lock_id, timeout=timeout, new_item=new_item, release=release
+            session_key,
+            data,
+            lock_id=lock_id,
+            timeout=timeout,
+            new_item=new_item,
+            keep_lock=keep_lock,
         )
 
     async def arelease(self, session_key: str, lock_id: int) -> None:

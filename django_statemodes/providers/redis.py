@@ -28,7 +28,7 @@ import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 from asgiref.sync import sync_to_async
 from django.core.checks import CheckMessage, Error
@@ -143,7 +143,7 @@ end
 return 1
 """
 
-# KEYS[2] wake-up list; ARGV[1] lock id, or '' for a reset_timeout. Unlocks (if the lock id
+# KEYS[2] wake-up list; ARGV[1] lock id, or '' to slide the expiry only. Unlocks (if the lock id
 # matches) and slides.
 _RELEASE = """
 local f = redis.call('HMGET', KEYS[1], 'ex', 'to', 'lk', 'lid')
@@ -252,6 +252,10 @@ class RedisProvider(SessionStateProvider):
     ``STATEMODES_REDIS_ALIAS``), ``key_prefix`` (default ``"statemodes"``) and ``end_grace``
     (seconds an expired session's data is kept for ``session_end``, default 3600).
     """
+
+    settings: ClassVar[frozenset[str]] = frozenset(
+        {"CACHES", "STATEMODES_REDIS_ALIAS", "STATEMODES_APPLICATION_NAME"}
+    )
 
     def __init__(
         self,
@@ -369,13 +373,12 @@ class RedisProvider(SessionStateProvider):
         if reply is None:
             return None
         head, _, data = reply.partition(b"\n")
-        locked, lock_id, age, timeout, initialize, has_data = map(int, head.split())
+        locked, lock_id, age, _timeout, initialize, has_data = map(int, head.split())
         return StateItem(
             data=data if has_data else None,
             locked=bool(locked),
             lock_id=lock_id,
             lock_age=age / 1000,
-            timeout=timeout,
             initialize=bool(initialize),
         )
 
@@ -393,12 +396,12 @@ class RedisProvider(SessionStateProvider):
         lock_id: int | None,
         timeout: int,
         new_item: bool = False,
-        release: bool = True,
+        keep_lock: bool = False,
     ) -> bool:
         if not isinstance(data, bytes):
             raise TypeError(f"RedisProvider stores bytes payloads, not {type(data).__name__}")
         lock = "" if lock_id is None else str(int(lock_id))
-        flags = ("1" if new_item else "0") + ("1" if release else "0") + "0"
+        flags = ("1" if new_item else "0") + ("0" if keep_lock else "1") + "0"
         return bool(self._run("set", session_key, data, lock, str(int(timeout)), flags))
 
     def release(self, session_key: str, lock_id: int) -> None:
@@ -407,9 +410,6 @@ class RedisProvider(SessionStateProvider):
     def remove(self, session_key: str, lock_id: int | None = None) -> bool:
         lock = "" if lock_id is None else str(int(lock_id))
         return bool(self._run("remove", session_key, lock))
-
-    def reset_timeout(self, session_key: str) -> None:
-        self._run("release", session_key, "")
 
     def create_uninitialized(self, session_key: str, timeout: int) -> bool:
         return bool(self._run("set", session_key, b"", "", str(int(timeout)), "101"))
@@ -420,6 +420,7 @@ class RedisProvider(SessionStateProvider):
         on_expired: Callable[[ExpiredItem], None] | None = None,
         dry_run: bool = False,
         batch_size: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> int:
         batch = batch_size or conf.STATEMODES_PURGE_BATCH_SIZE
         want_data = "1" if on_expired is not None else "0"
@@ -437,6 +438,8 @@ class RedisProvider(SessionStateProvider):
                     if on_expired is not None:
                         for key, data in pairs:
                             on_expired(ExpiredItem(key.decode(), data))
+                    if on_batch is not None:
+                        on_batch(total)
                     if len(pairs) < batch:
                         break
         return total

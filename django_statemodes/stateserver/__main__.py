@@ -10,9 +10,9 @@ import logging
 import sys
 
 from .addresses import Address
+from .errors import SnapshotError
 from .options import add_arguments, build_config, format_stats, read_secret
 from .server import run
-from .snapshot import SnapshotError
 
 
 def main(argv: list[str] | None = None) -> int:

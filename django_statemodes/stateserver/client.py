@@ -23,28 +23,22 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from django_statemodes.exceptions import (
-    SessionStoreUnavailable,
     StateServerError,
+    StateServerFull,
     StateServerProtocolError,
     StateServerUnavailable,
 )
-from django_statemodes.providers.base import ExpiredItem, StateItem
+from django_statemodes.items import ExpiredItem, StateItem
 
 from . import protocol as p
 from .addresses import Address
 
-__all__ = ["AsyncStateServerClient", "StateServerClient", "StateServerFull"]
+__all__ = ["AsyncStateServerClient", "StateServerClient"]
 
 RECV_SIZE = 256 * 1024
 SETTING = "STATEMODES_STATE_CONNECTION"
 
 E = TypeVar("E", bound=p.Event)
-
-
-class StateServerFull(StateServerError, SessionStoreUnavailable):
-    """The state server refused a write: it reached its ``--max-memory`` bound."""
-
-    setting = "--max-memory"
 
 
 class _Broken(Exception):
@@ -432,7 +426,6 @@ def _state_item(address: Address, reply: p.Event) -> StateItem | None:
         locked=item.locked,
         lock_id=item.lock_id,
         lock_age=item.lock_age,
-        timeout=item.timeout,
         initialize=item.initialize,
     )
 

@@ -20,6 +20,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
+from .errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
+
 __all__ = [
     "CLIENT",
     "CLOSED",
@@ -82,37 +84,6 @@ class Status(enum.Enum):
 
 NEED_DATA: Final = Status.NEED_DATA
 CLOSED: Final = Status.CLOSED
-
-
-class ErrorCode(enum.IntEnum):
-    """Codes of ``Error`` replies (documented in docs/stateserver-protocol.md)."""
-
-    BAD_FRAME = 1
-    UNSUPPORTED_VERSION = 2
-    AUTH_REQUIRED = 3
-    AUTH_FAILED = 4
-    FRAME_TOO_LARGE = 5
-    STORE_FULL = 6
-    UNKNOWN_TYPE = 7
-    NOT_READY = 8
-    SHUTTING_DOWN = 9
-    INTERNAL = 10
-
-
-class ProtocolError(Exception):
-    """The protocol was broken; the connection cannot be used any further."""
-
-    def __init__(self, message: str, code: ErrorCode = ErrorCode.BAD_FRAME) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class LocalProtocolError(ProtocolError):
-    """We tried to send something the protocol forbids (a bug in our adapter or caller)."""
-
-
-class RemoteProtocolError(ProtocolError):
-    """The peer sent something the protocol forbids (garbage, an oversized frame, ...)."""
 
 
 # Events. Handshake events carry no request id; every other event does. They are plain slotted

@@ -25,10 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from django_statemodes.memory import MemoryStore, StoreFull
-from django_statemodes.providers.base import ExpiredItem, StateItem
+from django_statemodes.items import ExpiredItem, StateItem
+from django_statemodes.memory import MemoryStore
 
 from . import protocol as p
+from .errors import StoreFull
 from .snapshot import Record, read_snapshot, write_snapshot
 
 __all__ = [
@@ -252,7 +253,7 @@ def _item(request_id: int, item: StateItem, state: ServerState) -> p.Item:
         item.locked,
         state.wire_lock(item.lock_id),
         item.lock_age,
-        item.timeout,
+        0,  # the reply's timeout field is reserved: clients ignore it
         item.initialize,
     )
 

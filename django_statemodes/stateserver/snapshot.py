@@ -19,6 +19,8 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO, Final
 
+from .errors import SnapshotError
+
 __all__ = ["SnapshotError", "read_snapshot", "write_snapshot"]
 
 MAGIC: Final = b"SMSNAP"
@@ -31,10 +33,6 @@ _COUNT = struct.Struct("!Q")
 
 #: One record: (application, key, data, timeout, seconds_left), as MemoryStore.snapshot() plus app.
 Record = tuple[str, str, Any, int, float]
-
-
-class SnapshotError(Exception):
-    """The snapshot file cannot be read; the server refuses to start rather than lose it."""
 
 
 def _records(stream: BinaryIO, path: str) -> Iterator[Record]:

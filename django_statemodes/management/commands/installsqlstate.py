@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections, transaction
 
 from django_statemodes.conf import conf
-from django_statemodes.sqlstate import commands, schema
+from django_statemodes.providers.sql import commands, schema
 
 
 class Command(BaseCommand):

@@ -9,12 +9,11 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_statemodes.conf import conf
-from django_statemodes.exceptions import StateServerError
+from django_statemodes.exceptions import SnapshotError, StateServerError
 from django_statemodes.stateserver.addresses import Address, parse_address, parse_connection
 from django_statemodes.stateserver.client import StateServerClient
 from django_statemodes.stateserver.options import add_arguments, build_config, format_stats
 from django_statemodes.stateserver.server import run
-from django_statemodes.stateserver.snapshot import SnapshotError
 
 
 class Command(BaseCommand):

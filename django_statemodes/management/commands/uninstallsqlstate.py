@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from django_statemodes.sqlstate import commands, schema
+from django_statemodes.providers.sql import commands, schema
 
 
 class Command(BaseCommand):

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from django_statemodes.exceptions import SessionStoreUnavailable
+from django_statemodes.exceptions import SQLStateNotInstalled
 
 SESSIONS = "ASPStateTempSessions"
 APPLICATIONS = "ASPStateTempApplications"
@@ -33,15 +33,10 @@ FLAG_WAITERS = 2
 TEMP = "temp"
 PERSISTED = "persisted"
 TYPES = (TEMP, PERSISTED)
+# The vendors with a dialect module (providers/sql/__init__.py DIALECTS).
 VENDORS = ("postgresql", "sqlite")
 
 COMMAND_SETTING = "STATEMODES_SQL_DATABASE"
-
-
-class SQLStateNotInstalled(SessionStoreUnavailable):
-    """Raised when the session-state tables are missing from the database."""
-
-    setting = COMMAND_SETTING
 
 
 def not_installed(alias: str) -> SQLStateNotInstalled:

@@ -6,7 +6,7 @@ from django.core.checks import CheckMessage, Error
 from django.db import connections
 
 from django_statemodes.conf import conf
-from django_statemodes.sqlstate.schema import VENDORS
+from django_statemodes.providers.sql.schema import VENDORS
 
 
 def check_sql_settings() -> list[CheckMessage]:

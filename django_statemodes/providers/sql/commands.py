@@ -9,7 +9,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from django_statemodes.conf import conf
-from django_statemodes.sqlstate import schema
+from django_statemodes.providers.sql import schema
 
 
 def add_common_arguments(parser: CommandParser, verb: str) -> None:

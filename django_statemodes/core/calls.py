@@ -1,0 +1,62 @@
+"""One body for the sync and the async path of every session operation.
+
+A session operation that talks to the store is written once, as a generator that yields the
+provider calls it needs (``Call``) and receives their results. ``run`` performs the calls with
+the provider's blocking methods, ``arun`` awaits their ``a``-prefixed twins. The two paths
+cannot drift because there is only one of them (the sans-IO idea of h11, applied to a session).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any, NamedTuple, TypeVar
+
+from django_statemodes.providers.base import SessionStateProvider
+
+__all__ = ["Call", "Steps", "arun", "run"]
+
+T = TypeVar("T")
+
+
+class Call(NamedTuple):
+    """A provider method to call: ``name`` (the sync name), positional and keyword arguments."""
+
+    name: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = {}  # noqa: RUF012 - never mutated: a NamedTuple default
+
+
+#: A session operation: yields provider calls, receives their results, returns ``T``.
+Steps = Generator[Call, Any, T]
+
+
+def run(steps: Steps[T], provider: SessionStateProvider) -> T:
+    """Run ``steps`` with the provider's blocking methods and return their result."""
+    try:
+        call = next(steps)
+        while True:
+            try:
+                result = getattr(provider, call.name)(*call.args, **call.kwargs)
+            except BaseException as exc:
+                # Into the generator, so its ``finally`` and ``with`` blocks see the failure.
+                call = steps.throw(exc)
+            else:
+                call = steps.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def arun(steps: Steps[T], provider: SessionStateProvider) -> T:
+    """Run ``steps`` with the provider's async twins (``aget`` for ``get``, ...)."""
+    try:
+        call = next(steps)
+        while True:
+            try:
+                result = await getattr(provider, "a" + call.name)(*call.args, **call.kwargs)
+            except BaseException as exc:
+                # Cancellation included: the generator's cleanup runs before it propagates.
+                call = steps.throw(exc)
+            else:
+                call = steps.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]

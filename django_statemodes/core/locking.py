@@ -1,0 +1,128 @@
+"""Session locks: acquire, queue, steal, wait, and the per-process lock statistics.
+
+ASP.NET's protocol, with event-driven waits: a ReadWrite request's first touch asks the store
+for the item exclusively (``get_exclusive``). If another request holds the lock it waits in this
+process's queue for the session (at most ``STATEMODES_LOCK_QUEUE_LIMIT`` waiters, ASP.NET's
+request queue limit) until the provider says the lock may have ended, then asks again. A lock
+held longer than ``STATEMODES_LOCK_TIMEOUT`` (ASP.NET's executionTimeout) is broken: released
+with its holder's lock id, so the holder's later write no longer matches and is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from django_statemodes.conf import conf
+from django_statemodes.exceptions import SessionQueueFull
+from django_statemodes.providers.base import StateItem
+
+from .calls import Call, Steps
+
+__all__ = ["LockStats", "acquire", "lock_stats", "waiting"]
+
+logger = logging.getLogger("django_statemodes")
+
+
+@dataclass
+class LockStats:
+    """Per-process lock counters, shown by the demo's status page.
+
+    Plain increments without a mutex: ``acquired`` is bumped on every request, and a count
+    rarely lost between two threads does not matter for statistics.
+    """
+
+    acquired: int = 0
+    waited: int = 0
+    wait_seconds: float = 0.0
+    stolen: int = 0
+    refused_writes: int = 0
+    queue_full: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(vars(self))
+
+
+lock_stats = LockStats()
+
+# Requests of this process waiting per session key (ASP.NET counts per app domain too).
+_waiting: dict[str, int] = {}
+_waiting_mutex = threading.Lock()
+
+
+def waiting(session_key: str) -> int:
+    """Return how many requests of this process wait for the session's lock now."""
+    return _waiting.get(session_key, 0)
+
+
+@contextmanager
+def _queued(session_key: str) -> Iterator[None]:
+    limit = conf.STATEMODES_LOCK_QUEUE_LIMIT
+    with _waiting_mutex:
+        count = _waiting.get(session_key, 0)
+        if count >= limit:
+            lock_stats.queue_full += 1
+            raise SessionQueueFull(
+                f"The request queue limit of the session is exceeded ({limit} requests are "
+                f"already waiting; STATEMODES_LOCK_QUEUE_LIMIT)."
+            )
+        _waiting[session_key] = count + 1
+    try:
+        yield
+    finally:
+        with _waiting_mutex:
+            left = _waiting[session_key] - 1
+            if left:
+                _waiting[session_key] = left
+            else:
+                del _waiting[session_key]
+
+
+def acquire(session_key: str) -> Steps[StateItem | None]:
+    """Lock the session and return its item (None if missing or expired), waiting if held."""
+    item: StateItem | None = yield Call("get_exclusive", (session_key,))
+    if item is None or not item.locked:
+        return item
+    started = time.monotonic()
+    lock_timeout = conf.STATEMODES_LOCK_TIMEOUT
+    with _queued(session_key):
+        while item is not None and item.locked:
+            if item.lock_age >= lock_timeout:
+                _steal(session_key, item)
+                yield Call("release", (session_key, item.lock_id))
+            else:
+                yield Call(
+                    "wait_for_release",
+                    (session_key, item.lock_id, lock_timeout - item.lock_age),
+                )
+            item = yield Call("get_exclusive", (session_key,))
+    lock_stats.waited += 1
+    lock_stats.wait_seconds += time.monotonic() - started
+    return item
+
+
+def _steal(session_key: str, item: StateItem) -> None:
+    # ASP.NET breaks a lock once lockAge >= executionTimeout, by releasing it with the
+    # holder's lock cookie; the holder's later write then no longer matches and is refused.
+    lock_stats.stolen += 1
+    logger.warning(
+        "Breaking the lock of session %s...: held for %.1f s, longer than "
+        "STATEMODES_LOCK_TIMEOUT (%s s). The holder's write will be refused.",
+        session_key[:8],
+        item.lock_age,
+        conf.STATEMODES_LOCK_TIMEOUT,
+    )
+
+
+def refused(session_key: str) -> None:
+    """Count and log a write refused because this request's lock was broken."""
+    lock_stats.refused_writes += 1
+    logger.warning(
+        "Refused the write of session %s...: its lock was broken after "
+        "STATEMODES_LOCK_TIMEOUT and another request holds it now.",
+        session_key[:8],
+    )

@@ -1,0 +1,492 @@
+"""The session class: Django's ``SessionBase`` plus ASP.NET's lock lifecycle and access modes.
+
+Engines are thin: each one only names its provider (``providers/``). This class owns the rest,
+so every mode behaves the same:
+
+- ReadWrite (``access="ReadWrite"``, what the middleware passes by default): the first touch
+  loads the session and takes its exclusive lock in one store call (``core.locking``); a lock
+  older than ``STATEMODES_LOCK_TIMEOUT`` is broken and its holder's later write refused;
+  ``finish()`` saves and releases in one call.
+- ReadOnly: load without locking and without waiting; any change raises ``SessionStateReadOnly``.
+- Disabled: any touch raises ``SessionStateDisabled``.
+- Direct (``access=None``, a store built by code outside a request, as Django's test client
+  does): Django's own semantics, no lock, last write wins.
+
+Every operation that reaches the store is one generator of provider calls (``core.calls``),
+run by the sync method and by its ``a``-prefixed twin alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, ClassVar
+
+from django.conf import settings
+from django.contrib.sessions.backends.base import (
+    VALID_KEY_CHARS,
+    CreateError,
+    SessionBase,
+    UpdateError,
+)
+from django.utils import timezone
+from django.utils.crypto import get_random_string
+from django.utils.functional import cached_property
+from django.utils.module_loading import import_string
+
+from django_statemodes.exceptions import (
+    SessionLockLost,
+    SessionStateDisabled,
+    SessionStateReadOnly,
+)
+from django_statemodes.modes import DISABLED, READ_ONLY, READ_WRITE, SessionStateMode
+from django_statemodes.providers.base import ExpiredItem, SessionStateProvider, StateItem
+from django_statemodes.signals import session_end, session_start
+
+from . import locking, registry
+from .calls import Call, Steps, arun, run
+from .codec import OBJECTS, Codec, codec_for, codec_named
+
+__all__ = ["StateModeSessionBase"]
+
+
+class StateModeSessionBase(SessionBase):
+    """Base class for the session engines of django-statemodes."""
+
+    #: Settings the engine reads when it builds its provider: changing one rebuilds it.
+    provider_settings: ClassVar[frozenset[str]] = frozenset()
+
+    _session_cache: dict[str, Any]  # set on first access, as SessionBase does
+
+    def __init__(self, session_key: str | None = None, access: SessionStateMode | None = None):
+        # SessionBase.__init__ without its import_string(SESSION_SERIALIZER) on every request:
+        # the codec is looked up only where something is serialized.
+        self._session_key = session_key
+        self.accessed = False
+        self._modified = False
+        self.access: SessionStateMode | None = access
+        #: The view being served, named in ReadOnly and Disabled errors (set by the middleware).
+        self.view_name: str | None = None
+        self._provider = registry.provider_for(type(self))
+        self._lock_id: int | None = None
+        self._locked_key: str | None = None
+        self._released = False
+        self._cycling = False
+        # A placeholder item (create_uninitialized) read for the first time: ASP.NET's
+        # InitializeItem. Its first save is the session's start.
+        self._initializing = False
+
+    # The engine's provider.
+
+    @classmethod
+    def create_provider(cls) -> SessionStateProvider:
+        """Return the provider this engine binds the core to (engines implement this)."""
+        raise NotImplementedError("engines must provide a create_provider() classmethod")
+
+    @classmethod
+    def get_provider(cls) -> SessionStateProvider:
+        """Return the engine's provider, built once per process and settings."""
+        return registry.provider_for(cls)
+
+    @cached_property
+    def serializer(self) -> Any:
+        return import_string(settings.SESSION_SERIALIZER)
+
+    @cached_property
+    def codec(self) -> Codec:
+        """How this session's dict is stored: live objects, or bytes through the serializer."""
+        if self._provider.stores_objects:
+            return OBJECTS
+        if type(self).serializer is StateModeSessionBase.__dict__["serializer"]:
+            return codec_named(settings.SESSION_SERIALIZER)
+        return codec_for(self.serializer, settings.SESSION_SERIALIZER)
+
+    # Access modes.
+
+    @property
+    def modified(self) -> bool:
+        return self._modified
+
+    @modified.setter
+    def modified(self, value: bool) -> None:
+        # Every mutator of SessionBase sets modified = True: one choke point for ReadOnly.
+        if value:
+            self._check_writable()
+        self._modified = value
+
+    @property
+    def loaded(self) -> bool:
+        """Say whether the session's data was read in this request (or made empty)."""
+        return hasattr(self, "_session_cache")
+
+    @property
+    def released(self) -> bool:
+        """Say whether the request's lock was given up (``finish()`` or ``release()``)."""
+        return self._released
+
+    def _where(self) -> str:
+        return f" (view {self.view_name})" if self.view_name else ""
+
+    def _check_writable(self) -> None:
+        if self.access == READ_ONLY:
+            raise SessionStateReadOnly(
+                f"The session is read-only in this request{self._where()}: the view is marked "
+                "ReadOnly (@session_readonly or session_state = 'ReadOnly'). Mark it ReadWrite "
+                "to change the session."
+            )
+        if self._released:
+            raise SessionStateReadOnly(
+                f"The session was released early with request.session.release(){self._where()}"
+                " and can no longer be changed in this request."
+            )
+
+    def _check_enabled(self) -> None:
+        if self.access == DISABLED:
+            raise SessionStateDisabled(
+                f"Session state is disabled for this request{self._where()}. Remove "
+                "@session_disabled (or session_state = 'Disabled') from the view, or set "
+                "STATEMODES_DEFAULT_ACCESS to 'ReadWrite' or 'ReadOnly', to use request.session."
+            )
+
+    def set_access(self, mode: SessionStateMode) -> None:
+        """Switch to the view's mode once it is known (the middleware, before the view)."""
+        run(self._set_access(mode), self._provider)
+
+    async def aset_access(self, mode: SessionStateMode) -> None:
+        await arun(self._set_access(mode), self._provider)
+
+    def _set_access(self, mode: SessionStateMode) -> Steps[None]:
+        if mode != READ_WRITE and self.access == READ_WRITE and self.loaded:
+            # Read, locked, before a view that must not hold the lock: Django's CSRF middleware
+            # does so in its request phase with CSRF_USE_SESSIONS (cookieless sites need it).
+            # Unlock at once, without saving, or the session's next request would wait.
+            yield from self._finish(False)
+        elif mode == READ_WRITE and self.access != READ_WRITE and self.loaded:
+            # Read without the lock before a ReadWrite view: read again, locked, so the view's
+            # writes cannot lose a concurrent update.
+            del self._session_cache
+        self.access = mode
+
+    # Reading.
+
+    def _get_session(self, no_load: bool = False) -> dict[str, Any]:
+        if self.access == DISABLED:
+            self._check_enabled()
+        # SessionBase._get_session(), inlined: every item access comes through here.
+        self.accessed = True
+        try:
+            return self._session_cache
+        except AttributeError:
+            if self._session_key is None or no_load:
+                self._session_cache = {}
+            else:
+                self._session_cache = self.load()
+        return self._session_cache
+
+    async def _aget_session(self, no_load: bool = False) -> dict[str, Any]:
+        self._check_enabled()
+        return await super()._aget_session(no_load)  # type: ignore[misc,no-any-return]
+
+    _session = property(_get_session)
+
+    def _session_data(self) -> Steps[dict[str, Any]]:
+        """``_get_session()`` as steps, for operations that read the session on their way."""
+        self._check_enabled()
+        self.accessed = True
+        if not self.loaded:
+            data: dict[str, Any] = {}
+            if self._session_key is not None:
+                data = yield from self._load()
+            self._session_cache = data
+        return self._session_cache
+
+    def load(self) -> dict[str, Any]:
+        return run(self._load(), self._provider)
+
+    async def aload(self) -> dict[str, Any]:
+        return await arun(self._load(), self._provider)
+
+    def _load(self) -> Steps[dict[str, Any]]:
+        key = self._session_key
+        if key is None:
+            return {}
+        item: StateItem | None
+        if self.access == READ_WRITE and not self._released:
+            item = yield from locking.acquire(key)
+        else:
+            item = yield Call("get", (key,))
+        if item is None:
+            # Never create a record on load (CVE-2015-5143); a fresh key is issued on save.
+            self._session_key = None
+            return {}
+        if self.access == READ_WRITE and not self._released:
+            self._lock_id, self._locked_key = item.lock_id, key
+            locking.lock_stats.acquired += 1
+        if item.initialize:
+            self._initializing = True
+        data = self.codec.decode(item.data)
+        if "_session_expiry" in data and _past(data["_session_expiry"]):
+            # set_expiry(datetime) is absolute: the store slides, so the date is checked here.
+            self._end(key, data, "expired")
+            yield Call("remove", (key, self._lock_id))
+            self._lock_id = self._locked_key = None
+            self._session_key = None
+            return {}
+        return data
+
+    def exists(self, session_key: str) -> bool:
+        return run(self._exists(session_key), self._provider)
+
+    async def aexists(self, session_key: str) -> bool:
+        return await arun(self._exists(session_key), self._provider)
+
+    def _exists(self, session_key: str) -> Steps[bool]:
+        return (yield Call("get", (session_key,))) is not None
+
+    # Values: checked where they are stored, not as a mystery at response time.
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if self.access == READ_ONLY or self._released:
+            self._check_writable()
+        self.codec.check_value(key, value)
+        self._get_session()[key] = value
+        self._modified = True  # SessionBase sets ``modified``; the property's check ran above
+
+    async def aset(self, key: str, value: Any) -> None:
+        self._check_writable()
+        self.codec.check_value(key, value)
+        await super().aset(key, value)
+
+    def update(self, dict_: Any) -> None:  # type: ignore[override]
+        self._check_update(dict_)
+        super().update(dict_)
+
+    async def aupdate(self, dict_: Any) -> None:
+        self._check_update(dict_)
+        await super().aupdate(dict_)
+
+    def _check_update(self, dict_: Any) -> None:
+        self._check_writable()
+        for key, value in dict(dict_).items():
+            self.codec.check_value(key, value)
+
+    # Saving.
+
+    def _get_new_session_key(self) -> str:
+        # No exists() round trip per new key: the insert is atomic and refuses a collision
+        # (CreateError), and create() then simply tries another key.
+        return get_random_string(32, VALID_KEY_CHARS)
+
+    async def _aget_new_session_key(self) -> str:
+        return self._get_new_session_key()
+
+    def create(self) -> None:
+        run(self._create(), self._provider)
+
+    async def acreate(self) -> None:
+        await arun(self._create(), self._provider)
+
+    def _create(self) -> Steps[None]:
+        while True:
+            self._session_key = self._get_new_session_key()
+            try:
+                yield from self._save(must_create=True, release=False)
+            except CreateError:
+                continue  # key collision: try another
+            self.modified = True
+            return
+
+    def save(self, must_create: bool = False) -> None:
+        run(self._save(must_create=must_create, release=False), self._provider)
+
+    async def asave(self, must_create: bool = False) -> None:
+        await arun(self._save(must_create=must_create, release=False), self._provider)
+
+    def _save(self, *, must_create: bool, release: bool) -> Steps[None]:
+        if self._session_key is None:
+            return (yield from self._create())
+        if self.access == READ_ONLY or self._released:
+            self._check_writable()
+        key = self._session_key
+        data = self._get_session(no_load=must_create)
+        payload = self.codec.encode(data)
+        if data.get("_session_expiry"):
+            timeout = max(0, self.get_expiry_age())
+        else:
+            # What get_expiry_age() returns without a custom expiry, minus its timezone.now().
+            timeout = max(0, self.get_session_cookie_age())
+        stored = yield Call(
+            "set_and_release",
+            (key, payload),
+            {
+                "lock_id": None if must_create else self._lock_id,
+                "timeout": timeout,
+                "new_item": must_create,
+                "keep_lock": not release,
+            },
+        )
+        if must_create:
+            if not stored:
+                raise CreateError
+            if not self._cycling:
+                session_start.send(sender=type(self), session_key=key, session=self)
+            return
+        if not stored:
+            if self._lock_id is not None:
+                locking.refused(key)
+                self._lock_id = self._locked_key = None
+                raise SessionLockLost(
+                    "The session's lock was broken after STATEMODES_LOCK_TIMEOUT; "
+                    "this request's changes were not saved."
+                )
+            raise UpdateError
+        if self._initializing:
+            self._initializing = False
+            session_start.send(sender=type(self), session_key=key, session=self)
+        if release:
+            self._lock_id = self._locked_key = None
+
+    # The request's end (called by SessionStateMiddleware).
+
+    def finish(self, save: bool) -> None:
+        """Save if ``save`` and release the lock, in one store call; idempotent.
+
+        A ReadOnly session is never saved: nothing in it can have changed.
+        """
+        run(self._finish(save), self._provider)
+
+    async def afinish(self, save: bool) -> None:
+        await arun(self._finish(save), self._provider)
+
+    def _finish(self, save: bool) -> Steps[None]:
+        if self._released:
+            return
+        try:
+            if save and self.access != READ_ONLY:
+                yield from self._save(must_create=False, release=True)
+            elif self._lock_id is not None and self._locked_key is not None:
+                yield Call("release", (self._locked_key, self._lock_id))
+        finally:
+            self._lock_id = self._locked_key = None
+            self._released = True
+
+    def release(self) -> None:
+        """Save (if changed) and unlock now; the session is read-only for the rest of the request.
+
+        For long views: other requests of the session no longer wait for this one.
+        """
+        self.finish(self._wants_save())
+
+    async def arelease(self) -> None:
+        await self.afinish(self._wants_save())
+
+    def _wants_save(self) -> bool:
+        return (self._modified or settings.SESSION_SAVE_EVERY_REQUEST) and not self.is_empty()
+
+    def refresh(self) -> None:
+        """Load the session if it is not loaded yet (for ``SESSION_SAVE_EVERY_REQUEST``).
+
+        In a ReadOnly request, where nothing is saved, the read slides the stored expiry (as
+        ASP.NET's ResetItemTimeout does for pages that do not write) and drops an unknown key,
+        so the cookie the middleware re-sends matches the record.
+        """
+        run(self._session_data(), self._provider)
+
+    async def arefresh(self) -> None:
+        await arun(self._session_data(), self._provider)
+
+    # Ending.
+
+    def delete(self, session_key: str | None = None) -> None:
+        run(self._delete(session_key), self._provider)
+
+    async def adelete(self, session_key: str | None = None) -> None:
+        await arun(self._delete(session_key), self._provider)
+
+    def _delete(self, session_key: str | None) -> Steps[None]:
+        if session_key is None:
+            if self._session_key is None:
+                return
+            session_key = self._session_key
+        mine = session_key == self._locked_key
+        yield Call("remove", (session_key, self._lock_id if mine else None))
+        if mine:
+            self._lock_id = self._locked_key = None
+
+    def flush(self) -> None:
+        run(self._flush(), self._provider)
+
+    async def aflush(self) -> None:
+        await arun(self._flush(), self._provider)
+
+    def _flush(self) -> Steps[None]:
+        # SessionBase.flush(), plus ASP.NET's Session_End for an abandoned session.
+        self._check_enabled()
+        self._check_writable()
+        if self._session_key is not None and session_end.has_listeners():
+            data = yield from self._session_data()
+            self._end(self._session_key, dict(data), "abandoned")
+        self.clear()
+        yield from self._delete(None)
+        self._session_key = None
+
+    def cycle_key(self) -> None:
+        run(self._cycle_key(), self._provider)
+
+    async def acycle_key(self) -> None:
+        await arun(self._cycle_key(), self._provider)
+
+    def _cycle_key(self) -> Steps[None]:
+        # SessionBase.cycle_key(); the new key's first save is no new session_start.
+        self._cycling = True
+        try:
+            data = yield from self._session_data()
+            key = self._session_key
+            yield from self._create()
+            self._session_cache = data
+            if key:
+                yield from self._delete(key)
+        finally:
+            self._cycling = False
+
+    def _end(self, session_key: str, data: dict[str, Any] | None, reason: str) -> None:
+        session_end.send(sender=type(self), session_key=session_key, data=data, reason=reason)
+
+    # Expired sessions.
+
+    @classmethod
+    def clear_expired(cls) -> None:
+        cls.purge()
+
+    @classmethod
+    def purge(
+        cls,
+        *,
+        dry_run: bool = False,
+        batch_size: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> int:
+        """Remove expired sessions, send ``session_end`` for each, return how many.
+
+        ``on_batch`` is called with the running total after each batch (progress displays).
+        """
+        on_expired = cls._expired if session_end.has_listeners() else None
+        return cls.get_provider().purge_expired(
+            on_expired=on_expired, dry_run=dry_run, batch_size=batch_size, on_batch=on_batch
+        )
+
+    @classmethod
+    def _expired(cls, item: ExpiredItem, reason: str = "expired") -> None:
+        data = None if item.data is None else cls().codec.decode(item.data)
+        session_end.send(sender=cls, session_key=item.session_key, data=data, reason=reason)
+
+
+def _past(expiry: Any) -> bool:
+    if not isinstance(expiry, str):
+        return False
+    try:
+        when = datetime.fromisoformat(expiry)
+    except ValueError:
+        return False
+    now = timezone.now() if timezone.is_aware(when) else datetime.now()
+    return when <= now

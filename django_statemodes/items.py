@@ -1,0 +1,35 @@
+"""What a store holds and reports: the item types shared by every provider and the state server.
+
+Django-free and asgiref-free: the state server daemon stores these too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+__all__ = ["ExpiredItem", "StateItem"]
+
+
+class StateItem(NamedTuple):
+    """What ``get`` or ``get_exclusive`` found under a key (a named tuple: cheap to build).
+
+    ``locked`` is true when another request holds the lock; ``get_exclusive`` then returns no
+    ``data`` and the holder's ``lock_id`` and ``lock_age``. After a successful ``get_exclusive``
+    ``lock_id`` is the caller's own. ``initialize`` is ASP.NET's ``InitializeItem`` action: the
+    first read of an item made by ``create_uninitialized``.
+    """
+
+    data: Any = None
+    locked: bool = False
+    lock_id: int = 0
+    lock_age: float = 0.0
+    initialize: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiredItem:
+    """A session that ``purge_expired`` removed; ``data`` is ``None`` if the store cannot tell."""
+
+    session_key: str
+    data: Any = None

@@ -1,0 +1,35 @@
+"""SQL mode's providers: ASP.NET's session-state tables through a Django ``DATABASES`` alias.
+
+One module per dialect (``postgresql``, ``sqlite``) holds its statements, column types and
+provider class; ``base`` holds what they share, ``schema`` the tables. A new dialect is one new
+module, named in ``DIALECTS`` under its Django ``vendor``.
+"""
+
+from __future__ import annotations
+
+from django.db import connections
+from django.utils.module_loading import import_string
+
+from django_statemodes.exceptions import SessionStoreUnavailable
+
+from .base import SETTING, SQLStateProvider
+
+__all__ = ["DIALECTS", "SQLStateProvider", "provider_for"]
+
+#: Django database vendor -> the dialect's provider class.
+DIALECTS = {
+    "postgresql": "django_statemodes.providers.sql.postgresql.PostgresStateProvider",
+    "sqlite": "django_statemodes.providers.sql.sqlite.SQLiteStateProvider",
+}
+
+
+def provider_for(alias: str) -> SQLStateProvider:
+    """Return the SQL provider for a ``DATABASES`` alias, by its engine."""
+    vendor = connections[alias].vendor
+    if vendor not in DIALECTS:
+        raise SessionStoreUnavailable(
+            f"SQL session state supports PostgreSQL and SQLite; database {alias!r} is {vendor}.",
+            setting=SETTING,
+        )
+    provider_class: type[SQLStateProvider] = import_string(DIALECTS[vendor])
+    return provider_class(alias)
