@@ -11,7 +11,5 @@ class StateModesConfig(AppConfig):
 
     def ready(self) -> None:
         from django_statemodes.checks import check_settings
-        from django_statemodes.stateserver.checks import check_stateserver
 
         register(Tags.compatibility)(check_settings)
-        register(Tags.compatibility)(check_stateserver)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
+__all__ = ["DISABLED", "MODES", "READ_ONLY", "READ_WRITE", "SessionStateMode"]
+
 SessionStateMode = Literal["ReadWrite", "ReadOnly", "Disabled"]
 
 READ_WRITE: Final = "ReadWrite"  # EnableSessionState="True": exclusive lock

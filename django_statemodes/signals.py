@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.dispatch import Signal
 
+__all__ = ["session_end", "session_start"]
+
 #: Sent when a new session is first stored. Arguments: ``session_key``, ``session``.
 session_start = Signal()
 

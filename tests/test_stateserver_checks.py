@@ -1,4 +1,4 @@
-"""System checks of StateServer mode (E020-E022)."""
+"""System checks of StateServer mode (E006, E020-E022)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from django_statemodes.stateserver.checks import check_stateserver
+from django_statemodes.checks.stateserver import check_stateserver
 
 ENGINE = "django_statemodes.backends.stateserver"
 
@@ -19,7 +19,7 @@ class GoodResolver:
         return ["tcpip=127.0.0.1:42424"]
 
 
-def ids(settings: Any) -> list[str]:
+def ids(settings: Any) -> list[str | None]:
     return [message.id for message in check_stateserver()]
 
 
@@ -62,3 +62,9 @@ def test_a_remote_server_without_a_secret_is_e022(stateserver_settings: Any) -> 
     assert ids(stateserver_settings) == ["django_statemodes.E022"]
     stateserver_settings.STATEMODES_STATE_SECRET = "s3cret"
     assert ids(stateserver_settings) == []
+
+
+def test_a_connection_that_is_not_a_string_is_e006_alone(stateserver_settings: Any) -> None:
+    # Not a crash of the E022 check, which needs the parsed addresses.
+    stateserver_settings.STATEMODES_STATE_CONNECTION = None
+    assert ids(stateserver_settings) == ["django_statemodes.E006"]

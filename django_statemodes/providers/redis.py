@@ -31,7 +31,6 @@ from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from asgiref.sync import sync_to_async
-from django.core.checks import CheckMessage, Error
 from django.core.exceptions import ImproperlyConfigured
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -273,33 +272,6 @@ class RedisProvider(SessionStateProvider):
         self._connected = False
         self._primary: Redis | None = None
         self._shards: Any = None
-
-    @classmethod
-    def check(cls, options: dict[str, Any]) -> list[CheckMessage]:
-        """System checks for Custom mode with this provider (ids E040-E049)."""
-        from django.conf import settings
-
-        alias = options.get("cache_alias") or conf.STATEMODES_REDIS_ALIAS
-        caches_setting: dict[str, Any] = settings.CACHES
-        if alias not in caches_setting:
-            return [
-                Error(
-                    f"The Redis provider's cache alias {alias!r} is not in CACHES.",
-                    hint="Add a django-redis cache under that alias, or set "
-                    "STATEMODES_REDIS_ALIAS (or the provider's cache_alias option) to one.",
-                    id="django_statemodes.E040",
-                )
-            ]
-        backend = caches_setting[alias].get("BACKEND", "")
-        if not isinstance(backend, str) or not backend.startswith("django_redis."):
-            return [
-                Error(
-                    f"The Redis provider's cache {alias!r} uses {backend!r}, not django-redis.",
-                    hint="Use BACKEND 'django_redis.cache.RedisCache' for that alias.",
-                    id="django_statemodes.E041",
-                )
-            ]
-        return []
 
     # Connections: resolved once (django-redis shares its pools between threads).
 

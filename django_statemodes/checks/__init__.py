@@ -1,0 +1,40 @@
+"""System checks for the ``STATEMODES_*`` settings (ids ``django_statemodes.E0NN``/``W0NN``).
+
+One module per mode or feature; ``check_settings``, registered by ``apps.py``, runs them all.
+Mode-specific checks return nothing unless their mode is the ``SESSION_ENGINE``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from django.apps import AppConfig
+from django.core.checks import CheckMessage
+
+from .common import check_common
+from .cookieless import check_cookieless
+from .custom import check_custom
+from .inproc import check_inproc
+from .middleware import check_middleware
+from .sql import check_sql
+from .stateserver import check_stateserver
+
+__all__ = ["CHECKS", "check_settings"]
+
+CHECKS: tuple[Callable[[], list[CheckMessage]], ...] = (
+    check_common,
+    check_cookieless,
+    check_inproc,
+    check_stateserver,
+    check_sql,
+    check_custom,
+    check_middleware,
+)
+
+
+def check_settings(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """Run every check of ``CHECKS``."""
+    return [message for check in CHECKS for message in check()]

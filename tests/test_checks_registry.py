@@ -1,0 +1,74 @@
+"""The registered checks run for every engine: ``run_checks()``, as ``manage.py check`` does.
+
+tests/test_checks.py and the modes' test modules call the check functions directly; these
+tests prove that apps.py registers them, with one known id per engine.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.core.checks import run_checks
+from django.test import override_settings
+
+ENGINES = "django_statemodes.backends."
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        pytest.param(
+            {"SESSION_ENGINE": ENGINES + "inproc", "STATEMODES_INPROC_MAX_SESSIONS": 0},
+            "django_statemodes.E013",
+            id="inproc",
+        ),
+        pytest.param(
+            {
+                "SESSION_ENGINE": ENGINES + "stateserver",
+                "STATEMODES_STATE_CONNECTION": "tcpip=127.0.0.1:notaport",
+            },
+            "django_statemodes.E006",
+            id="stateserver-connection",
+        ),
+        pytest.param(
+            {
+                "SESSION_ENGINE": ENGINES + "stateserver",
+                "STATEMODES_PARTITION_RESOLVER": "no.such.Resolver",
+            },
+            "django_statemodes.E020",
+            id="stateserver-resolver",
+        ),
+        pytest.param(
+            # tests.settings: "default" is an in-memory SQLite database.
+            {"SESSION_ENGINE": ENGINES + "sql", "STATEMODES_SQL_DATABASE": "default"},
+            "django_statemodes.E031",
+            id="sql",
+        ),
+        pytest.param(
+            {"SESSION_ENGINE": ENGINES + "custom", "STATEMODES_CUSTOM_PROVIDER": None},
+            "django_statemodes.E007",
+            id="custom",
+        ),
+        pytest.param(
+            {
+                "SESSION_ENGINE": ENGINES + "custom",
+                "STATEMODES_CUSTOM_PROVIDER": "django_statemodes.providers.redis.RedisProvider",
+                "STATEMODES_CUSTOM_PROVIDER_OPTIONS": {"cache_alias": "nope"},
+            },
+            "django_statemodes.E040",
+            id="custom-redis",
+        ),
+        pytest.param(
+            {
+                "SESSION_ENGINE": ENGINES + "off",
+                "STATEMODES_COOKIELESS": "UseUri",
+                "CSRF_USE_SESSIONS": True,
+            },
+            "django_statemodes.E052",
+            id="off",
+        ),
+    ],
+)
+def test_run_checks_reports_each_engine_once(overrides: dict[str, object], expected: str) -> None:
+    with override_settings(**overrides):
+        ids = [message.id for message in run_checks()]
+    assert ids.count(expected) == 1
