@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 from django.db import connections
 
 from django_statemodes.exceptions import SQLStateNotInstalled
-from django_statemodes.providers.sql import provider_for, schema
+from django_statemodes.providers.sql import ddl, provider_for, schema
 from tests.fixtures_sql import ALIASES, PG, PG_ENABLED, SQLITE
 
 pytestmark = pytest.mark.django_db(databases=["default", *ALIASES], transaction=True)
@@ -134,7 +134,7 @@ def test_dry_run_prints_the_sql_and_changes_nothing(clean: str) -> None:
     output = run("installsqlstate", database=clean, dry_run=True)
     assert f'CREATE INDEX "{schema.INDEX_EXPIRES}"' in output
     assert f'"{schema.SESSIONS}"' in output and f'"{schema.APPLICATIONS}"' in output
-    assert schema.existing_tables(connections[clean]) == set()
+    assert ddl.existing_tables(connections[clean]) == set()
 
 
 @pytest.mark.parametrize("clean", ALIASES, indirect=True)
@@ -144,7 +144,7 @@ def test_install_is_idempotent_with_clear_messages(clean: str) -> None:
     second = run("installsqlstate", database=clean)
     assert "Created" not in second
     assert f"Session-state table '{schema.SESSIONS}' already exists." in second
-    assert schema.existing_tables(connections[clean]) == set(schema.TABLES)
+    assert ddl.existing_tables(connections[clean]) == set(schema.TABLES)
 
 
 @pytest.mark.parametrize("clean", [SQLITE], indirect=True)
@@ -188,11 +188,11 @@ def test_uninstall_asks_for_confirmation_and_stops_on_no(clean: str) -> None:
     run("installsqlstate", database=clean)
     with mock.patch("builtins.input", return_value="no"), pytest.raises(CommandError):
         run("uninstallsqlstate", database=clean)
-    assert schema.existing_tables(connections[clean]) == set(schema.TABLES)
+    assert ddl.existing_tables(connections[clean]) == set(schema.TABLES)
     with mock.patch("builtins.input", return_value="yes"):
         output = run("uninstallsqlstate", database=clean)
     assert "Dropped" in output
-    assert schema.existing_tables(connections[clean]) == set()
+    assert ddl.existing_tables(connections[clean]) == set()
     assert "nothing to do" in run("uninstallsqlstate", database=clean, interactive=False)
 
 
@@ -201,7 +201,7 @@ def test_uninstall_dry_run_changes_nothing(clean: str) -> None:
     run("installsqlstate", database=clean)
     output = run("uninstallsqlstate", database=clean, dry_run=True)
     assert f'DROP TABLE "{schema.SESSIONS}"' in output
-    assert schema.existing_tables(connections[clean]) == set(schema.TABLES)
+    assert ddl.existing_tables(connections[clean]) == set(schema.TABLES)
 
 
 @pytest.mark.parametrize("clean", ALIASES, indirect=True)

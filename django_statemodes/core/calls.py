@@ -9,22 +9,21 @@ cannot drift because there is only one of them (the sans-IO idea of h11, applied
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from django_statemodes.providers.base import SessionStateProvider
 
-__all__ = ["Call", "Steps", "arun", "run"]
+__all__ = ["NO_KEYWORDS", "Call", "Steps", "arun", "run"]
 
 T = TypeVar("T")
 
 
-class Call(NamedTuple):
-    """A provider method to call: ``name`` (the sync name), positional and keyword arguments."""
+#: A provider method to call: its sync name, positional and keyword arguments. A plain tuple,
+#: not a NamedTuple: a few are built on every request, and a tuple display costs a tenth.
+Call = tuple[str, tuple[Any, ...], dict[str, Any]]
 
-    name: str
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = {}  # noqa: RUF012 - never mutated: a NamedTuple default
-
+#: The keyword arguments of a call that has none (never mutated).
+NO_KEYWORDS: dict[str, Any] = {}
 
 #: A session operation: yields provider calls, receives their results, returns ``T``.
 Steps = Generator[Call, Any, T]
@@ -35,8 +34,9 @@ def run(steps: Steps[T], provider: SessionStateProvider) -> T:
     try:
         call = next(steps)
         while True:
+            name, args, kwargs = call
             try:
-                result = getattr(provider, call.name)(*call.args, **call.kwargs)
+                result = getattr(provider, name)(*args, **kwargs)
             except BaseException as exc:
                 # Into the generator, so its ``finally`` and ``with`` blocks see the failure.
                 call = steps.throw(exc)
@@ -51,8 +51,9 @@ async def arun(steps: Steps[T], provider: SessionStateProvider) -> T:
     try:
         call = next(steps)
         while True:
+            name, args, kwargs = call
             try:
-                result = await getattr(provider, "a" + call.name)(*call.args, **call.kwargs)
+                result = await getattr(provider, "a" + name)(*args, **kwargs)
             except BaseException as exc:
                 # Cancellation included: the generator's cleanup runs before it propagates.
                 call = steps.throw(exc)

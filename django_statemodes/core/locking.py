@@ -1,7 +1,7 @@
 """Session locks: acquire, queue, steal, wait, and the per-process lock statistics.
 
 ASP.NET's protocol, with event-driven waits: a ReadWrite request's first touch asks the store
-for the item exclusively (``get_exclusive``). If another request holds the lock it waits in this
+for the item exclusively (``get_exclusive``). If another request holds the lock, ``wait`` waits in this
 process's queue for the session (at most ``STATEMODES_LOCK_QUEUE_LIMIT`` waiters, ASP.NET's
 request queue limit) until the provider says the lock may have ended, then asks again. A lock
 held longer than ``STATEMODES_LOCK_TIMEOUT`` (ASP.NET's executionTimeout) is broken: released
@@ -21,9 +21,9 @@ from django_statemodes.conf import conf
 from django_statemodes.exceptions import SessionQueueFull
 from django_statemodes.providers.base import StateItem
 
-from .calls import Call, Steps
+from .calls import NO_KEYWORDS, Steps
 
-__all__ = ["LockStats", "acquire", "lock_stats", "waiting"]
+__all__ = ["LockStats", "lock_stats", "refused", "wait", "waiting"]
 
 logger = logging.getLogger("django_statemodes")
 
@@ -82,24 +82,24 @@ def _queued(session_key: str) -> Iterator[None]:
                 del _waiting[session_key]
 
 
-def acquire(session_key: str) -> Steps[StateItem | None]:
-    """Lock the session and return its item (None if missing or expired), waiting if held."""
-    item: StateItem | None = yield Call("get_exclusive", (session_key,))
-    if item is None or not item.locked:
-        return item
+def wait(session_key: str, held: StateItem) -> Steps[StateItem | None]:
+    """Wait for the lock that ``get_exclusive`` found ``held``, then take it.
+
+    Returns the locked item, or None if the session ended meanwhile. The session's first
+    ``get_exclusive`` is its own (``core.session``): nearly every lock is free.
+    """
     started = time.monotonic()
     lock_timeout = conf.STATEMODES_LOCK_TIMEOUT
+    item: StateItem | None = held
     with _queued(session_key):
         while item is not None and item.locked:
             if item.lock_age >= lock_timeout:
                 _steal(session_key, item)
-                yield Call("release", (session_key, item.lock_id))
+                yield ("release", (session_key, item.lock_id), NO_KEYWORDS)
             else:
-                yield Call(
-                    "wait_for_release",
-                    (session_key, item.lock_id, lock_timeout - item.lock_age),
-                )
-            item = yield Call("get_exclusive", (session_key,))
+                timeout = lock_timeout - item.lock_age
+                yield ("wait_for_release", (session_key, item.lock_id, timeout), NO_KEYWORDS)
+            item = yield ("get_exclusive", (session_key,), NO_KEYWORDS)
     lock_stats.waited += 1
     lock_stats.wait_seconds += time.monotonic() - started
     return item

@@ -33,31 +33,32 @@ class Engine(Protocol):
     def create_provider(cls) -> SessionStateProvider: ...
 
 
-_providers: dict[type[Any], SessionStateProvider] = {}
+#: Engine class -> its provider; read directly on the hot path, written only under ``_mutex``.
+providers: dict[type[Any], SessionStateProvider] = {}
 _mutex = threading.Lock()
 
 
 def provider_for(engine: type[Engine]) -> SessionStateProvider:
     """Return the engine's provider, building it on first use."""
     try:
-        return _providers[engine]
+        return providers[engine]
     except KeyError:
         with _mutex:
-            if engine not in _providers:
-                _providers[engine] = engine.create_provider()
-            return _providers[engine]
+            if engine not in providers:
+                providers[engine] = engine.create_provider()
+            return providers[engine]
 
 
 def _forget(engines: list[type[Any]]) -> None:
     with _mutex:
-        providers = [_providers.pop(engine) for engine in engines if engine in _providers]
-    for provider in providers:
+        closing = [providers.pop(engine) for engine in engines if engine in providers]
+    for provider in closing:
         provider.close()
 
 
 def close_all() -> None:
     """Close and forget every provider (the next use builds them again)."""
-    _forget(list(_providers))
+    _forget(list(providers))
 
 
 @receiver(setting_changed)
@@ -65,7 +66,7 @@ def _rebuild(*, setting: str, **kwargs: Any) -> None:
     # Providers are built from settings once; override_settings in tests needs a rebuild.
     stale = [
         engine
-        for engine, provider in list(_providers.items())
+        for engine, provider in list(providers.items())
         if setting in provider.settings or setting in getattr(engine, "provider_settings", ())
     ]
     if stale:

@@ -44,7 +44,7 @@ from django_statemodes.providers.base import ExpiredItem, SessionStateProvider, 
 from django_statemodes.signals import session_end, session_start
 
 from . import locking, registry
-from .calls import Call, Steps, arun, run
+from .calls import NO_KEYWORDS, Call, Steps, arun, run
 from .codec import OBJECTS, Codec, codec_for, codec_named
 
 __all__ = ["StateModeSessionBase"]
@@ -67,7 +67,9 @@ class StateModeSessionBase(SessionBase):
         self.access: SessionStateMode | None = access
         #: The view being served, named in ReadOnly and Disabled errors (set by the middleware).
         self.view_name: str | None = None
-        self._provider = registry.provider_for(type(self))
+        provider = registry.providers.get(type(self)) or registry.provider_for(type(self))
+        self._provider = provider
+        self._codec: Codec | None = OBJECTS if provider.stores_objects else None
         self._lock_id: int | None = None
         self._locked_key: str | None = None
         self._released = False
@@ -92,14 +94,17 @@ class StateModeSessionBase(SessionBase):
     def serializer(self) -> Any:
         return import_string(settings.SESSION_SERIALIZER)
 
-    @cached_property
+    @property
     def codec(self) -> Codec:
         """How this session's dict is stored: live objects, or bytes through the serializer."""
-        if self._provider.stores_objects:
-            return OBJECTS
+        return self._codec or self._serializing_codec()
+
+    def _serializing_codec(self) -> Codec:
         if type(self).serializer is StateModeSessionBase.__dict__["serializer"]:
-            return codec_named(settings.SESSION_SERIALIZER)
-        return codec_for(self.serializer, settings.SESSION_SERIALIZER)
+            self._codec = codec_named(settings.SESSION_SERIALIZER)
+        else:
+            self._codec = codec_for(self.serializer, settings.SESSION_SERIALIZER)
+        return self._codec
 
     # Access modes.
 
@@ -212,9 +217,11 @@ class StateModeSessionBase(SessionBase):
             return {}
         item: StateItem | None
         if self.access == READ_WRITE and not self._released:
-            item = yield from locking.acquire(key)
+            item = yield ("get_exclusive", (key,), NO_KEYWORDS)
+            if item is not None and item.locked:
+                item = yield from locking.wait(key, item)
         else:
-            item = yield Call("get", (key,))
+            item = yield ("get", (key,), NO_KEYWORDS)
         if item is None:
             # Never create a record on load (CVE-2015-5143); a fresh key is issued on save.
             self._session_key = None
@@ -228,7 +235,7 @@ class StateModeSessionBase(SessionBase):
         if "_session_expiry" in data and _past(data["_session_expiry"]):
             # set_expiry(datetime) is absolute: the store slides, so the date is checked here.
             self._end(key, data, "expired")
-            yield Call("remove", (key, self._lock_id))
+            yield ("remove", (key, self._lock_id), NO_KEYWORDS)
             self._lock_id = self._locked_key = None
             self._session_key = None
             return {}
@@ -241,7 +248,7 @@ class StateModeSessionBase(SessionBase):
         return await arun(self._exists(session_key), self._provider)
 
     def _exists(self, session_key: str) -> Steps[bool]:
-        return (yield Call("get", (session_key,))) is not None
+        return (yield ("get", (session_key,), NO_KEYWORDS)) is not None
 
     # Values: checked where they are stored, not as a mystery at response time.
 
@@ -305,26 +312,39 @@ class StateModeSessionBase(SessionBase):
     def _save(self, *, must_create: bool, release: bool) -> Steps[None]:
         if self._session_key is None:
             return (yield from self._create())
+        call = self._store_call(must_create, release)
+        self._stored(call, (yield call))
+
+    def _store_call(self, must_create: bool, release: bool) -> Call:
+        """Return the ``set_and_release`` call that stores the session (the CPU part of a save)."""
         if self.access == READ_ONLY or self._released:
             self._check_writable()
-        key = self._session_key
-        data = self._get_session(no_load=must_create)
+        try:
+            data = self._session_cache  # loaded: nearly every save at the request's end
+        except AttributeError:
+            data = self._get_session(no_load=must_create)
         payload = self.codec.encode(data)
         if data.get("_session_expiry"):
             timeout = max(0, self.get_expiry_age())
         else:
             # What get_expiry_age() returns without a custom expiry, minus its timezone.now().
             timeout = max(0, self.get_session_cookie_age())
-        stored = yield Call(
-            "set_and_release",
-            (key, payload),
-            {
-                "lock_id": None if must_create else self._lock_id,
-                "timeout": timeout,
-                "new_item": must_create,
-                "keep_lock": not release,
-            },
-        )
+        keywords = {
+            "lock_id": None if must_create else self._lock_id,
+            "timeout": timeout,
+            "new_item": must_create,
+            "keep_lock": not release,
+        }
+        return ("set_and_release", (self._session_key, payload), keywords)
+
+    def _stored(self, call: Call, stored: bool) -> None:
+        """Act on the store's answer to ``call``: signals, a refused write, the lock's end."""
+        must_create, release = call[2]["new_item"], not call[2]["keep_lock"]
+        if stored and not must_create and not self._initializing:  # nearly every save
+            if release:
+                self._lock_id = self._locked_key = None
+            return
+        key = call[1][0]
         if must_create:
             if not stored:
                 raise CreateError
@@ -340,9 +360,8 @@ class StateModeSessionBase(SessionBase):
                     "this request's changes were not saved."
                 )
             raise UpdateError
-        if self._initializing:
-            self._initializing = False
-            session_start.send(sender=type(self), session_key=key, session=self)
+        self._initializing = False  # its first save is the session's start (InitializeItem)
+        session_start.send(sender=type(self), session_key=key, session=self)
         if release:
             self._lock_id = self._locked_key = None
 
@@ -363,9 +382,13 @@ class StateModeSessionBase(SessionBase):
             return
         try:
             if save and self.access != READ_ONLY:
-                yield from self._save(must_create=False, release=True)
+                if self._session_key is None:
+                    yield from self._create()
+                else:  # _save(), inlined: one generator less on every request
+                    call = self._store_call(False, True)
+                    self._stored(call, (yield call))
             elif self._lock_id is not None and self._locked_key is not None:
-                yield Call("release", (self._locked_key, self._lock_id))
+                yield ("release", (self._locked_key, self._lock_id), NO_KEYWORDS)
         finally:
             self._lock_id = self._locked_key = None
             self._released = True
@@ -409,7 +432,7 @@ class StateModeSessionBase(SessionBase):
                 return
             session_key = self._session_key
         mine = session_key == self._locked_key
-        yield Call("remove", (session_key, self._lock_id if mine else None))
+        yield ("remove", (session_key, self._lock_id if mine else None), NO_KEYWORDS)
         if mine:
             self._lock_id = self._locked_key = None
 

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections, transaction
 
 from django_statemodes.conf import conf
-from django_statemodes.providers.sql import commands, schema
+from django_statemodes.providers.sql import commands, ddl, schema
 
 
 class Command(BaseCommand):
@@ -37,13 +37,13 @@ class Command(BaseCommand):
             self.stdout.write(
                 "SQLite has no unlogged tables: --type temp creates ordinary tables there."
             )
-        existing = schema.existing_tables(connection)
+        existing = ddl.existing_tables(connection)
         if verbose:
             for table in sorted(existing):
                 self.stdout.write(f"Session-state table {table!r} already exists.")
                 self._check_type(connection, table, options["type"])
         missing = [table for table in schema.TABLES if table not in existing]
-        statements = schema.install_statements(connection, type_, missing)
+        statements = ddl.install_statements(connection, type_, missing)
         if options["dry_run"]:
             for sql in statements:
                 self.stdout.write(sql + ";")
@@ -64,7 +64,7 @@ class Command(BaseCommand):
         self._register_application(alias)
 
     def _check_type(self, connection: Any, table: str, wanted: str | None) -> None:
-        actual = schema.persistence(connection, table)
+        actual = ddl.persistence(connection, table)
         if wanted is not None and actual is not None and actual != wanted:
             self.stderr.write(
                 f"Table {table!r} is {actual}, not {wanted}: run 'manage.py uninstallsqlstate' "

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from django_statemodes.providers.sql import commands, schema
+from django_statemodes.providers.sql import commands, ddl
 
 
 class Command(BaseCommand):
@@ -29,7 +29,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         alias, connection = commands.target(options)
-        existing = schema.existing_tables(connection)
+        existing = ddl.existing_tables(connection)
         if not existing:
             if options["verbosity"] >= 1:
                 self.stdout.write(
@@ -37,7 +37,7 @@ class Command(BaseCommand):
                     "nothing to do."
                 )
             return
-        statements = schema.uninstall_statements(connection, existing)
+        statements = ddl.uninstall_statements(connection, existing)
         if options["dry_run"]:
             for sql in statements:
                 self.stdout.write(sql + ";")

@@ -8,19 +8,14 @@ module, named in ``DIALECTS`` under its Django ``vendor``.
 from __future__ import annotations
 
 from django.db import connections
-from django.utils.module_loading import import_string
 
 from django_statemodes.exceptions import SessionStoreUnavailable
 
 from .base import SETTING, SQLStateProvider
+from .ddl import dialect
+from .schema import DIALECTS
 
 __all__ = ["DIALECTS", "SQLStateProvider", "provider_for"]
-
-#: Django database vendor -> the dialect's provider class.
-DIALECTS = {
-    "postgresql": "django_statemodes.providers.sql.postgresql.PostgresStateProvider",
-    "sqlite": "django_statemodes.providers.sql.sqlite.SQLiteStateProvider",
-}
 
 
 def provider_for(alias: str) -> SQLStateProvider:
@@ -31,5 +26,4 @@ def provider_for(alias: str) -> SQLStateProvider:
             f"SQL session state supports PostgreSQL and SQLite; database {alias!r} is {vendor}.",
             setting=SETTING,
         )
-    provider_class: type[SQLStateProvider] = import_string(DIALECTS[vendor])
-    return provider_class(alias)
+    return dialect(vendor)(alias)

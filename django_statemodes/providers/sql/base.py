@@ -60,6 +60,14 @@ class SQLStateProvider(SessionStateProvider):
         {"DATABASES", "STATEMODES_SQL_DATABASE", "STATEMODES_APPLICATION_NAME"}
     )
 
+    #: How this dialect spells the tables' column types (``installsqlstate``).
+    column_types: ClassVar[schema.ColumnTypes]
+
+    @classmethod
+    def table_persistence(cls, connection: BaseDatabaseWrapper, table: str) -> str | None:
+        """Return TEMP or PERSISTED for an installed table (PERSISTED: no UNLOGGED tables)."""
+        return schema.PERSISTED
+
     #: Placeholder used by this dialect's statements.
     vendor: ClassVar[str] = ""
 

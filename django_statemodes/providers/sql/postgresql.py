@@ -11,10 +11,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from django.db.backends.base.base import BaseDatabaseWrapper
+
 from django_statemodes.providers.base import StateItem
 
 from .base import MAX_NOTIFY_WAIT, SQLStateProvider, _Down, _NotInstalled
-from .schema import FLAG_UNINITIALIZED, FLAG_WAITERS, SESSIONS
+from .schema import FLAG_UNINITIALIZED, FLAG_WAITERS, PERSISTED, SESSIONS, TEMP, ColumnTypes
 from .statements import CHANNEL, Statements
 
 
@@ -107,6 +109,9 @@ class PostgresStateProvider(SQLStateProvider):
     """PostgreSQL through psycopg 3: prepared statements, one statement per call, NOTIFY."""
 
     vendor = "postgresql"
+    column_types = ColumnTypes(
+        "now()", "timestamptz", "timestamp", "boolean", "bytea", "octet_length", unlogged=True
+    )
     lowest = "-infinity"
 
     def __init__(self, alias: str | None = None, app_name: str | None = None) -> None:
@@ -115,6 +120,19 @@ class PostgresStateProvider(SQLStateProvider):
         self._psycopg = psycopg
         self.driver_errors = (psycopg.Error,)
         super().__init__(alias, app_name)
+
+    @classmethod
+    def table_persistence(cls, connection: BaseDatabaseWrapper, table: str) -> str | None:
+        """Read ``pg_class.relpersistence``: UNLOGGED tables are TEMP."""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT relpersistence FROM pg_class WHERE oid = to_regclass(%s)",
+                [connection.ops.quote_name(table)],
+            )
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        return TEMP if row[0] == "u" else PERSISTED
 
     def make_statements(self, q: Callable[[str], str]) -> Statements:
         return statements(q)

@@ -9,7 +9,7 @@ PostgreSQL ``UNLOGGED`` tables, which a crash empties.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 from django.db.backends.base.base import BaseDatabaseWrapper
 
@@ -33,8 +33,26 @@ FLAG_WAITERS = 2
 TEMP = "temp"
 PERSISTED = "persisted"
 TYPES = (TEMP, PERSISTED)
-# The vendors with a dialect module (providers/sql/__init__.py DIALECTS).
-VENDORS = ("postgresql", "sqlite")
+#: Django database vendor -> its dialect's provider class: one module per dialect, so a new
+#: database is one new module named here.
+DIALECTS = {
+    "postgresql": "django_statemodes.providers.sql.postgresql.PostgresStateProvider",
+    "sqlite": "django_statemodes.providers.sql.sqlite.SQLiteStateProvider",
+}
+VENDORS = tuple(DIALECTS)
+
+
+class ColumnTypes(NamedTuple):
+    """How a dialect spells the table's column types in DDL."""
+
+    now: str  # the default of Created
+    stamp: str  # Created, Expires, LockDate
+    local: str  # LockDateLocal
+    flag: str  # Locked
+    blob: str  # SessionItemShort, SessionItemLong
+    length: str  # the byte-length function of the SessionItemShort check
+    unlogged: bool = False  # has UNLOGGED tables, for --type temp
+
 
 COMMAND_SETTING = "STATEMODES_SQL_DATABASE"
 
@@ -71,65 +89,6 @@ def check_vendor(connection: BaseDatabaseWrapper) -> None:
         )
 
 
-def _columns(vendor: str, q: Callable[[str], str]) -> list[str]:
-    if vendor == "postgresql":
-        now, stamp, local, flag, blob = "now()", "timestamptz", "timestamp", "boolean", "bytea"
-        length = "octet_length"
-    else:
-        # Text in Django's SQLite datetime format, so the ORM (the admin) reads it back.
-        now = "(strftime('%Y-%m-%d %H:%M:%f', 'now'))"
-        stamp = local = "text"
-        flag, blob, length = "integer", "blob", "length"
-    short = q("SessionItemShort")
-    return [
-        f"{q('SessionId')} varchar(88) NOT NULL PRIMARY KEY",
-        f"{q('Created')} {stamp} NOT NULL DEFAULT {now}",
-        f"{q('Expires')} {stamp} NOT NULL",
-        f"{q('LockDate')} {stamp} NOT NULL",
-        f"{q('LockDateLocal')} {local} NOT NULL",
-        f"{q('LockCookie')} integer NOT NULL",
-        f"{q('Timeout')} integer NOT NULL",
-        f"{q('Locked')} {flag} NOT NULL",
-        f"{short} {blob} NULL CHECK ({length}({short}) <= {ITEM_SHORT_LENGTH})",
-        f"{q('SessionItemLong')} {blob} NULL",
-        f"{q('Flags')} integer NOT NULL DEFAULT 0",
-    ]
-
-
-def install_statements(
-    connection: BaseDatabaseWrapper, type_: str = TEMP, tables: Iterable[str] = TABLES
-) -> list[str]:
-    """Return the DDL that creates the given tables (both by default) and their indexes."""
-    check_vendor(connection)
-    if type_ not in TYPES:
-        raise ValueError(f"type must be one of {', '.join(TYPES)}, not {type_!r}")
-    q = connection.ops.quote_name
-    unlogged = "UNLOGGED " if connection.vendor == "postgresql" and type_ == TEMP else ""
-    columns = ",\n    ".join(_columns(connection.vendor, q))
-    ddl = {
-        SESSIONS: [
-            f"CREATE {unlogged}TABLE {q(SESSIONS)} (\n    {columns}\n)",
-            f"CREATE INDEX {q(INDEX_EXPIRES)} ON {q(SESSIONS)} ({q('Expires')})",
-        ],
-        APPLICATIONS: [
-            f"CREATE {unlogged}TABLE {q(APPLICATIONS)} (\n"
-            f"    {q('AppId')} integer NOT NULL PRIMARY KEY,\n"
-            f"    {q('AppName')} varchar(280) NOT NULL\n)",
-            f"CREATE INDEX {q(INDEX_APP_NAME)} ON {q(APPLICATIONS)} ({q('AppName')})",
-        ],
-    }
-    return [sql for table in TABLES if table in tables for sql in ddl[table]]
-
-
-def uninstall_statements(
-    connection: BaseDatabaseWrapper, tables: Iterable[str] = TABLES
-) -> list[str]:
-    """Return the DDL that drops the given tables (their indexes go with them)."""
-    check_vendor(connection)
-    q = connection.ops.quote_name
-    return [f"DROP TABLE {q(table)}" for table in TABLES if table in tables]
-
-
 def register_application_statement(connection: BaseDatabaseWrapper) -> str:
     """Return the INSERT of the application row, a no-op when it exists (``TempGetAppID``)."""
     q = connection.ops.quote_name
@@ -151,25 +110,3 @@ def collision(app_name: str, stored: str) -> str:
         f"{stored!r} and {app_name!r}. Please rename the 1st application to resolve the "
         "problem (STATEMODES_APPLICATION_NAME)."
     )
-
-
-def existing_tables(connection: BaseDatabaseWrapper) -> set[str]:
-    """Return which of the two tables exist (exact, case-sensitive names)."""
-    with connection.cursor() as cursor:
-        names = set(connection.introspection.table_names(cursor))
-    return {name for name in TABLES if name in names}
-
-
-def persistence(connection: BaseDatabaseWrapper, table: str) -> str | None:
-    """Return TEMP or PERSISTED for a PostgreSQL table (``pg_class.relpersistence``)."""
-    if connection.vendor != "postgresql":
-        return PERSISTED
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT relpersistence FROM pg_class WHERE oid = to_regclass(%s)",
-            [connection.ops.quote_name(table)],
-        )
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    return TEMP if row[0] == "u" else PERSISTED

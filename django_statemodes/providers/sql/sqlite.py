@@ -16,7 +16,7 @@ from typing import Any
 from django_statemodes.providers.base import StateItem
 
 from .base import MAX_NOTIFY_WAIT, SQLStateProvider, _Down, _NotInstalled
-from .schema import FLAG_UNINITIALIZED, SESSIONS
+from .schema import FLAG_UNINITIALIZED, SESSIONS, ColumnTypes
 from .statements import Statements
 
 # SQLite keeps timestamps as text in Django's format, in UTC, to the millisecond.
@@ -91,6 +91,11 @@ def statements(q: Callable[[str], str]) -> Statements:
 
 class SQLiteStateProvider(SQLStateProvider):
     """SQLite through sqlite3: the read and the lock share one ``BEGIN IMMEDIATE``."""
+
+    # Text in Django's SQLite datetime format, so the ORM (the admin) reads it back.
+    column_types = ColumnTypes(
+        "(strftime('%Y-%m-%d %H:%M:%f', 'now'))", "text", "text", "integer", "blob", "length"
+    )
 
     vendor = "sqlite"
     placeholder = "?"
