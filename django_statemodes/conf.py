@@ -1,7 +1,7 @@
 """One lazy object for every ``STATEMODES_*`` setting.
 
 Reading on access (not at import) keeps ``override_settings`` working. Defaults are inline and
-documented in ``docs/settings.md``; validation is in ``checks.py``.
+documented in ``docs/settings.md``; validation is in the ``checks`` package.
 """
 
 from __future__ import annotations

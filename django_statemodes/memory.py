@@ -79,10 +79,6 @@ class MemoryStore:
     def __len__(self) -> int:
         return len(self._items)
 
-    @property
-    def locked_count(self) -> int:
-        return sum(1 for item in self._items.values() if item.locked)
-
     # Internal helpers; callers hold the mutex.
 
     def _touch(self, key: str, item: _Item, now: float) -> None:
@@ -312,11 +308,6 @@ class MemoryStore:
             for item_ in expired:
                 self.on_unlock(item_.session_key)
         return len(expired)
-
-    def next_expiry(self) -> float | None:
-        """Return the clock time of the next expiry, or None when empty."""
-        with self._mutex:
-            return min((item.expires for _, item in self._next_to_expire()), default=None)
 
     def snapshot(self) -> list[tuple[str, Any, int, float]]:
         """Return ``(key, data, timeout, seconds_left)`` for every live item, for persistence."""
