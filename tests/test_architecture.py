@@ -227,3 +227,18 @@ def test_no_method_is_replaced_at_runtime() -> None:
                 on_self = isinstance(owner, ast.Name) and owner.id in {"self", "cls"}
                 replaced = target.attr in own if on_self else target.attr in middleware_methods
                 assert not replaced, f"{name}: {target.attr} reassigned at line {node.lineno}"
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    unnamed = [
+        name
+        for name, path in MODULES.items()
+        if path.name != "__init__.py"
+        and "management" not in path.parts
+        and f"{path.stem}.py" not in page
+        and f"{path.stem}," not in page
+        and f" {path.stem} " not in page
+        and f"/{path.stem}" not in page
+    ]
+    assert unnamed == []
