@@ -168,7 +168,7 @@ def run(
 
     from django_statemodes.backends.sql import SessionStore
     from django_statemodes.conf import conf
-    from django_statemodes.providers.sql import schema
+    from django_statemodes.providers.sql import SQLStateProvider, schema
 
     load(rows, table_type)
     suffix = schema.app_suffix(schema.app_id("default"))
@@ -189,6 +189,8 @@ def run(
     time.sleep(2.0)  # the worker is up and warm
 
     provider = SessionStore.get_provider()
+    # Pacing is the SQL provider's own knob (SQLStateProvider.purge_pause), not the contract's.
+    assert isinstance(provider, SQLStateProvider)
     if pause is not None:
         provider.purge_pause = pause
     clears: list[float] = []

@@ -23,7 +23,41 @@ Two pytest classes, used by every engine of this project and by any third-party 
 SessionStateStoreProviderBase semantics: lock cookies, uninitialized items, sliding expiry,
 purge). ``EngineContract`` checks what users see through the session core: zero lost updates
 under concurrency, ReadOnly never waiting, lock stealing, the queue limit and the signals. Both
-need pytest-django (``settings`` fixture). A few tests sleep about a second to see real expiry.
+need pytest-django (``settings`` fixture).
+
+Sync and async. Every ``EngineContract`` case runs twice, through the sync session API and
+through its async twins (Django's ``aget``, ``aset``, ``asave``, ... and the core's
+``afinish``, ``arelease``, ``arefresh``, ``aset_access``): the ``api`` fixture is ``"sync"`` or
+``"async"``, and the ``sessions`` fixture builds stores driven through that API (``Session``),
+so both paths meet the same assertions.
+
+Time. Expiry is whole seconds of the provider's clock. Each provider waits for it in real time in
+one test only, ``test_expiry_in_real_time`` (about 3.3 s): for a store whose clock is on its
+server (PostgreSQL's ``now()``, Redis's ``TIME``, the state server process) that is the only way
+to see it. A provider that keeps its clock in the web process can let the contract move time
+instead: take the clock as an argument (a callable returning monotonic seconds, by default
+``time.monotonic``), build the provider on the kit's ``clock`` fixture and say so::
+
+    class TestMyProvider(ProviderContract):
+        injected_clock = True
+
+        @pytest.fixture
+        def provider(self, clock):
+            provider = MyProvider(clock=clock)
+            yield provider
+            provider.close()
+
+``clock`` is a ``FakeClock``: real monotonic time plus what the test added with ``advance()``.
+The other expiry tests (sliding expiry, expiry before and after a purge, lock ages) then advance
+it instead of sleeping, and the real-time test keeps to its first 1.3 s; without
+``injected_clock`` they are skipped, and the real-time test covers expiry alone.
+``EngineContract`` takes the same opt-in: with ``injected_clock = True`` its ``engine`` fixture
+builds the engine's provider on ``clock`` (Custom mode:
+``STATEMODES_CUSTOM_PROVIDER_OPTIONS = {"clock": clock}``), and the stale-lock test advances the
+clock past ``STATEMODES_LOCK_TIMEOUT`` instead of waiting for it.
+
+No test here asserts how fast anything is: a wake-up is shown by the order of events, a wait
+that did not happen by what a wait would have done (``benchmarks/`` measures speed).
 """
 
 from __future__ import annotations
@@ -31,13 +65,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 from django.contrib.sessions.backends.base import VALID_KEY_CHARS
 from django.utils.crypto import get_random_string
 
+from django_statemodes.core import locking
 from django_statemodes.core.session import StateModeSessionBase
 from django_statemodes.exceptions import (
     SessionLockLost,
@@ -46,13 +81,21 @@ from django_statemodes.exceptions import (
     SessionTooLarge,
     SessionValueError,
 )
+from django_statemodes.modes import READ_ONLY, READ_WRITE, SessionStateMode
 from django_statemodes.providers.base import ExpiredItem, SessionStateProvider
 from django_statemodes.signals import session_end, session_start
 
-__all__ = ["EngineContract", "ProviderContract"]
+__all__ = ["EngineContract", "FakeClock", "ProviderContract", "Session", "SessionAPI"]
+
+T = TypeVar("T")
 
 # Timeouts used by the expiry tests, in seconds (whole seconds: the contract's unit).
 SHORT = 1
+
+#: A wait that only a wake-up ends in time: the tests give the wake-up a fraction of it.
+LONG_WAIT = 600.0
+#: How long a test waits for a wake-up before it fails (orders of magnitude above a hand-off).
+WAKE_UP = 60.0
 
 
 def new_key() -> str:
@@ -76,7 +119,42 @@ def _run_threads(count: int, target: Callable[[int], None]) -> list[BaseExceptio
     return errors
 
 
-class ProviderContract:
+class FakeClock:
+    """A monotonic clock a test moves: ``time.monotonic()`` plus what ``advance()`` added.
+
+    Real time still passes (lock waits and the real-time expiry test see it); the expiry tests
+    add the seconds they need at once instead of sleeping through them.
+    """
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+class _ClockHook:
+    """The ``clock`` fixture and the ``injected_clock`` opt-in, shared by both contracts."""
+
+    #: True when the ``provider`` (or ``engine``) fixture builds the provider on ``clock``.
+    injected_clock: ClassVar[bool] = False
+
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        return FakeClock()
+
+    def needs_clock(self) -> None:
+        if not self.injected_clock:
+            pytest.skip(
+                "the provider's clock is not injected (injected_clock = False): expiry is "
+                "covered by test_expiry_in_real_time"
+            )
+
+
+class ProviderContract(_ClockHook):
     """The provider contract, checked directly. Subclasses supply a ``provider`` fixture."""
 
     @pytest.fixture
@@ -95,9 +173,11 @@ class ProviderContract:
             return {"value": value}
         return b"\x00" + bytes(range(256)) + str(value).encode()
 
-    def insert(self, provider: SessionStateProvider, key: str, value: int = 1) -> None:
+    def insert(
+        self, provider: SessionStateProvider, key: str, value: int = 1, timeout: int = 60
+    ) -> None:
         data = self.payload(provider, value)
-        assert provider.set_and_release(key, data, lock_id=None, timeout=60, new_item=True)
+        assert provider.set_and_release(key, data, lock_id=None, timeout=timeout, new_item=True)
 
     # Reading and inserting.
 
@@ -277,18 +357,59 @@ class ProviderContract:
         item = provider.get(key)
         assert item is not None and item.data == self.payload(provider, 8)
 
-    # Expiry.
+    # Expiry in real time: the one test that waits for the provider's clock (3.3 s; 1.3 s with
+    # an injected clock, whose tests below show the rest).
+
+    def test_expiry_in_real_time(self, provider: SessionStateProvider) -> None:
+        # Sleeps only ever overshoot, and the store's clock runs with this process's: the
+        # margins below (0.3 s) cannot be eaten by a slow machine, only widened.
+        doomed = [new_key() for _ in range(3)]
+        slider, control, keeper = new_key(), new_key(), new_key()
+        for i, key in enumerate(doomed):
+            self.insert(provider, key, i, timeout=SHORT)
+        self.insert(provider, slider, timeout=3)
+        self.insert(provider, control, timeout=3)
+        self.insert(provider, keeper)
+        stored = time.monotonic()  # every expiry above was set before this
+        try:
+            time.sleep(SHORT + 0.3)  # past the doomed items' expiry, with no read in between
+            # Purge first: a provider that sweeps lazily on reads may otherwise get there first.
+            assert provider.purge_expired(dry_run=True) >= len(doomed)
+            seen: list[ExpiredItem] = []
+            assert provider.purge_expired(on_expired=seen.append) >= len(doomed)
+            mine = {item.session_key: item.data for item in seen if item.session_key in doomed}
+            assert set(mine) == set(doomed)
+            for i, key in enumerate(doomed):
+                assert mine[key] in (self.payload(provider, i), None)
+                assert provider.get(key) is None
+                assert provider.get_exclusive(key) is None
+            assert provider.get(keeper) is not None
+            if self.injected_clock:
+                return  # sliding expiry is shown on the injected clock, without the wait
+            # Reads slide the expiry: the slider, read every 0.3 s, outlives its 3 s timeout;
+            # the control, stored with the same timeout and never read, does not.
+            while time.monotonic() - stored < 3.3:
+                time.sleep(0.3)
+                assert provider.get(slider) is not None
+            assert provider.get(control) is None
+            assert provider.get(slider) is not None
+            assert provider.get(keeper) is not None
+        finally:
+            for key in (slider, control, keeper):
+                provider.remove(key)
+
+    # Expiry on the injected clock (skipped unless injected_clock).
 
     def test_an_expired_item_is_never_served_and_purge_reports_it(
-        self, provider: SessionStateProvider
+        self, provider: SessionStateProvider, clock: FakeClock
     ) -> None:
+        self.needs_clock()
         keys = [new_key() for _ in range(3)]
         for i, key in enumerate(keys):
-            data = self.payload(provider, i)
-            assert provider.set_and_release(key, data, lock_id=None, timeout=SHORT, new_item=True)
+            self.insert(provider, key, i, timeout=SHORT)
         keeper = new_key()
         self.insert(provider, keeper)
-        time.sleep(SHORT + 1.2)
+        clock.advance(SHORT + 1)
         # Purge first: a provider that sweeps lazily on reads may otherwise get there first.
         counted = provider.purge_expired(dry_run=True)
         assert counted >= len(keys)
@@ -305,54 +426,87 @@ class ProviderContract:
         provider.remove(keeper)
 
     def test_an_expired_item_is_never_served_before_any_purge(
-        self, provider: SessionStateProvider, key: str
+        self, provider: SessionStateProvider, key: str, clock: FakeClock
     ) -> None:
-        data = self.payload(provider, 1)
-        assert provider.set_and_release(key, data, lock_id=None, timeout=SHORT, new_item=True)
-        time.sleep(SHORT + 1.2)
+        self.needs_clock()
+        self.insert(provider, key, timeout=SHORT)
+        clock.advance(SHORT + 1)
         assert provider.get(key) is None
         assert provider.get_exclusive(key) is None
+        data = self.payload(provider, 1)
         assert not provider.set_and_release(key, data, lock_id=None, timeout=60)
 
-    def test_reads_slide_the_expiry(self, provider: SessionStateProvider, key: str) -> None:
-        data = self.payload(provider, 1)
-        assert provider.set_and_release(key, data, lock_id=None, timeout=2, new_item=True)
-        for _ in range(3):
-            time.sleep(1.0)
-            assert provider.get(key) is not None  # 3 s in all: only alive because it slides
+    def test_reads_locks_and_releases_slide_the_expiry(
+        self, provider: SessionStateProvider, key: str, clock: FakeClock
+    ) -> None:
+        self.needs_clock()
+        control = new_key()
+        self.insert(provider, key, timeout=2)
+        self.insert(provider, control, timeout=2)
+        clock.advance(1.5)
+        assert provider.get(key) is not None
+        clock.advance(1.5)
+        held = provider.get_exclusive(key)
+        assert held is not None and not held.locked
+        clock.advance(1.5)
+        provider.release(key, held.lock_id)
+        clock.advance(1.5)  # 6 s in all, never 2 s without a get, lock or release
+        assert provider.get(key) is not None
+        assert provider.get(control) is None  # the same timeout, never touched
+        clock.advance(2.5)
+        assert provider.get(key) is None
+        provider.remove(control)
+
+    def test_a_lock_ages_on_the_providers_clock(
+        self, provider: SessionStateProvider, key: str, clock: FakeClock
+    ) -> None:
+        self.needs_clock()
+        self.insert(provider, key)
+        held = provider.get_exclusive(key)
+        assert held is not None and not held.locked
+        clock.advance(30)
+        busy = provider.get_exclusive(key)
+        assert busy is not None and busy.locked
+        assert busy.lock_id == held.lock_id
+        assert busy.lock_age >= 30  # what the core compares with STATEMODES_LOCK_TIMEOUT
 
     # Waiting.
 
-    def test_a_waiter_gets_the_lock_soon_after_the_release(
+    def test_a_waiter_is_woken_by_the_release(
         self, provider: SessionStateProvider, key: str
     ) -> None:
         self.insert(provider, key)
         held = provider.get_exclusive(key)
         assert held is not None
-        released_at: list[float] = []
+        events: list[str] = []
+        acquired = threading.Event()
+        errors: list[BaseException] = []
 
-        def holder(_: int) -> None:
-            time.sleep(0.3)
-            released_at.append(time.monotonic())
-            provider.release(key, held.lock_id)
+        def waiter() -> None:
+            try:
+                while True:
+                    item = provider.get_exclusive(key)
+                    assert item is not None
+                    if not item.locked:
+                        events.append("acquired")
+                        acquired.set()
+                        return
+                    # Only a wake-up (or an allowed early return) ends this in time.
+                    provider.wait_for_release(key, item.lock_id, LONG_WAIT)
+            except BaseException as exc:
+                errors.append(exc)
+                acquired.set()
 
-        acquired_at: list[float] = []
-
-        def waiter(_: int) -> None:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                item = provider.get_exclusive(key)
-                if item is not None and not item.locked:
-                    acquired_at.append(time.monotonic())
-                    return
-                assert item is not None
-                provider.wait_for_release(key, item.lock_id, 5.0)
-
-        errors = _run_threads(2, lambda i: holder(i) if i == 0 else waiter(i))
+        thread = threading.Thread(target=waiter, daemon=True)
+        thread.start()
+        time.sleep(0.2)  # the waiter is most likely waiting by now (it is woken either way)
+        assert not acquired.is_set(), errors  # the lock holds: nobody got it
+        events.append("released")
+        provider.release(key, held.lock_id)
+        assert acquired.wait(WAKE_UP), "the waiter was not woken by the release"
+        thread.join(WAKE_UP)
         assert not errors, errors
-        assert acquired_at and released_at
-        assert acquired_at[0] >= released_at[0]
-        assert acquired_at[0] - released_at[0] < 1.0  # woken, not timed out after 5 s
+        assert events == ["released", "acquired"]
 
     # Async twins.
 
@@ -383,7 +537,181 @@ class ProviderContract:
         asyncio.run(scenario())
 
 
-class EngineContract:
+# The engine contract: stores driven through the sync API or the async one.
+
+_MISSING = object()
+
+
+class _Loops:
+    """One event loop per thread, reused for the test: async clients keep a connection per loop."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._runners: list[asyncio.Runner] = []
+        self._mutex = threading.Lock()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        runner: asyncio.Runner | None = getattr(self._local, "runner", None)
+        if runner is None:
+            runner = asyncio.Runner(loop_factory=asyncio.new_event_loop)
+            self._local.runner = runner
+            with self._mutex:
+                self._runners.append(runner)
+        return runner.run(coroutine)
+
+    def close(self) -> None:
+        with self._mutex:
+            runners, self._runners = self._runners, []
+        for runner in runners:
+            runner.close()
+
+
+class Session:
+    """A session store driven through the sync API, or through its async twins.
+
+    The engine contract's cases call these sync-named methods; with an event loop (``api`` is
+    ``"async"``) each one runs the store's ``a``-prefixed method instead (``aget`` for
+    ``store[key]``, ``aset``, ``ahas_key``, ``afinish``, ...) on the calling thread's loop.
+    """
+
+    def __init__(self, store: StateModeSessionBase, loops: _Loops | None) -> None:
+        self.store = store
+        self._loops = loops
+
+    @property
+    def session_key(self) -> str | None:
+        return self.store.session_key
+
+    def get_provider(self) -> SessionStateProvider:
+        return self.store.get_provider()
+
+    def __getitem__(self, key: str) -> Any:
+        if self._loops is None:
+            return self.store[key]
+        value = self._loops.run(self.store.aget(key, _MISSING))
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if self._loops is None:
+            self.store[key] = value
+        else:
+            self._loops.run(self.store.aset(key, value))
+
+    def __contains__(self, key: str) -> bool:
+        if self._loops is None:
+            return key in self.store
+        return bool(self._loops.run(self.store.ahas_key(key)))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if self._loops is None:
+            return self.store.get(key, default)
+        return self._loops.run(self.store.aget(key, default))
+
+    def update(self, values: dict[str, Any]) -> None:
+        if self._loops is None:
+            self.store.update(values)
+        else:
+            self._loops.run(self.store.aupdate(values))
+
+    def pop(self, key: str, default: Any = _MISSING) -> Any:
+        if self._loops is None:
+            return self.store.pop(key) if default is _MISSING else self.store.pop(key, default)
+        if default is _MISSING:
+            return self._loops.run(self.store.apop(key))
+        return self._loops.run(self.store.apop(key, default))
+
+    def keys(self) -> list[str]:
+        if self._loops is None:
+            return list(self.store.keys())
+        return list(self._loops.run(self.store.akeys()))
+
+    def items(self) -> list[tuple[str, Any]]:
+        if self._loops is None:
+            return list(self.store.items())
+        return list(self._loops.run(self.store.aitems()))
+
+    def save(self) -> None:
+        if self._loops is None:
+            self.store.save()
+        else:
+            self._loops.run(self.store.asave())
+
+    def load(self) -> dict[str, Any]:
+        if self._loops is None:
+            return self.store.load()
+        return self._loops.run(self.store.aload())
+
+    def finish(self, save: bool) -> None:
+        if self._loops is None:
+            self.store.finish(save)
+        else:
+            self._loops.run(self.store.afinish(save))
+
+    def release(self) -> None:
+        if self._loops is None:
+            self.store.release()
+        else:
+            self._loops.run(self.store.arelease())
+
+    def refresh(self) -> None:
+        if self._loops is None:
+            self.store.refresh()
+        else:
+            self._loops.run(self.store.arefresh())
+
+    def set_access(self, mode: SessionStateMode) -> None:
+        if self._loops is None:
+            self.store.set_access(mode)
+        else:
+            self._loops.run(self.store.aset_access(mode))
+
+    def flush(self) -> None:
+        if self._loops is None:
+            self.store.flush()
+        else:
+            self._loops.run(self.store.aflush())
+
+    def cycle_key(self) -> None:
+        if self._loops is None:
+            self.store.cycle_key()
+        else:
+            self._loops.run(self.store.acycle_key())
+
+    def exists(self, session_key: str) -> bool:
+        if self._loops is None:
+            return self.store.exists(session_key)
+        return self._loops.run(self.store.aexists(session_key))
+
+    def delete(self, session_key: str | None = None) -> None:
+        if self._loops is None:
+            self.store.delete(session_key)
+        else:
+            self._loops.run(self.store.adelete(session_key))
+
+
+class SessionAPI:
+    """Builds ``Session`` objects of one engine, all driven through one API."""
+
+    def __init__(self, engine: type[StateModeSessionBase], api: str) -> None:
+        if api not in ("sync", "async"):
+            raise ValueError(f"api is 'sync' or 'async', not {api!r}")
+        self.engine = engine
+        self.api = api
+        self._loops = _Loops() if api == "async" else None
+
+    def __call__(
+        self, session_key: str | None = None, access: SessionStateMode | None = None
+    ) -> Session:
+        return Session(self.engine(session_key, access=access), self._loops)
+
+    def close(self) -> None:
+        if self._loops is not None:
+            self._loops.close()
+
+
+class EngineContract(_ClockHook):
     """What users see through the session core. Subclasses supply an ``engine`` fixture."""
 
     #: Threads x increments for the lost-update test (the project's acceptance test is 8 x 50).
@@ -393,6 +721,18 @@ class EngineContract:
     @pytest.fixture
     def engine(self) -> type[StateModeSessionBase]:
         raise NotImplementedError("subclasses of EngineContract must provide an engine fixture")
+
+    @pytest.fixture(params=["sync", "async"])
+    def api(self, request: Any) -> str:
+        """The session API every case runs through: once ``"sync"``, once ``"async"``."""
+        name: str = request.param
+        return name
+
+    @pytest.fixture
+    def sessions(self, engine: type[StateModeSessionBase], api: str) -> Iterator[SessionAPI]:
+        sessions = SessionAPI(engine, api)
+        yield sessions
+        sessions.close()
 
     @pytest.fixture
     def session_key(self, engine: type[StateModeSessionBase]) -> Iterator[str]:
@@ -404,90 +744,113 @@ class EngineContract:
         engine().delete(store.session_key)
 
     def test_concurrent_increments_lose_no_update(
-        self, engine: type[StateModeSessionBase], session_key: str
+        self, sessions: SessionAPI, session_key: str
     ) -> None:
         def work(_: int) -> None:
             for _ in range(self.increments):
-                store = engine(session_key, access="ReadWrite")
+                store = sessions(session_key, access=READ_WRITE)
                 store["counter"] = store["counter"] + 1
                 store.finish(save=True)
 
         errors = _run_threads(self.threads, work)
         assert not errors, errors
-        assert engine(session_key)["counter"] == self.threads * self.increments
+        assert sessions(session_key)["counter"] == self.threads * self.increments
 
     def test_read_only_never_waits_for_the_lock(
-        self, engine: type[StateModeSessionBase], session_key: str
+        self, sessions: SessionAPI, session_key: str, settings: Any
     ) -> None:
-        writer = engine(session_key, access="ReadWrite")
+        # A reader that waited could only end its wait by breaking the lock after this
+        # timeout; the writer's save below would then be refused (SessionLockLost).
+        settings.STATEMODES_LOCK_TIMEOUT = 5.0
+        writer = sessions(session_key, access=READ_WRITE)
         writer["counter"] = 41  # loaded and locked; not saved yet
-        started = time.monotonic()
-        reader = engine(session_key, access="ReadOnly")
-        assert reader["counter"] == 0  # the last committed data, at once
-        assert time.monotonic() - started < 2.0
+        reader = sessions(session_key, access=READ_ONLY)
+        assert reader["counter"] == 0  # the last committed data, while the lock still holds
         with pytest.raises(SessionStateReadOnly):
             reader["counter"] = 1
-        writer.finish(save=True)
-        assert engine(session_key, access="ReadOnly")["counter"] == 41
+        writer.finish(save=True)  # the lock was never broken
+        assert sessions(session_key, access=READ_ONLY)["counter"] == 41
 
     def test_a_stale_lock_is_broken_and_its_holders_write_refused(
-        self, engine: type[StateModeSessionBase], session_key: str, settings: Any
+        self, sessions: SessionAPI, session_key: str, settings: Any, clock: FakeClock
     ) -> None:
-        settings.STATEMODES_LOCK_TIMEOUT = 1.0
-        stale = engine(session_key, access="ReadWrite")
+        settings.STATEMODES_LOCK_TIMEOUT = 0.5
+        stale = sessions(session_key, access=READ_WRITE)
         stale["counter"] = 100  # takes the lock, then "hangs"
-        fresh = engine(session_key, access="ReadWrite")
-        assert fresh["counter"] == 0  # waited ~1 s, broke the lock
+        if self.injected_clock:
+            clock.advance(1.0)  # the lock is past its timeout at once
+        fresh = sessions(session_key, access=READ_WRITE)
+        assert fresh["counter"] == 0  # waited out the lock timeout, broke the lock
         fresh["counter"] = 1
         fresh.finish(save=True)
         with pytest.raises(SessionLockLost):
             stale.finish(save=True)
-        assert engine(session_key)["counter"] == 1
+        assert sessions(session_key)["counter"] == 1
 
     def test_the_queue_limit_refuses_extra_waiters(
-        self, engine: type[StateModeSessionBase], session_key: str, settings: Any
+        self, sessions: SessionAPI, session_key: str, settings: Any
     ) -> None:
         settings.STATEMODES_LOCK_QUEUE_LIMIT = 1
-        holder = engine(session_key, access="ReadWrite")
+        holder = sessions(session_key, access=READ_WRITE)
         holder["counter"] = 1
         results: list[Any] = []
 
         def wait(_: int) -> None:
-            waiter = engine(session_key, access="ReadWrite")
+            waiter = sessions(session_key, access=READ_WRITE)
             results.append(waiter["counter"])
             waiter.finish(save=False)
 
         thread = threading.Thread(target=wait, args=(0,))
         thread.start()
-        deadline = time.monotonic() + 5
-        refused = None
-        while time.monotonic() < deadline and refused is None:
-            time.sleep(0.05)
-            try:
-                engine(session_key, access="ReadWrite")["counter"]
-            except SessionQueueFull as exc:
-                refused = exc
-        holder.finish(save=True)
-        thread.join(timeout=10)
-        assert refused is not None
-        assert "STATEMODES_LOCK_QUEUE_LIMIT" in str(refused)
+        try:
+            deadline = time.monotonic() + WAKE_UP
+            while locking.waiting(session_key) < 1:  # the waiter is queued
+                assert time.monotonic() < deadline, "the waiter never queued"
+                time.sleep(0.01)
+            with pytest.raises(SessionQueueFull, match="STATEMODES_LOCK_QUEUE_LIMIT"):
+                sessions(session_key, access=READ_WRITE)["counter"]
+        finally:
+            holder.finish(save=True)
+            thread.join(timeout=WAKE_UP)
         assert results == [1]
 
     def test_release_lets_the_next_request_in_and_forbids_later_writes(
-        self, engine: type[StateModeSessionBase], session_key: str
+        self, sessions: SessionAPI, session_key: str
     ) -> None:
-        first = engine(session_key, access="ReadWrite")
+        first = sessions(session_key, access=READ_WRITE)
         first["counter"] = 5
         first.release()
-        second = engine(session_key, access="ReadWrite")
+        second = sessions(session_key, access=READ_WRITE)
         assert second["counter"] == 5  # no wait: the lock is free, the data saved
         second.finish(save=False)
         with pytest.raises(SessionStateReadOnly):
             first["counter"] = 6
 
-    def test_session_start_and_session_end_are_sent(
-        self, engine: type[StateModeSessionBase]
+    def test_the_mapping_methods_and_a_new_key_keep_the_data(
+        self, sessions: SessionAPI, session_key: str
     ) -> None:
+        store = sessions(session_key, access=READ_ONLY)
+        store.refresh()  # loaded without the lock
+        store.set_access(READ_WRITE)  # a ReadWrite view: read again, locked
+        store.update({"a": 1, "b": 2})
+        assert store.pop("b") == 2
+        assert store.pop("missing", "default") == "default"
+        assert sorted(store.keys()) == ["a", "counter"]
+        assert sorted(store.items()) == [("a", 1), ("counter", 0)]
+        assert "a" in store and "b" not in store
+        store.save()  # a mid-request save keeps the lock
+        store.cycle_key()
+        cycled = store.session_key
+        assert cycled is not None and cycled != session_key
+        store.finish(save=True)
+        assert not sessions().exists(session_key)
+        again = sessions(cycled, access=READ_ONLY)
+        assert again.load() == {"a": 1, "counter": 0}
+        assert again.get("a") == 1 and again.get("b", "none") == "none"
+        sessions().delete(cycled)
+        assert not sessions().exists(cycled)
+
+    def test_session_start_and_session_end_are_sent(self, sessions: SessionAPI) -> None:
         started: list[str] = []
         ended: list[tuple[str, Any, str]] = []
 
@@ -500,37 +863,37 @@ class EngineContract:
         session_start.connect(on_start)
         session_end.connect(on_end)
         try:
-            store = engine(access="ReadWrite")
+            store = sessions(access=READ_WRITE)
             store["name"] = "Ada"
             store.finish(save=True)
             key = store.session_key
             assert key is not None and started == [key]
-            again = engine(key, access="ReadWrite")
+            again = sessions(key, access=READ_WRITE)
             assert again["name"] == "Ada"
             again.flush()
             assert ended == [(key, {"name": "Ada"}, "abandoned")]
-            assert engine(key).exists(key) is False
+            assert sessions(key).exists(key) is False
         finally:
             session_start.disconnect(on_start)
             session_end.disconnect(on_end)
 
     def test_unserializable_values_fail_where_they_are_stored(
-        self, engine: type[StateModeSessionBase], session_key: str
+        self, sessions: SessionAPI, session_key: str
     ) -> None:
-        store = engine(session_key, access="ReadWrite")
+        store = sessions(session_key, access=READ_WRITE)
         if store.get_provider().stores_objects:
             store["live"] = object()  # InProc keeps live objects: no serialization at all
             store.finish(save=True)
-            assert isinstance(engine(session_key)["live"], object)
+            assert isinstance(sessions(session_key)["live"], object)
             return
         with pytest.raises(SessionValueError, match="'live'"):
             store["live"] = object()
         store.finish(save=False)
 
     def test_oversized_values_are_refused_with_a_clear_error(
-        self, engine: type[StateModeSessionBase], session_key: str, settings: Any
+        self, sessions: SessionAPI, session_key: str, settings: Any
     ) -> None:
-        store = engine(session_key, access="ReadWrite")
+        store = sessions(session_key, access=READ_WRITE)
         if store.get_provider().stores_objects:
             store.finish(save=False)
             pytest.skip("InProc stores live objects; their size is not measured")
@@ -538,12 +901,12 @@ class EngineContract:
         with pytest.raises(SessionTooLarge, match="'big'"):
             store["big"] = "x" * 2000
         store.finish(save=False)
-        assert "big" not in engine(session_key)
+        assert "big" not in sessions(session_key)
 
-    def test_an_unknown_key_is_never_adopted(self, engine: type[StateModeSessionBase]) -> None:
+    def test_an_unknown_key_is_never_adopted(self, sessions: SessionAPI) -> None:
         unknown = new_key()
-        store = engine(unknown, access="ReadWrite")
+        store = sessions(unknown, access=READ_WRITE)
         store["x"] = 1
         store.finish(save=True)
         assert store.session_key != unknown
-        assert engine(unknown).exists(unknown) is False
+        assert sessions(unknown).exists(unknown) is False

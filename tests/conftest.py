@@ -3,6 +3,10 @@
 PostgreSQL (127.0.0.1:5432, user root, database test) and Redis (127.0.0.1:6379) are used for
 real. Locally a missing service skips its tests with a reason; with STATEMODES_REQUIRE_SERVICES=1
 (CI) a missing service fails them instead.
+
+The shared fixtures of SQL mode (tests/fixtures_sql.py) and of the state server
+(tests/fixtures_stateserver.py) are registered once here, as plugins: a test module names them
+as arguments and imports only the plain constants and helpers it uses.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import os
 import socket
 
 import pytest
+
+pytest_plugins = ["tests.fixtures_sql", "tests.fixtures_stateserver"]
 
 REQUIRE_SERVICES = os.environ.get("STATEMODES_REQUIRE_SERVICES") == "1"
 

@@ -2,7 +2,9 @@
 
 Nothing of Django's code is kept in this repository: the sdist of the installed Django version is
 downloaded from PyPI with pip (it ships ``tests/``; the wheel does not) and only
-``tests/sessions_tests`` is extracted into ``.djangotests/django-<version>/``.
+``tests/sessions_tests`` is extracted into ``.djangotests/django-<version>/``. The first test
+module that builds Django's suite (tests/django_suite.py) fetches it; importing the settings
+never does.
 """
 
 from __future__ import annotations

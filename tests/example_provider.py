@@ -23,10 +23,14 @@ class Entry:
 
 
 class DictProvider(SessionStateProvider):
-    """Sessions in a dict of this process, guarded by one condition variable."""
+    """Sessions in a dict of this process, guarded by one condition variable.
 
-    def __init__(self, **options: Any) -> None:
+    ``clock`` returns monotonic seconds; the conformance kit passes one it can advance.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, **options: Any) -> None:
         super().__init__(**options)
+        self.clock = clock
         self.items: dict[str, Entry] = {}
         self.changed = threading.Condition()
 
@@ -37,7 +41,7 @@ class DictProvider(SessionStateProvider):
 
     def get(self, session_key: str) -> StateItem | None:
         with self.changed:
-            now = time.monotonic()
+            now = self.clock()
             entry = self._live(session_key, now)
             if entry is None:
                 return None
@@ -53,7 +57,7 @@ class DictProvider(SessionStateProvider):
 
     def get_exclusive(self, session_key: str) -> StateItem | None:
         with self.changed:
-            now = time.monotonic()
+            now = self.clock()
             entry = self._live(session_key, now)
             if entry is None:
                 return None
@@ -75,7 +79,7 @@ class DictProvider(SessionStateProvider):
         keep_lock: bool = False,
     ) -> bool:
         with self.changed:
-            now = time.monotonic()
+            now = self.clock()
             entry = self._live(session_key, now)
             if new_item:
                 if entry is not None:
@@ -95,7 +99,7 @@ class DictProvider(SessionStateProvider):
 
     def release(self, session_key: str, lock_id: int) -> None:
         with self.changed:
-            now = time.monotonic()
+            now = self.clock()
             entry = self._live(session_key, now)
             if entry is not None and entry.locked and entry.lock_id == lock_id:
                 entry.locked = False
@@ -115,7 +119,7 @@ class DictProvider(SessionStateProvider):
 
     def create_uninitialized(self, session_key: str, timeout: int) -> bool:
         with self.changed:
-            now = time.monotonic()
+            now = self.clock()
             if self._live(session_key, now) is not None:
                 return False
             self.items[session_key] = Entry(None, timeout, now + timeout, initialize=True)
@@ -130,7 +134,7 @@ class DictProvider(SessionStateProvider):
         on_batch: Callable[[int], None] | None = None,
     ) -> int:
         with self.changed:
-            now = time.monotonic()
+            now = self.clock()
             expired = [(key, e.data) for key, e in self.items.items() if e.expires <= now]
             if not dry_run:
                 for key, _ in expired:

@@ -1,5 +1,7 @@
 """Fixtures for SQL mode's tests: the tables installed in the PostgreSQL and SQLite test databases.
 
+Registered as a plugin by tests/conftest.py: ``sql_tables`` and ``make_provider`` are visible to
+every test module; import only the constants and helpers (``ALIASES``, ``PG``, ...) from here.
 PostgreSQL tests are only defined when the server answers (or STATEMODES_REQUIRE_SERVICES=1,
 when they must fail instead): pytest-django creates a test database for every alias a collected
 test names, and a missing server would otherwise break the whole run.
@@ -8,7 +10,7 @@ test names, and a missing server would otherwise break the whole run.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from django.core.management import call_command
@@ -41,13 +43,21 @@ def sql_tables(django_db_setup: Any, django_db_blocker: Any) -> Iterator[list[st
         connections[alias].close()
 
 
+class MakeProvider(Protocol):
+    """The ``make_provider`` fixture: a provider for an alias (of another application, if named)."""
+
+    def __call__(self, alias: str, app_name: str | None = None) -> SQLStateProvider: ...
+
+
 @pytest.fixture
-def make_provider(sql_tables: list[str]) -> Iterator[Any]:
+def make_provider(sql_tables: list[str]) -> Iterator[MakeProvider]:
     """Build providers for an alias; they are closed after the test."""
     made: list[SQLStateProvider] = []
 
-    def make(alias: str) -> SQLStateProvider:
+    def make(alias: str, app_name: str | None = None) -> SQLStateProvider:
         provider = provider_for(alias)
+        if app_name is not None:
+            provider = type(provider)(alias, app_name=app_name)
         made.append(provider)
         return provider
 

@@ -1,4 +1,8 @@
-"""A real state server subprocess for tests: started on a free port, killed and restarted."""
+"""A real state server subprocess for tests: started on a free port, killed and restarted.
+
+Registered as a plugin by tests/conftest.py: the module-scoped ``stateserver`` fixture is visible
+to every test module; import ``StateServerProcess`` and the helpers from here.
+"""
 
 from __future__ import annotations
 

@@ -38,14 +38,8 @@ TEMPLATES = [
 ]
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 
-# Django's own session tests, fetched from the sdist (tests/djangotests.py), need their app.
-if os.environ.get("STATEMODES_DJANGO_TESTS", "1") == "1":
-    import sys
-
-    from tests.djangotests import django_tests_path
-
-    sys.path.insert(0, str(django_tests_path()))
-    INSTALLED_APPS.append("sessions_tests")
+# Django's own session tests are fetched from its sdist by the tests that run them
+# (tests/django_suite.py), never here: importing the settings downloads and runs nothing.
 
 # The Redis provider's tests (tests/test_redis_*.py) use db 15 of the Redis at 127.0.0.1:6379;
 # django-redis connects lazily, so nothing breaks when Redis is not running.

@@ -7,14 +7,25 @@ from collections.abc import Iterator
 import pytest
 
 from django_statemodes.backends.inproc import SessionStore
+from django_statemodes.memory import MemoryStore
 from django_statemodes.providers.inproc import InProcProvider
-from django_statemodes.testing import EngineContract, ProviderContract
+from django_statemodes.testing import EngineContract, FakeClock, ProviderContract
+
+
+class ClockedInProcProvider(InProcProvider):
+    """InProc on a MemoryStore whose clock the test advances (MemoryStore takes ``clock=``)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.store = MemoryStore(on_unlock=self._wake, on_evict=self._evicted, clock=clock)
 
 
 class TestInProcProvider(ProviderContract):
+    injected_clock = True
+
     @pytest.fixture
-    def provider(self) -> Iterator[InProcProvider]:
-        yield InProcProvider()
+    def provider(self, clock: FakeClock) -> Iterator[InProcProvider]:
+        yield ClockedInProcProvider(clock)
 
 
 class TestInProcEngine(EngineContract):

@@ -11,7 +11,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from django_statemodes.backends.custom import SessionStore
-from django_statemodes.testing import EngineContract, ProviderContract
+from django_statemodes.testing import EngineContract, FakeClock, ProviderContract
 from tests.django_suite import make_django_suite
 from tests.example_provider import DictProvider
 
@@ -38,18 +38,23 @@ def test_the_docs_conformance_snippet_names_the_kit_classes() -> None:
 
 
 class TestExampleProvider(ProviderContract):
+    injected_clock = True
+
     @pytest.fixture
-    def provider(self) -> Iterator[DictProvider]:
-        provider = DictProvider()
+    def provider(self, clock: FakeClock) -> Iterator[DictProvider]:
+        provider = DictProvider(clock=clock)
         yield provider
         provider.close()
 
 
 class TestExampleEngine(EngineContract):
+    injected_clock = True
+
     @pytest.fixture
-    def engine(self, settings: Any) -> type[SessionStore]:
+    def engine(self, settings: Any, clock: FakeClock) -> type[SessionStore]:
         settings.SESSION_ENGINE = "django_statemodes.backends.custom"
         settings.STATEMODES_CUSTOM_PROVIDER = EXAMPLE
+        settings.STATEMODES_CUSTOM_PROVIDER_OPTIONS = {"clock": clock}
         return SessionStore
 
 

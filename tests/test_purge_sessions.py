@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-import time
+from collections.abc import Iterable
 from io import StringIO
 from typing import Any
 
@@ -10,6 +10,7 @@ from django.core.management.base import CommandError
 from django.test import override_settings
 
 from django_statemodes.backends.inproc import SessionStore
+from django_statemodes.core.session import StateModeSessionBase
 from django_statemodes.signals import session_end
 
 
@@ -28,13 +29,26 @@ def make_expiring(value: str) -> str:
     return store.session_key
 
 
+def expire_at_once(engine: type[StateModeSessionBase], keys: Iterable[str]) -> None:
+    """Store the sessions again, unchanged, with a timeout of 0 s: expired without waiting.
+
+    Every payload is read before any is rewritten: a read may run InProc's lazy sweep, which
+    would end an already expired session before the purge under test could.
+    """
+    provider = engine.get_provider()
+    items = [(key, provider.get(key)) for key in keys]
+    for key, item in items:
+        assert item is not None
+        assert provider.set_and_release(key, item.data, lock_id=None, timeout=0)
+
+
 def test_dry_run_counts_then_purge_removes_and_sends_session_end() -> None:
     SessionStore.purge()  # start from a clean store
     keys = {make_expiring("a"), make_expiring("b")}
     live = SessionStore()
     live["name"] = "live"
     live.save()
-    time.sleep(2.1)
+    expire_at_once(SessionStore, keys)
     assert purge("--dry-run") == "2 expired session(s) would be purged.\n"
     ended: list[tuple[str, Any, str]] = []
 
@@ -54,7 +68,7 @@ def test_dry_run_counts_then_purge_removes_and_sends_session_end() -> None:
 def test_verbosity_zero_prints_nothing_but_still_purges() -> None:
     SessionStore.purge()  # start from a clean store
     keys = {make_expiring("a"), make_expiring("b")}
-    time.sleep(1.1)
+    expire_at_once(SessionStore, keys)
     assert SessionStore.purge(dry_run=True) == 2
     ended: list[str] = []
 
@@ -96,12 +110,15 @@ def test_a_terminal_gets_a_progress_bar_batch_by_batch(settings: Any) -> None:
     settings.STATEMODES_SQL_DATABASE = "statesqlite"
     call_command("installsqlstate", database="statesqlite", verbosity=0)  # idempotent
     SQLStore.purge()  # start from no expired session
+    keys = []
     for _ in range(5):
         store = SQLStore()
         store["x"] = 1
         store.set_expiry(1)
         store.save()
-    time.sleep(2.1)
+        assert store.session_key is not None
+        keys.append(store.session_key)
+    expire_at_once(SQLStore, keys)
     out = Terminal()
     call_command("purge_sessions", "--batch-size", "2", stdout=out)
     text = out.getvalue()

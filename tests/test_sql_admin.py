@@ -11,12 +11,11 @@ from django.test import Client, override_settings
 from model_bakery import baker
 
 from django_statemodes.backends.sql import SessionStore
+from django_statemodes.providers.sql import SQLStateProvider
 from django_statemodes.signals import session_end
-from tests import fixtures_sql
 from tests.fixtures_sql import ALIASES
 from tests.settings import INSTALLED_APPS, MIDDLEWARE
 
-sql_tables = fixtures_sql.sql_tables
 pytestmark = pytest.mark.django_db(databases=["default", *ALIASES])
 
 CHANGELIST = "/admin/django_statemodes/sessionstate/"
@@ -55,18 +54,26 @@ def admin(site: str) -> Client:
     return client
 
 
-def new_session(**data: Any) -> SessionStore:
+def new_session(**data: Any) -> str:
+    """Save a new SQL-mode session holding ``data``; return its key."""
     store = SessionStore()
     for key, value in data.items():
         store[key] = value
     store.save()
-    return store
+    assert store.session_key is not None
+    return store.session_key
+
+
+def sql_provider() -> SQLStateProvider:
+    provider = SessionStore.get_provider()
+    assert isinstance(provider, SQLStateProvider)
+    return provider
 
 
 def test_the_list_shows_live_sessions_with_their_columns(admin: Client) -> None:
     session = new_session(cart="x" * 500)
     locked = new_session(n=1)
-    holder = SessionStore(locked.session_key, access="ReadWrite")
+    holder = SessionStore(locked, access="ReadWrite")
     assert holder["n"] == 1  # holds the lock now
     response = admin.get(CHANGELIST)
     assert response.status_code == 200
@@ -81,25 +88,21 @@ def test_the_list_shows_live_sessions_with_their_columns(admin: Client) -> None:
         "Size",
     ):
         assert heading in page
-    assert session.session_key in page and locked.session_key in page
-    row = next(line for line in page.split("<tr") if session.session_key in line)
+    assert session in page and locked in page
+    row = next(line for line in page.split("<tr") if session in line)
     assert ">default<" in row  # the application row's name
     # The stored size exactly: the marker byte + {"cart":"x...x"} (11 bytes + 500), never the data.
     assert '<td class="field-size">512</td>' in row
     assert "&quot;cart&quot;" not in row and "xxxxx" not in row
-    locked_row = next(line for line in page.split("<tr") if locked.session_key in line)
+    locked_row = next(line for line in page.split("<tr") if locked in line)
     assert " s<" in locked_row  # a lock age in seconds
     holder.finish(save=False)
 
 
 def test_expired_sessions_are_not_listed(admin: Client) -> None:
-    gone = new_session(a=1)
-    gone.set_expiry(1)
-    gone.save()
-    SessionStore.get_provider().set_and_release(
-        gone.session_key, b"\x00{}", lock_id=None, timeout=0
-    )
-    assert gone.session_key not in admin.get(CHANGELIST).content.decode()
+    gone = new_session(a=1, _session_expiry=1)
+    sql_provider().set_and_release(gone, b"\x00{}", lock_id=None, timeout=0)
+    assert gone not in admin.get(CHANGELIST).content.decode()
 
 
 def test_the_list_is_read_only(admin: Client) -> None:
@@ -108,9 +111,7 @@ def test_the_list_is_read_only(admin: Client) -> None:
     page = admin.get(CHANGELIST).content.decode()
     assert "delete_selected" not in page
     assert "end_sessions" in page
-    detail = admin.get(
-        f"{CHANGELIST}{session.session_key}{SessionStore.get_provider().suffix}/change/"
-    )
+    detail = admin.get(f"{CHANGELIST}{session}{sql_provider().suffix}/change/")
     assert detail.status_code == 200
     assert b'name="_save"' not in detail.content
 
@@ -125,19 +126,19 @@ def test_the_end_action_ends_the_session_and_sends_session_end(admin: Client) ->
 
     session_end.connect(on_end)
     try:
-        suffix = SessionStore.get_provider().suffix
+        suffix = sql_provider().suffix
         response = admin.post(
             CHANGELIST,
-            {"action": "end_sessions", "_selected_action": [victim.session_key + suffix]},
+            {"action": "end_sessions", "_selected_action": [victim + suffix]},
             follow=True,
         )
     finally:
         session_end.disconnect(on_end)
     assert response.status_code == 200
     assert "Ended 1 session(s)." in response.content.decode()
-    assert ended == [(victim.session_key, {"user": "ada"}, "abandoned")]
-    assert SessionStore().exists(victim.session_key) is False
-    assert SessionStore().exists(bystander.session_key) is True
+    assert ended == [(victim, {"user": "ada"}, "abandoned")]
+    assert SessionStore().exists(victim) is False
+    assert SessionStore().exists(bystander) is True
 
 
 def test_staff_without_permission_cannot_see_the_list(site: str) -> None:

@@ -10,18 +10,14 @@ import pytest
 from django_statemodes.backends.sql import SessionStore
 from django_statemodes.providers.sql import SQLStateProvider
 from django_statemodes.testing import EngineContract, ProviderContract
-from tests import fixtures_sql
-from tests.fixtures_sql import ALIASES
-
-make_provider = fixtures_sql.make_provider
-sql_tables = fixtures_sql.sql_tables
+from tests.fixtures_sql import ALIASES, MakeProvider
 
 pytestmark = pytest.mark.django_db(databases=["default", *ALIASES])
 
 
 class TestSQLProvider(ProviderContract):
     @pytest.fixture(params=ALIASES)
-    def provider(self, request: Any, make_provider: Any) -> Iterator[SQLStateProvider]:
+    def provider(self, request: Any, make_provider: MakeProvider) -> Iterator[SQLStateProvider]:
         yield make_provider(request.param)
 
 

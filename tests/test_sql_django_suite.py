@@ -8,11 +8,8 @@ import pytest
 from django.test import TestCase, override_settings
 
 from django_statemodes.backends.sql import SessionStore
-from tests import fixtures_sql
 from tests.django_suite import make_django_suite
 from tests.fixtures_sql import PG, PG_ENABLED, SQLITE
-
-sql_tables = fixtures_sql.sql_tables
 
 ENGINE = "django_statemodes.backends.sql"
 

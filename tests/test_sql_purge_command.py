@@ -15,11 +15,9 @@ from django_statemodes.backends.sql import SessionStore
 from django_statemodes.providers.sql import SQLStateProvider
 from django_statemodes.signals import session_end
 from django_statemodes.testing import new_key
-from tests import fixtures_sql
 from tests.fixtures_sql import ALIASES
 
 pytestmark = pytest.mark.django_db(databases=["default", *ALIASES])
-sql_tables = fixtures_sql.sql_tables
 
 PAYLOAD_COLUMNS = ("SessionItemShort", "SessionItemLong")
 

@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from tests import fixtures_sql
 from tests.conftest import REQUIRE_SERVICES, free_port
 from tests.fixtures_sql import PG, PG_ENABLED, database_name
 from tests.server import get, gunicorn, hammer, session_cookie
@@ -27,7 +26,6 @@ from tests.server import get, gunicorn, hammer, session_cookie
 PID = "x-worker-pid"  # tests/redisapp/middleware.py's header, listed in tests/sqlapp/settings.py
 
 ROOT = Path(__file__).resolve().parent.parent
-sql_tables = fixtures_sql.sql_tables
 
 pytestmark = [
     pytest.mark.slow,
@@ -218,7 +216,9 @@ def test_a_database_restart_gives_503s_loses_nothing_and_recovers(sql_tables: li
 
 
 def test_a_retry_interval_makes_a_request_wait_for_the_database(sql_tables: list[str]) -> None:
-    with site_on_private_cluster(STATEMODES_SQLAPP_RETRY="15") as (port, stop, start):
+    # A retry interval far beyond the test's patience: only a retry that finds the database
+    # back (ASP.NET retries every 0.5 s) answers in time; the interval's end would be a 503.
+    with site_on_private_cluster(STATEMODES_SQLAPP_RETRY="600") as (port, stop, start):
         status, headers, _ = get(port, "/increment/")
         assert status == 200
         key = session_cookie(headers)
@@ -231,22 +231,19 @@ def test_a_retry_interval_makes_a_request_wait_for_the_database(sql_tables: list
         stop()
         waiter = threading.Thread(target=request)
         try:
-            sent_at = time.monotonic()
             waiter.start()
             time.sleep(2.0)
             assert waiter.is_alive() and not answers  # waiting, not a 503
         finally:
+            restarting = time.monotonic()
             start()
-        up_at = time.monotonic()
-        waiter.join(timeout=30)
+        waiter.join(timeout=60)
         status, _, body = get(port, "/read/", key)
     assert answers, "the request never returned"
     answered_at, status_, _, body_ = answers[0]
     assert status_ == 200, body_
     assert json.loads(body_) == {"counter": 2}
-    assert answered_at >= up_at - 0.5  # answered once the database was back (+ pg_ctl's lag)
-    assert answered_at - sent_at >= 2.0
-    assert answered_at - up_at < 5.0  # soon after: it retries every 0.5 s
+    assert answered_at > restarting  # answered once the database was coming back
     assert status == 200 and json.loads(body) == {"counter": 2}
 
 
@@ -257,13 +254,12 @@ def test_without_a_retry_interval_a_request_fails_at_once(sql_tables: list[str])
         key = session_cookie(headers)
         stop()
         try:
-            sent_at = time.monotonic()
+            # Answered while the database is still down (it starts again only after the
+            # answer): the request did not wait for it.
             status, headers, body = get(port, "/increment/", key)
-            took = time.monotonic() - sent_at
         finally:
             start()
         assert status == 503
         assert_clear_503(headers, body)
-        assert took < 1.0, took  # no waiting for the database
         status, _, body = get(port, "/increment/", key)
     assert status == 200 and json.loads(body) == {"counter": 2}  # the failed one saved nothing

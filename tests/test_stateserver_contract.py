@@ -10,14 +10,14 @@ import pytest
 from django_statemodes.backends.stateserver import SessionStore
 from django_statemodes.providers.stateserver import StateServerProvider
 from django_statemodes.testing import EngineContract, ProviderContract
-from tests.fixtures_stateserver import StateServerProcess, stateserver  # noqa: F401
+from tests.fixtures_stateserver import StateServerProcess
 
 pytestmark = [pytest.mark.stateserver]
 
 
 class TestStateServerProvider(ProviderContract):
     @pytest.fixture
-    def provider(self, stateserver: StateServerProcess) -> Iterator[StateServerProvider]:  # noqa: F811
+    def provider(self, stateserver: StateServerProcess) -> Iterator[StateServerProvider]:
         provider = StateServerProvider(connection=stateserver.connection, timeout=5)
         yield provider
         provider.close()
@@ -25,7 +25,7 @@ class TestStateServerProvider(ProviderContract):
 
 class TestStateServerEngine(EngineContract):
     @pytest.fixture
-    def engine(self, stateserver: StateServerProcess, settings: Any) -> type[SessionStore]:  # noqa: F811
+    def engine(self, stateserver: StateServerProcess, settings: Any) -> type[SessionStore]:
         settings.STATEMODES_STATE_CONNECTION = stateserver.connection
         settings.STATEMODES_STATE_NETWORK_TIMEOUT = 5
         return SessionStore

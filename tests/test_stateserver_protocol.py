@@ -208,7 +208,8 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "stateserver-protocol.md
 
 def test_the_protocol_page_lists_every_frame_type_and_error_code() -> None:
     page = DOC.read_text()
-    for event in (*p._REQUEST_TYPES, *p._REPLY_TYPES, p.Welcome, p.Hello, p.Ready):
+    events: list[type[p.Event]] = [*p._REQUEST_TYPES, *p._REPLY_TYPES, p.Welcome, p.Hello, p.Ready]
+    for event in events:
         assert f"`0x{event.TYPE:02X}`" in page, event.__name__
     for code in p.ErrorCode:
         assert f"| {code.value} | `{code.name}` |" in page

@@ -89,8 +89,9 @@ def test_a_snapshot_is_replaced_whole_never_rewritten_in_place(tmp_path: Path) -
         failures: list[str] = []
         reads = 0
         inodes: set[int] = set()
-        deadline = time.monotonic() + 1.5
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + 30
+        while len(inodes) < 3 or reads < 20:  # until several rewrites were raced, not a time
+            assert time.monotonic() < deadline, (len(inodes), reads)
             inodes.add(os.stat(snapshot).st_ino)
             try:
                 found = keys_in(snapshot)
@@ -100,6 +101,4 @@ def test_a_snapshot_is_replaced_whole_never_rewritten_in_place(tmp_path: Path) -
                 reads += 1
                 if len(found) != count + 1:
                     failures.append(f"{len(found)} sessions")
-        assert failures == []
-        assert reads > 0
-        assert len(inodes) >= 2  # several snapshots were written meanwhile, each a new file
+        assert failures == []  # several snapshots were written meanwhile, each a new file

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from django_statemodes.decorators import session_readonly
@@ -24,7 +23,7 @@ def count(request: HttpRequest) -> HttpResponse:
 def hold(request: HttpRequest) -> HttpResponse:
     """Take the session's lock, say which process holds it, then never finish (until killed)."""
     request.session.get("n")
-    with open(settings.FARM_HOLD_FILE, "w") as stream:
+    with open(os.environ["FARM_HOLD_FILE"], "w") as stream:
         stream.write(str(os.getpid()))
     time.sleep(60)
     return HttpResponse("held", content_type="text/plain")
