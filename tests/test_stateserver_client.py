@@ -1,19 +1,25 @@
-"""The blocking and asyncio clients against a real server: wake-ups, reconnects, failures."""
+"""The blocking and asyncio clients against a real server: wake-ups, reconnects, failures, parity."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import signal
+import socket
 import threading
 import time
+from collections.abc import Callable, Generator
+from typing import Any
 
 import pytest
 
-from django_statemodes.exceptions import StateServerUnavailable
+from django_statemodes.exceptions import StateServerError, StateServerUnavailable
+from django_statemodes.items import ExpiredItem, StateItem
 from django_statemodes.stateserver import protocol as p
 from django_statemodes.stateserver.addresses import Address
 from django_statemodes.stateserver.client import AsyncStateServerClient, StateServerClient
 from tests.fixtures_stateserver import StateServerProcess, stateserver  # noqa: F401
+from tests.test_stateserver_handshake import _Listener
 
 pytestmark = [pytest.mark.stateserver]
 
@@ -134,3 +140,425 @@ def test_a_wait_may_outlast_the_network_timeout_which_then_applies_again() -> No
             assert time.monotonic() - started < 2.5
         finally:
             server.signal(signal.SIGCONT)
+
+
+# Parity: the two clients share every request and reply check (stateserver/operations.py); these
+# tests hold them to it from the outside, against one real server.
+
+Step = tuple[str, tuple[Any, ...], dict[str, Any]]
+Outcome = tuple[str, Any]
+
+
+def step(name: str, *args: Any, **kwargs: Any) -> Step:
+    return name, args, kwargs
+
+
+def scenario(expired: list[ExpiredItem]) -> Generator[Step, Any, None]:
+    """Every operation, in the cases the provider contract distinguishes.
+
+    Yields client calls (names starting with ``_`` are the runner's: sleep, release from another
+    connection, record a value) and receives their results, or the exception a call raised.
+    """
+    yield step("get", "s1")  # not found
+    yield step("get_exclusive", "s1")
+    yield step("remove", "s1")
+    yield step("set_and_release", "s1", b"one", lock_id=None, timeout=60, new_item=True)
+    yield step("set_and_release", "s1", b"two", lock_id=None, timeout=60, new_item=True)  # taken
+    yield step("get", "s1")
+    locked = yield step("get_exclusive", "s1")
+    yield step("get_exclusive", "s1")  # locked: reported with its lock id, no data
+    yield step("set_and_release", "s1", b"x", lock_id=locked.lock_id + 1, timeout=60)  # refused
+    yield step("set_and_release", "s1", b"three", lock_id=locked.lock_id, timeout=60, release=False)
+    yield step("get", "s1")  # written, still locked
+    yield step("wait", "s1", locked.lock_id, 0.2)  # times out: still held
+    yield step("release", "s1", locked.lock_id)
+    yield step("wait", "s1", locked.lock_id, 30)  # at once: no longer held
+    yield step("reset_timeout", "s1")
+    yield step("reset_timeout", "missing")
+    yield step("create_uninitialized", "s2", 60)
+    yield step("create_uninitialized", "s2", 60)  # exists
+    placeholder = yield step("get_exclusive", "s2")  # initialize, once
+    yield step("remove", "s2", placeholder.lock_id + 1)  # another lock's
+    yield step("remove", "s2", placeholder.lock_id)
+    yield step("set_and_release", "big", b"b" * 100_000, lock_id=None, timeout=60, new_item=True)
+    # A wait woken by another connection's release, long before its timeout.
+    yield step("set_and_release", "s3", b"v", lock_id=None, timeout=60, new_item=True)
+    held = yield step("get_exclusive", "s3")
+    yield step("_release_later", "s3", held.lock_id, 0.3)
+    started = time.monotonic()
+    yield step("wait", "s3", held.lock_id, 30)
+    yield step("_woken_early", time.monotonic() - started < 10)
+    yield step("ping", b"payload")
+    yield step("ping")
+    yield step("set_and_release", "e1", b"gone", lock_id=None, timeout=1, new_item=True)
+    yield step("create_uninitialized", "e2", 1)
+    yield step("_sleep", 1.2)
+    yield step("purge_expired", dry_run=True)  # counted, kept
+    yield step("purge_expired", on_expired=expired.append)
+    yield step("purge_expired")  # nothing left
+    yield step("stats")
+    yield step("purge")  # s1 and s3
+    yield step("get", "s1")
+
+
+def outcome(result: Any) -> Any:
+    """What a result says, without what differs between two runs (times, server counters)."""
+    if isinstance(result, StateItem):
+        return result._replace(lock_age=round(result.lock_age))
+    if isinstance(result, BaseException):
+        return type(result).__name__, str(result)
+    if isinstance(result, dict):
+        return sorted(result)  # stats: the keys
+    return result
+
+
+def release_later(server: StateServerProcess, application: str, *args: Any) -> None:
+    """Release a lock from another connection after a delay, as another request would."""
+    key, lock_id, delay = args
+
+    def release() -> None:
+        holder = StateServerClient(address(server), timeout=5, application=application)
+        holder.release(key, lock_id)
+        holder.close()
+
+    threading.Timer(delay, release).start()
+
+
+def run_blocking(server: StateServerProcess, application: str) -> list[Outcome]:
+    client = StateServerClient(address(server), timeout=5, application=application)
+    expired: list[ExpiredItem] = []
+    steps, transcript, result = scenario(expired), [], None
+    try:
+        while True:
+            name, args, kwargs = steps.send(result)
+            if name == "_sleep":
+                time.sleep(*args)
+                result = None
+            elif name == "_release_later":
+                result = release_later(server, application, *args)
+            elif name.startswith("_"):
+                result = args
+            else:
+                try:
+                    result = getattr(client, name)(*args, **kwargs)
+                except StateServerError as exc:
+                    result = exc
+            transcript.append((name, outcome(result)))
+    except StopIteration:
+        pass
+    finally:
+        client.close()
+    return [*transcript, ("expired", expired)]
+
+
+def run_async(server: StateServerProcess, application: str) -> list[Outcome]:
+    async def run() -> list[Outcome]:
+        client = AsyncStateServerClient(address(server), timeout=5, application=application)
+        expired: list[ExpiredItem] = []
+        steps, transcript, result = scenario(expired), [], None
+        try:
+            while True:
+                name, args, kwargs = steps.send(result)
+                if name == "_sleep":
+                    await asyncio.sleep(*args)
+                    result = None
+                elif name == "_release_later":
+                    result = release_later(server, application, *args)
+                elif name.startswith("_"):
+                    result = args
+                else:
+                    try:
+                        result = await getattr(client, name)(*args, **kwargs)
+                    except StateServerError as exc:
+                        result = exc
+                transcript.append((name, outcome(result)))
+        except StopIteration:
+            pass
+        finally:
+            await client.aclose()
+        return [*transcript, ("expired", expired)]
+
+    return asyncio.run(run())
+
+
+def test_both_clients_give_equal_results_for_the_same_calls() -> None:
+    with StateServerProcess("--max-memory", "65536", "--purge-interval", "0") as server:
+        blocking = run_blocking(server, "parity")
+        # The same application again, emptied by the scenario's purge: same lock ids too.
+        asynchronous = run_async(server, "parity")
+
+    steps = [name for name, _ in blocking]
+    assert steps == [name for name, _ in asynchronous]
+    for index, (ours, theirs) in enumerate(zip(blocking, asynchronous, strict=True)):
+        assert ours == theirs, f"step {index} ({steps[index]}) differs"
+    # The scenario reaches every case it names (the blocking client's answers).
+    results = [result for _, result in blocking]
+    assert results[:5] == [None, None, False, True, False]  # not found x3, stored, collision
+    assert results[5].data == b"one" and not results[5].locked
+    assert results[6].data == b"one" and not results[6].locked  # the lock, taken
+    assert results[7].locked and results[7].data is None  # locked by someone
+    assert results[8:10] == [False, True]  # a refused write; a write keeping the lock
+    assert results[10].data == b"three" and results[10].locked
+    assert results[11:14] == [False, None, True]  # wait timed out; released; at once
+    assert results[16:18] == [True, False]
+    assert results[18].initialize and results[19:21] == [False, True]
+    assert results[21][0] == "StateServerFull"
+    assert results[25:27] == [True, (True,)]  # woken by the release, not the timeout
+    assert results[27:29] == [b"payload", b""]
+    assert results[32:35] == [2, 2, 0]  # dry run, purge, nothing left
+    assert "sessions" in results[35]
+    assert results[36:] == [2, None, [ExpiredItem("e1", b"gone"), ExpiredItem("e2", None)]]
+
+
+def test_both_clients_have_the_same_operations() -> None:
+    def operations(cls: type) -> dict[str, inspect.Signature]:
+        return {
+            name: inspect.signature(method)
+            for name, method in vars(cls).items()
+            if not name.startswith("_") and callable(method) and name not in ("close", "aclose")
+        }
+
+    blocking, asynchronous = operations(StateServerClient), operations(AsyncStateServerClient)
+    assert blocking == asynchronous
+    assert {"get", "get_exclusive", "set_and_release", "release", "remove", "reset_timeout"} | {
+        "create_uninitialized",
+        "purge_expired",
+        "wait",
+        "ping",
+        "stats",
+        "purge",
+        "run",
+        "call",
+    } <= set(blocking)
+    assert all(inspect.iscoroutinefunction(getattr(AsyncStateServerClient, n)) for n in blocking)
+
+
+def test_both_clients_read_expired_items_sent_in_several_batches() -> None:
+    # Over 1 MiB of expired data: the server answers PURGE_EXPIRED with several EXPIRED frames.
+    data = {f"x{i}": bytes([i]) * 600_000 for i in range(4)}
+
+    def store(application: str) -> None:
+        client = StateServerClient(address(server), timeout=5, application=application)
+        for key, value in data.items():
+            client.set_and_release(key, value, lock_id=None, timeout=1, new_item=True)
+
+    async def purge_async(application: str) -> tuple[int, list[ExpiredItem]]:
+        client = AsyncStateServerClient(address(server), timeout=5, application=application)
+        expired: list[ExpiredItem] = []
+        try:
+            count = await client.purge_expired(on_expired=expired.append)
+            assert await client.ping(b"after") == b"after"  # the link is still in step
+            return count, expired
+        finally:
+            await client.aclose()
+
+    with StateServerProcess("--purge-interval", "0") as server:
+        store("batches-blocking")
+        store("batches-async")
+        time.sleep(1.2)
+        client = StateServerClient(address(server), timeout=5, application="batches-blocking")
+        expired: list[ExpiredItem] = []
+        blocking = client.purge_expired(on_expired=expired.append), expired
+        assert client.ping(b"after") == b"after"
+        asynchronous = asyncio.run(purge_async("batches-async"))
+
+    expected = [ExpiredItem(key, value) for key, value in data.items()]  # in expiry order
+    assert blocking == (4, expected)
+    assert asynchronous == (4, expected)
+
+
+# Parity under faults: a scripted peer (a real TCP server speaking protocol.py's frames) says what
+# the real server says only when something is wrong.
+
+Script = Callable[[int, p.Request], list[p.Event | None]]
+ADDRESS = "<peer>"  # each client has a peer of its own: its address is left out
+
+
+class ScriptedPeer(_Listener):
+    """Completes the handshake, then answers request number ``n`` of connection ``c`` with
+    ``script(c, request)``: frames to send, ``None`` for closing the connection there."""
+
+    def __init__(self, script: Script) -> None:
+        super().__init__()
+        self.script = script
+        self.connections = 0
+
+    def serve(self, sock: socket.socket) -> None:
+        self.connections += 1
+        connection = self.connections
+        conn = p.Connection(p.SERVER)
+        try:
+            sock.sendall(conn.send(p.Welcome()))
+            while True:
+                event = conn.next_event()
+                if event is p.NEED_DATA:
+                    conn.receive_data(sock.recv(65536))
+                    continue
+                if event is p.CLOSED:
+                    return
+                if isinstance(event, p.Hello):
+                    sock.sendall(conn.send(p.Ready()))
+                    continue
+                assert isinstance(event, p.Request)
+                for answer in self.script(connection, event):
+                    if answer is None:
+                        return
+                    sock.sendall(conn.send(answer))
+        except (OSError, p.ProtocolError):
+            pass
+
+
+def blocking_calls(peer: ScriptedPeer, calls: list[Step], timeout: float = 5) -> list[Any]:
+    client = StateServerClient(peer.address, timeout=timeout)
+    results: list[Any] = []
+    for name, args, kwargs in calls:
+        try:
+            results.append(getattr(client, name)(*args, **kwargs))
+        except StateServerError as exc:
+            results.append(exc)
+    client.close()
+    return scrubbed(results, peer)
+
+
+def async_calls(peer: ScriptedPeer, calls: list[Step], timeout: float = 5) -> list[Any]:
+    async def run() -> list[Any]:
+        client = AsyncStateServerClient(peer.address, timeout=timeout)
+        results: list[Any] = []
+        for name, args, kwargs in calls:
+            try:
+                results.append(await getattr(client, name)(*args, **kwargs))
+            except StateServerError as exc:
+                results.append(exc)
+        await client.aclose()
+        return scrubbed(results, peer)
+
+    return asyncio.run(run())
+
+
+def scrubbed(results: list[Any], peer: ScriptedPeer) -> list[Any]:
+    """``outcome`` of each result, the peer's address in messages replaced by ``ADDRESS``."""
+    outcomes = []
+    for result in results:
+        if isinstance(result, BaseException):
+            outcomes.append(
+                (type(result).__name__, str(result).replace(str(peer.address), ADDRESS))
+            )
+        else:
+            outcomes.append(outcome(result))
+    return outcomes
+
+
+def both(script: Script, calls: list[Step], timeout: float = 5) -> tuple[list[Any], list[int]]:
+    """Run ``calls`` through each client against its own ``script``ed peer: the results (equal
+    for both) and how many connections each client opened."""
+    outcomes, connections = [], []
+    for run in (blocking_calls, async_calls):
+        with ScriptedPeer(script) as peer:
+            outcomes.append(run(peer, calls, timeout))
+        connections.append(peer.connections)
+    assert outcomes[0] == outcomes[1]
+    return outcomes[0], connections
+
+
+def pong(connection: int, request: p.Request) -> list[p.Event | None]:
+    assert isinstance(request, p.Ping)
+    return [p.Pong(request.request_id, request.payload)]
+
+
+def test_a_connection_error_is_raised_by_both_clients_without_a_retry() -> None:
+    def refuse(connection: int, request: p.Request) -> list[p.Event | None]:
+        return [p.Error(0, p.ErrorCode.UNKNOWN_TYPE, "what is this"), None]
+
+    results, connections = both(refuse, [step("ping", b"a")])
+    assert results == [
+        (
+            "StateServerProtocolError",
+            f"The state server at {ADDRESS} answered error 7: what is this",
+        )
+    ]
+    assert connections == [1, 1]  # a fresh connection would be refused the same way
+
+
+def test_a_shutting_down_server_is_retried_once_on_a_fresh_connection() -> None:
+    def shut_down_once(connection: int, request: p.Request) -> list[p.Event | None]:
+        if connection == 1 and request.request_id == 2:
+            return [p.Error(0, p.ErrorCode.SHUTTING_DOWN, "restarting"), None]
+        return pong(connection, request)
+
+    results, connections = both(shut_down_once, [step("ping", b"a"), step("ping", b"b")])
+    assert results == [b"a", b"b"]
+    assert connections == [2, 2]
+
+
+def test_a_reply_to_another_request_is_a_protocol_error_for_both_clients() -> None:
+    def misnumbered(connection: int, request: p.Request) -> list[p.Event | None]:
+        return [p.Pong(request.request_id + 100, b"?")]
+
+    results, _ = both(misnumbered, [step("ping", b"a")])
+    assert results == [("StateServerProtocolError", f"{ADDRESS} answered another request")]
+
+
+def test_an_unanswered_request_times_out_alike_in_both_clients() -> None:
+    def silent(connection: int, request: p.Request) -> list[p.Event | None]:
+        return []
+
+    started = time.monotonic()
+    results, _ = both(silent, [step("ping", b"a")], timeout=0.3)
+    assert time.monotonic() - started < 5
+    message = (
+        f"Unable to make the session state request to the state server at {ADDRESS}: no answer "
+        "within 0.3 s (STATEMODES_STATE_NETWORK_TIMEOUT)"
+    )
+    assert results[0][0] == "StateServerUnavailable"
+    assert results[0][1].startswith(message)
+
+
+def test_an_error_in_the_middle_of_a_reply_in_parts_is_raised_alike() -> None:
+    def fail_midway(connection: int, request: p.Request) -> list[p.Event | None]:
+        batch = p.ExpiredBatch(request.request_id, (("k1", b"1"),))
+        return [batch, p.Error(request.request_id, p.ErrorCode.INTERNAL, "disk on fire")]
+
+    seen: list[ExpiredItem] = []
+    results, _ = both(fail_midway, [step("purge_expired", on_expired=seen.append)])
+    assert results == [
+        (
+            "StateServerProtocolError",
+            f"The state server at {ADDRESS} answered error 10: disk on fire",
+        )
+    ]
+    assert seen == [ExpiredItem("k1", b"1")] * 2  # each client read the first part
+
+
+def test_a_connection_lost_in_the_middle_of_a_reply_in_parts_is_not_retried() -> None:
+    def close_midway(connection: int, request: p.Request) -> list[p.Event | None]:
+        return [p.ExpiredBatch(request.request_id, (("k1", None),)), None]
+
+    seen: list[ExpiredItem] = []
+    results, connections = both(close_midway, [step("purge_expired", on_expired=seen.append)])
+    assert results[0][0] == "StateServerUnavailable"
+    assert "connection lost" in results[0][1]
+    assert seen == [ExpiredItem("k1", None)] * 2
+    assert connections == [1, 1]  # the batches read were consumed: no second PURGE_EXPIRED
+
+
+def test_a_late_reply_to_a_cancelled_async_request_leaves_the_connection_usable() -> None:
+    def slow_refusal(connection: int, request: p.Request) -> list[p.Event | None]:
+        assert isinstance(request, p.Ping)
+        if request.payload == b"slow":
+            time.sleep(0.3)  # answered after the caller gave up
+            return [p.Error(request.request_id, p.ErrorCode.STORE_FULL, "full")]
+        return pong(connection, request)
+
+    async def scenario(peer: ScriptedPeer) -> bytes:
+        client = AsyncStateServerClient(peer.address, timeout=5)
+        try:
+            slow = asyncio.create_task(client.ping(b"slow"))
+            await asyncio.sleep(0.05)
+            slow.cancel()
+            return await client.ping(b"fast")  # pipelined behind the cancelled request
+        finally:
+            await client.aclose()
+
+    with ScriptedPeer(slow_refusal) as peer:
+        assert asyncio.run(scenario(peer)) == b"fast"
+    assert peer.connections == 1  # the refusal of the cancelled request broke nothing
