@@ -19,6 +19,24 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from django_statemodes.exceptions import MalformedSegment
 
+__all__ = [
+    "KEY_ALPHABET",
+    "KEY_LENGTH",
+    "PROBE",
+    "Decision",
+    "Segment",
+    "autodetect",
+    "format_segment",
+    "insert_segment",
+    "is_valid_key",
+    "parse_segment",
+    "rewrite_location",
+    "split_path",
+    "user_agent_digest",
+    "with_probe",
+    "without_probe",
+]
+
 #: Django's session keys (``VALID_KEY_CHARS``, 32 characters).
 KEY_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 KEY_LENGTH = 32

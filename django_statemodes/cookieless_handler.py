@@ -13,19 +13,21 @@ What ASP.NET's SessionStateModule and CookielessHelper do, on Django's request c
 - ``Referrer-Policy``, optional ``X-Robots-Tag: noindex``, optional binding of the key to the
   User-Agent.
 
-``SessionStateMiddleware`` builds one ``CookielessHandler`` when the setting asks for it; with
-``UseCookies`` none exists and requests never reach this module.
+``UriTransport`` is the middleware's key transport when the setting asks for it; with
+``UseCookies`` none exists and requests never reach this module. It knows the middleware only
+through the calls the middleware makes on it (``middleware.KeyTransport``), and the cookie side it
+falls back to only through ``CookieFallback``: this module does not import the middleware.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, cast
 
-from asgiref.sync import iscoroutinefunction, sync_to_async
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
 from django.core.exceptions import DisallowedHost
@@ -49,20 +51,36 @@ from django_statemodes.core.session import StateModeSessionBase
 from django_statemodes.exceptions import MalformedSegment
 from django_statemodes.modes import READ_ONLY
 
-if TYPE_CHECKING:
-    from django_statemodes.middleware import SessionStateMiddleware
+__all__ = [
+    "SAFE_METHODS",
+    "USER_AGENT_KEY",
+    "AsyncRespond",
+    "CookieFallback",
+    "Respond",
+    "UriTransport",
+    "UrlState",
+    "malformed_response",
+    "url_state",
+]
 
 security_logger = logging.getLogger("django.security.django_statemodes")
 
-#: The request attribute holding a cookieless request's ``UrlState``.
-STATE_ATTR = "statemodes_cookieless"
 #: The session key under which the User-Agent binding is stored.
 USER_AGENT_KEY = "_statemodes_user_agent"
 #: Methods that may be redirected to themselves (a 302 turns others into a GET).
 SAFE_METHODS = ("GET", "HEAD")
 
+#: The middleware's request cycle, which a transport runs (``wrap``) or answers in place of.
 Respond = Callable[[HttpRequest], HttpResponseBase]
 AsyncRespond = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
+
+#: What ``UriTransport._cycle`` asks its driver (``wrap`` or ``awrap``) to do, and for which key:
+#: run the middleware's cycle, store a placeholder under a fresh key (its answer: the key), or
+#: read the User-Agent binding stored with a key (its answer: the binding or None).
+Need = tuple[str, str]
+RESPOND = "respond"
+FRESH_KEY = "fresh key"
+STORED_USER_AGENT = "stored user agent"
 
 
 @dataclass(slots=True)
@@ -91,95 +109,134 @@ class UrlState:
         return f"{path}?{self.query}" if self.query else path
 
 
+def url_state(request: HttpRequest) -> UrlState | None:
+    """Return a cookieless request's ``UrlState`` (None: the request uses cookies)."""
+    state: UrlState | None = getattr(request, "statemodes_cookieless", None)
+    return state
+
+
 def malformed_response(exc: MalformedSegment) -> HttpResponseBadRequest:
     return HttpResponseBadRequest(
         f"<!doctype html><title>400 Bad Request</title><h1>Bad Request</h1><p>{exc}.</p>"
     )
 
 
-class CookielessHandler:
-    """The cookieless side of ``SessionStateMiddleware`` (one per middleware instance)."""
+class CookieFallback(Protocol):
+    """The cookie transport a cookie request under AutoDetect uses (the middleware's)."""
 
-    def __init__(self, middleware: SessionStateMiddleware) -> None:
-        self.middleware = middleware
-        self.SessionStore: type[SessionBase] = middleware.SessionStore
+    def session_key(self, request: HttpRequest) -> str | None: ...
+
+    def send_key(
+        self,
+        request: HttpRequest,
+        response: HttpResponseBase,
+        session: SessionBase,
+        max_age: int | None,
+        expires: str | None,
+    ) -> None: ...
+
+
+class UriTransport:
+    """The session key in the URL: the middleware's key transport in cookieless mode."""
+
+    def __init__(self, store: type[SessionBase], cookies: CookieFallback) -> None:
+        self.SessionStore = store
+        self.cookies = cookies
         self.auto_detect = conf.STATEMODES_COOKIELESS == "AutoDetect"
         self.regenerate = bool(conf.STATEMODES_REGENERATE_EXPIRED_SESSION_ID)
         self.referrer_policy = conf.STATEMODES_COOKIELESS_REFERRER_POLICY
         self.noindex = bool(conf.STATEMODES_COOKIELESS_NOINDEX)
         self.bind_user_agent = bool(conf.STATEMODES_COOKIELESS_BIND_USER_AGENT)
-        # Bound per middleware instance, so that UseCookies pays nothing for these hooks.
-        middleware.get_session_key = self.get_session_key  # type: ignore[method-assign]
-        cookie_setter = middleware.set_session_cookie
-        middleware.set_session_cookie = self._session_cookie(cookie_setter)  # type: ignore[method-assign]
-        if self.bind_user_agent:
-            middleware.get_response = self._bind_after(middleware.get_response)
 
-    # Hooks of the middleware.
+    # What the middleware asks of its key transport.
 
-    def get_session_key(self, request: HttpRequest) -> str | None:
+    def session_key(self, request: HttpRequest) -> str | None:
         """Return the URL's key for a cookieless request, else the cookie's."""
-        state: UrlState | None = getattr(request, STATE_ATTR, None)
+        state = url_state(request)
         if state is not None:
             return state.key
-        return request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+        return self.cookies.session_key(request)
 
-    def _session_cookie(self, set_cookie: Callable[..., None]) -> Callable[..., None]:
-        def set_session_cookie(request: HttpRequest, *args: Any) -> None:
-            if getattr(request, STATE_ATTR, None) is None:  # a cookie request under AutoDetect
-                set_cookie(request, *args)
+    def send_key(
+        self,
+        request: HttpRequest,
+        response: HttpResponseBase,
+        session: SessionBase,
+        max_age: int | None,
+        expires: str | None,
+    ) -> None:
+        """Set the cookie for a cookie request (AutoDetect); a URL's key goes out in ``finish()``."""
+        if url_state(request) is None:
+            self.cookies.send_key(request, response, session, max_age, expires)
 
-        return set_session_cookie
-
-    def _bind_after(self, get_response: Any) -> Any:
-        # Runs after the view and the inner middleware, before the save: the binding is stored
-        # with the session's first write.
-        if iscoroutinefunction(get_response):
-
-            async def abind(request: HttpRequest) -> HttpResponseBase:
-                response: HttpResponseBase = await get_response(request)
-                self._bind(request)
-                return response
-
-            return abind
-
-        def bind(request: HttpRequest) -> HttpResponseBase:
-            response: HttpResponseBase = get_response(request)
+    def before_save(self, request: HttpRequest) -> None:
+        # After the view and the inner middleware, before the save: the binding is stored with
+        # the session's first write.
+        if self.bind_user_agent:
             self._bind(request)
-            return response
-
-        return bind
 
     # The request cycle.
 
-    def call(self, request: HttpRequest, respond: Respond) -> HttpResponseBase:
-        begun = self.begin(request)
-        if not isinstance(begun, UrlState):
-            return respond(request) if begun is None else begun
-        if self.bind_user_agent and not self._user_agent_matches(request, begun):
-            return self._fresh_redirect(begun, self._fresh_key())
-        previous = self._enter(begun)
+    def wrap(self, request: HttpRequest, respond: Respond) -> HttpResponseBase:
+        """Cut the URL's segment, run ``respond`` with the key in the script prefix, send it back."""
+        steps = self._cycle(request)
         try:
-            response = respond(request)
-        finally:
-            set_script_prefix(previous)
-        fresh = self._wants_fresh_key(request, response, begun)
-        return self.finish(request, response, begun, self._fresh_key() if fresh else None)
+            need = next(steps)
+            while True:
+                what, key = need
+                try:
+                    if what == RESPOND:
+                        result: Any = respond(request)
+                    elif what == FRESH_KEY:
+                        result = self._fresh_key()
+                    else:
+                        result = self._peek(key).get(USER_AGENT_KEY)
+                except BaseException as exc:
+                    need = steps.throw(exc)  # the cycle's ``finally`` restores the prefix
+                else:
+                    need = steps.send(result)
+        except StopIteration as stop:
+            return cast(HttpResponseBase, stop.value)
 
-    async def acall(self, request: HttpRequest, respond: AsyncRespond) -> HttpResponseBase:
+    async def awrap(self, request: HttpRequest, respond: AsyncRespond) -> HttpResponseBase:
+        steps = self._cycle(request)
+        try:
+            need = next(steps)
+            while True:
+                what, key = need
+                try:
+                    if what == RESPOND:
+                        result: Any = await respond(request)
+                    elif what == FRESH_KEY:
+                        result = await sync_to_async(self._fresh_key)()
+                    else:
+                        result = await self._peek(key).aget(USER_AGENT_KEY)
+                except BaseException as exc:
+                    need = steps.throw(exc)
+                else:
+                    need = steps.send(result)
+        except StopIteration as stop:
+            return cast(HttpResponseBase, stop.value)
+
+    def _cycle(self, request: HttpRequest) -> Generator[Need, Any, HttpResponseBase]:
+        """The request cycle, once for both paths: yields what ``wrap``/``awrap`` must do."""
         begun = self.begin(request)
+        if begun is None:  # a cookie request (AutoDetect)
+            answer: HttpResponseBase = yield RESPOND, ""
+            return answer
         if not isinstance(begun, UrlState):
-            return await respond(request) if begun is None else begun
-        if self.bind_user_agent and not await self._auser_agent_matches(request, begun):
-            return self._fresh_redirect(begun, await sync_to_async(self._fresh_key)())
+            return begun  # answered at once: a 400, or AutoDetect's probe
+        if self.bind_user_agent and begun.key is not None:
+            stored = yield STORED_USER_AGENT, begun.key
+            if not self._matches(request, stored):
+                return self._fresh_redirect(begun, (yield FRESH_KEY, ""))
         previous = self._enter(begun)
         try:
-            response = await respond(request)
+            response = yield RESPOND, ""
         finally:
             set_script_prefix(previous)
         fresh = self._wants_fresh_key(request, response, begun)
-        key = await sync_to_async(self._fresh_key)() if fresh else None
-        return self.finish(request, response, begun, key)
+        return self.finish(request, response, begun, (yield FRESH_KEY, "") if fresh else None)
 
     def begin(self, request: HttpRequest) -> HttpResponseBase | UrlState | None:
         """Cut the URL's segment and decide the request's mode.
@@ -219,7 +276,7 @@ class CookielessHandler:
             detected=self.auto_detect,
             bad_key=segment is not None and segment.bad_key,
         )
-        setattr(request, STATE_ATTR, state)
+        request.statemodes_cookieless = state  # type: ignore[attr-defined]
         return state
 
     def _enter(self, state: UrlState) -> str:
@@ -351,18 +408,8 @@ class CookielessHandler:
         )
         return False
 
-    def _user_agent_matches(self, request: HttpRequest, state: UrlState) -> bool:
-        if state.key is None:
-            return True
-        return self._matches(request, self._peek(state.key).get(USER_AGENT_KEY))
-
-    async def _auser_agent_matches(self, request: HttpRequest, state: UrlState) -> bool:
-        if state.key is None:
-            return True
-        return self._matches(request, await self._peek(state.key).aget(USER_AGENT_KEY))
-
     def _bind(self, request: HttpRequest) -> None:
-        if getattr(request, STATE_ATTR, None) is None:
+        if url_state(request) is None:
             return
         session: SessionBase | None = getattr(request, "session", None)
         if session is None or not session.modified or getattr(session, "released", False):

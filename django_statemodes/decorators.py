@@ -14,7 +14,7 @@ from asgiref.sync import iscoroutinefunction
 
 from django_statemodes.modes import DISABLED, MODES, READ_ONLY, SessionStateMode
 
-__all__ = ["session_disabled", "session_readonly", "session_state"]
+__all__ = ["session_disabled", "session_readonly", "session_state", "view_mode"]
 
 V = TypeVar("V", bound=Callable[..., Any])
 

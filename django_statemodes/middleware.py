@@ -9,6 +9,15 @@ sessions, ``SESSION_SAVE_EVERY_REQUEST``, no save on 5xx, ``SessionInterrupted``
   store call, when the response is produced (without saving on an exception or a 5xx);
 - a 503 page, with ``Retry-After``, when the store is unreachable or the session's queue is full.
 
+A request runs, in order: the key transport (``CookieTransport``, or the cookieless
+``UriTransport`` that ``STATEMODES_COOKIELESS`` chooses) wraps the whole cycle;
+``process_request`` resolves the URL once to learn the view's mode and builds the lazy session;
+``process_view`` confirms the view Django resolved and switches the session to that mode; the
+response side saves and releases the session, then sends its key. The response side (and the
+release after a failure) is written once, as a generator of ``SessionCall`` run by ``_run``
+(sync) or ``_arun`` (async), as the session core does with its provider calls (``core.calls``);
+``process_view`` makes a single session call, so its twins share a helper instead.
+
 It subclasses Django's middleware so that the admin's check (admin.E410) accepts it.
 """
 
@@ -16,9 +25,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
 from importlib import import_module
-from typing import TYPE_CHECKING, Any, TypeGuard, cast
+from typing import Any, Protocol, TypeGuard, TypeVar, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
@@ -31,14 +41,22 @@ from django.utils.cache import patch_vary_headers
 from django.utils.html import escape
 from django.utils.http import http_date
 
+from django_statemodes.backends.off import SessionStore as OffSessionStore
 from django_statemodes.conf import conf
+from django_statemodes.cookieless_handler import AsyncRespond, Respond, UriTransport
 from django_statemodes.core.session import StateModeSessionBase
 from django_statemodes.decorators import view_mode
 from django_statemodes.exceptions import SessionQueueFull, SessionStoreUnavailable
-from django_statemodes.modes import DISABLED, READ_ONLY, READ_WRITE, SessionStateMode
+from django_statemodes.modes import DISABLED, READ_ONLY, SessionStateMode
 
-if TYPE_CHECKING:
-    from django_statemodes.cookieless_handler import CookielessHandler
+__all__ = [
+    "INTERRUPTED",
+    "RETRY_AFTER",
+    "CookieTransport",
+    "KeyTransport",
+    "SessionStateMiddleware",
+    "unavailable_response",
+]
 
 logger = logging.getLogger("django_statemodes")
 
@@ -49,6 +67,10 @@ INTERRUPTED = (
     "The request's session was deleted before the request completed. The user may have "
     "logged out in a concurrent request, for example."
 )
+
+T = TypeVar("T")
+ViewFunc = Callable[..., Any]
+ProcessView = Callable[[HttpRequest, ViewFunc, Any, Any], "Awaitable[None] | None"]
 
 
 def unavailable_response(exc: Exception) -> HttpResponse:
@@ -66,19 +88,153 @@ def unavailable_response(exc: Exception) -> HttpResponse:
     return response
 
 
-def _locked_before_view(session: SessionBase, mode: SessionStateMode | None) -> bool:
-    """Say whether the session was loaded, locked, before a view that must not hold the lock.
+# How the session key travels.
 
-    Django's CSRF middleware reads the session in process_request when CSRF_USE_SESSIONS is on
-    (cookieless sites need it), before the view's mode is known; a ReadOnly or Disabled view
-    would otherwise keep that lock, and the session's next request would wait for the timeout.
-    """
-    return (
-        isinstance(session, StateModeSessionBase)
-        and mode in (READ_ONLY, DISABLED)
-        and session.access == READ_WRITE
-        and hasattr(session, "_session_cache")
-    )
+
+class KeyTransport(Protocol):
+    """How the session key goes between client and server (``STATEMODES_COOKIELESS``)."""
+
+    def wrap(self, request: HttpRequest, respond: Respond) -> HttpResponseBase:
+        """Return ``respond(request)`` (the session's request cycle), or an answer of its own."""
+        ...
+
+    async def awrap(self, request: HttpRequest, respond: AsyncRespond) -> HttpResponseBase:
+        """``wrap()`` on the async path."""
+        ...
+
+    def session_key(self, request: HttpRequest) -> str | None:
+        """Return the session key the request carries, or None."""
+        ...
+
+    def before_save(self, request: HttpRequest) -> None:
+        """Run after the view and the inner middleware, before the session is saved."""
+        ...
+
+    def send_key(
+        self,
+        request: HttpRequest,
+        response: HttpResponseBase,
+        session: SessionBase,
+        max_age: int | None,
+        expires: str | None,
+    ) -> None:
+        """Give the client the key of the session just saved."""
+        ...
+
+
+class CookieTransport:
+    """The session key in Django's session cookie (``UseCookies``, the default)."""
+
+    def wrap(self, request: HttpRequest, respond: Respond) -> HttpResponseBase:
+        return respond(request)
+
+    async def awrap(self, request: HttpRequest, respond: AsyncRespond) -> HttpResponseBase:
+        return await respond(request)
+
+    def session_key(self, request: HttpRequest) -> str | None:
+        return request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+
+    def before_save(self, request: HttpRequest) -> None:
+        """Nothing to do: a cookie is bound to nothing."""
+
+    def send_key(
+        self,
+        request: HttpRequest,
+        response: HttpResponseBase,
+        session: SessionBase,
+        max_age: int | None,
+        expires: str | None,
+    ) -> None:
+        response.set_cookie(
+            settings.SESSION_COOKIE_NAME,
+            session.session_key or "",
+            max_age=max_age,
+            expires=expires,
+            domain=settings.SESSION_COOKIE_DOMAIN,
+            path=settings.SESSION_COOKIE_PATH,
+            secure=bool(settings.SESSION_COOKIE_SECURE),
+            httponly=bool(settings.SESSION_COOKIE_HTTPONLY),
+            samesite=settings.SESSION_COOKIE_SAMESITE,
+        )
+
+
+# The session operations of a request, written once for both paths.
+
+
+#: A session method to call: the session, the method's sync name (the async path awaits its
+#: ``a``-twin) and its arguments. A plain tuple, as ``core.calls.Call``: built on every request.
+SessionCall = tuple[SessionBase, str, tuple[Any, ...]]
+
+#: No arguments.
+NO_ARGS: tuple[Any, ...] = ()
+
+#: Steps of the middleware: yield the session calls to make, return ``T``.
+SessionSteps = Generator[SessionCall, None, T]
+
+
+def _run(steps: SessionSteps[T]) -> T:
+    """Run ``steps`` with the session's blocking methods and return their result."""
+    try:
+        call = next(steps)
+        while True:
+            session, name, args = call
+            try:
+                getattr(session, name)(*args)
+            except BaseException as exc:
+                # Into the steps, where their ``except`` decides (a failed save is a 503).
+                call = steps.throw(exc)
+            else:
+                call = steps.send(None)
+    except StopIteration as stop:
+        return cast(T, stop.value)
+
+
+async def _arun(steps: SessionSteps[T]) -> T:
+    """Run ``steps`` with the session's async twins (``afinish`` for ``finish``, ...)."""
+    try:
+        call = next(steps)
+        while True:
+            session, name, args = call
+            try:
+                await getattr(session, "a" + name)(*args)
+            except BaseException as exc:
+                call = steps.throw(exc)
+            else:
+                call = steps.send(None)
+    except StopIteration as stop:
+        return cast(T, stop.value)
+
+
+@dataclass(slots=True)
+class Route:
+    """What ``process_request`` learned from the URL, kept on the request for ``process_view``."""
+
+    #: The view the URL resolved to (None: no view, the 404 page).
+    view: ViewFunc | None
+    #: Its marked mode (None: unmarked).
+    mode: SessionStateMode | None
+
+
+@dataclass(slots=True)
+class SaveDecision:
+    """What the end of the request does with the session and its cookie."""
+
+    #: Save the session (and send its key).
+    save: bool
+    #: Delete the session cookie: the request sent one and the session is now empty.
+    delete_cookie: bool
+    #: The view read the session, so the response depends on the cookie (``Vary: Cookie``).
+    accessed: bool
+
+
+def _session_to_finish(request: HttpRequest) -> SessionBase | None:
+    """Return the request's session, or None if the response must not save, release or send it."""
+    session: SessionBase | None = getattr(request, "session", None)
+    if session is None or getattr(session, "disabled", False):
+        return None  # Off engine, or a Disabled view on Django's engines
+    if isinstance(session, StateModeSessionBase) and session.access == DISABLED:
+        return None  # a Disabled view: no I/O, no cookie
+    return session
 
 
 def _refreshes_only(session: SessionBase) -> TypeGuard[StateModeSessionBase]:
@@ -88,6 +244,35 @@ def _refreshes_only(session: SessionBase) -> TypeGuard[StateModeSessionBase]:
         and isinstance(session, StateModeSessionBase)
         and session.access == READ_ONLY
     )
+
+
+def _decide(request: HttpRequest, response: HttpResponseBase, session: SessionBase) -> SaveDecision:
+    """Decide as Django's ``SessionMiddleware.process_response`` does."""
+    empty = session.is_empty()
+    delete_cookie = settings.SESSION_COOKIE_NAME in request.COOKIES and empty
+    save = (
+        not delete_cookie
+        and (session.modified or bool(settings.SESSION_SAVE_EVERY_REQUEST))
+        and not empty
+        and response.status_code < 500  # Django: skip the save for 5xx responses
+    )
+    return SaveDecision(save, delete_cookie, session.accessed)
+
+
+def _view_name(view_func: ViewFunc) -> str:
+    """Name the view in ReadOnly and Disabled errors (class-based views: the class)."""
+    target = getattr(view_func, "view_class", view_func)
+    return f"{target.__module__}.{getattr(target, '__qualname__', repr(target))}"
+
+
+def _abandon(request: HttpRequest) -> SessionSteps[None]:
+    """Release without saving, after a failure before a response exists."""
+    session = getattr(request, "session", None)
+    if isinstance(session, StateModeSessionBase):
+        try:
+            yield session, "finish", (False,)
+        except Exception:
+            logger.exception("Could not release the session lock after an error.")
 
 
 class SessionStateMiddleware(SessionMiddleware):
@@ -103,120 +288,148 @@ class SessionStateMiddleware(SessionMiddleware):
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:
             markcoroutinefunction(self)
-            # Django wraps a sync process_view in a thread under ASGI; ours never blocks.
-            self.process_view = self._aprocess_view  # type: ignore[method-assign,assignment]
         engine = import_module(settings.SESSION_ENGINE)
         self.SessionStore = engine.SessionStore
         self.locking = issubclass(self.SessionStore, StateModeSessionBase)
-        self.cookieless: CookielessHandler | None = None
+        self.transport: KeyTransport = CookieTransport()
+        #: The cookieless transport (``UseUri``, ``AutoDetect``), also ``transport``; else None.
+        self.cookieless: UriTransport | None = None
         if conf.STATEMODES_COOKIELESS != "UseCookies":
-            from django_statemodes.cookieless_handler import CookielessHandler
-
-            self.cookieless = CookielessHandler(self)
+            # Cookie requests under AutoDetect still use the cookie, through this fallback.
+            self.cookieless = UriTransport(self.SessionStore, cookies=self.transport)
+            self.transport = self.cookieless
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
-        if self.cookieless is not None:  # with UseCookies, the only cost of cookieless mode
-            return self.cookieless.call(request, self._respond)
-        return self._respond(request)
+        return self.transport.wrap(request, self._respond)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        return await self.transport.awrap(request, self._arespond)
 
     def _respond(self, request: HttpRequest) -> HttpResponseBase:
         self.process_request(request)
         try:
-            response = self.get_response(request)
+            response = cast(HttpResponseBase, self.get_response(request))
+            self.transport.before_save(request)
         except BaseException:
-            self._abandon(request)
+            _run(_abandon(request))
             raise
-        return self.process_response(request, response)  # type: ignore[arg-type]
-
-    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        if self.cookieless is not None:
-            return await self.cookieless.acall(request, self._arespond)
-        return await self._arespond(request)
+        return self.process_response(request, response)
 
     async def _arespond(self, request: HttpRequest) -> HttpResponseBase:
         self.process_request(request)
         try:
-            response = await self.get_response(request)  # type: ignore[misc]
+            response = await cast(Awaitable[HttpResponseBase], self.get_response(request))
+            self.transport.before_save(request)
         except BaseException:
-            await self._aabandon(request)
+            await _arun(_abandon(request))
             raise
         return await self.aprocess_response(request, response)
 
-    # Request side.
+    # Hooks for subclasses: where the key comes from and how it goes back (the transport's).
 
     def get_session_key(self, request: HttpRequest) -> str | None:
-        """Return the session key the request carries (the cookie; cookieless mode rebinds it)."""
-        return request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+        """Return the session key the request carries (the cookie, or the cookieless URL)."""
+        return self.transport.session_key(request)
+
+    def set_session_cookie(
+        self,
+        request: HttpRequest,
+        response: HttpResponseBase,
+        session: SessionBase,
+        max_age: int | None,
+        expires: str | None,
+    ) -> None:
+        """Send the saved session's key to the client (a cookie; cookieless: the URL)."""
+        self.transport.send_key(request, response, session, max_age, expires)
+
+    # Request side.
 
     def process_request(self, request: HttpRequest) -> None:
         session_key = self.get_session_key(request)
-        if self.locking:
-            # The view's mode is known before any other middleware can touch the session
-            # (CsrfViewMiddleware does, in its request phase, with CSRF_USE_SESSIONS): resolve
-            # the URL now, as ASP.NET knows the handler before AcquireRequestState.
-            mode = self._view_mode(request) or conf.STATEMODES_DEFAULT_ACCESS
-            if mode == DISABLED:
-                # Until the view runs, other middleware may still read the session (CSRF with
-                # CSRF_USE_SESSIONS) without locking; process_view then disables it.
-                mode = READ_ONLY
-            store = cast(type[StateModeSessionBase], self.SessionStore)
-            request.session = store(session_key, access=mode)  # type: ignore[arg-type]
-        else:
+        if not self.locking:
             request.session = self.SessionStore(session_key)
+            return
+        # The view's mode is known before any other middleware can touch the session
+        # (CsrfViewMiddleware does, in its request phase, with CSRF_USE_SESSIONS): resolve
+        # the URL now, as ASP.NET knows the handler before AcquireRequestState. (The default
+        # is one of the modes: a system check says so at startup.)
+        mode = self._resolve(request).mode or cast(SessionStateMode, conf.STATEMODES_DEFAULT_ACCESS)
+        if mode == DISABLED:
+            # Until the view runs, other middleware may still read the session (CSRF with
+            # CSRF_USE_SESSIONS) without locking; process_view then disables it.
+            mode = READ_ONLY
+        store = cast(type[StateModeSessionBase], self.SessionStore)
+        request.session = store(session_key, access=mode)
 
-    def _view_mode(self, request: HttpRequest) -> SessionStateMode | None:
+    def _resolve(self, request: HttpRequest) -> Route:
+        """Resolve the URL (our only resolve of the request) and keep what it says.
+
+        Django resolves the URL again in its handler: it sets ``request.resolver_match`` only
+        after the request phase of every middleware, and never reuses one.
+        """
         try:
             match = resolve(request.path_info, getattr(request, "urlconf", None))
         except Http404:
-            return None  # no view: the 404 page gets the default mode
-        return view_mode(match.func)
+            route = Route(None, None)  # no view: the 404 page gets the default mode
+        else:
+            route = Route(match.func, view_mode(match.func))
+        request._statemodes_route = route  # type: ignore[attr-defined]
+        return route
 
-    def process_view(
-        self,
-        request: HttpRequest,
-        view_func: Callable[..., Any],
-        view_args: Any,
-        view_kwargs: Any,
+    @property
+    def process_view(self) -> ProcessView:
+        """Django's view hook, in the handler's mode.
+
+        Django runs a sync ``process_view`` in a thread under ASGI; its async twin awaits the
+        session's async method instead. Both decide in ``_switch_for_view``.
+        """
+        return self._aprocess_view if self.async_mode else self._process_view
+
+    def _process_view(
+        self, request: HttpRequest, view_func: ViewFunc, view_args: Any, view_kwargs: Any
     ) -> None:
-        mode = view_mode(view_func)
-        if mode is None:
-            return
-        session = request.session
-        target = getattr(view_func, "view_class", view_func)  # class-based views: the class
-        name = f"{target.__module__}.{getattr(target, '__qualname__', repr(target))}"
-        if isinstance(session, StateModeSessionBase):
-            if _locked_before_view(session, mode):
-                session.finish(False)  # unlock at once, without saving
-            if (
-                mode == READ_WRITE
-                and session.access != READ_WRITE
-                and hasattr(session, "_session_cache")
-            ):
-                # Touched before the view (by another middleware) without the lock: load
-                # again, locked, so the view's writes cannot lose a concurrent update.
-                del session._session_cache
-            session.access = mode
-            session.view_name = name
-        elif mode == DISABLED:
-            # Django's own engines: replace the session with one that refuses every use.
-            from django_statemodes.backends.off import SessionStore as Off
-
-            request._statemodes_disabled = True  # type: ignore[attr-defined]
-            request.session = Off()
+        switch = self._switch_for_view(request, view_func)
+        if switch is not None:
+            session, mode = switch
+            session.set_access(mode)
 
     async def _aprocess_view(
-        self,
-        request: HttpRequest,
-        view_func: Callable[..., Any],
-        view_args: Any,
-        view_kwargs: Any,
+        self, request: HttpRequest, view_func: ViewFunc, view_args: Any, view_kwargs: Any
     ) -> None:
+        switch = self._switch_for_view(request, view_func)
+        if switch is not None:
+            session, mode = switch
+            await session.aset_access(mode)
+
+    def _switch_for_view(
+        self, request: HttpRequest, view_func: ViewFunc
+    ) -> tuple[StateModeSessionBase, SessionStateMode] | None:
+        """Return the session and the mode to switch it to (``set_access``), if any.
+
+        ``set_access`` unlocks a session read locked before a ReadOnly or Disabled view, and
+        drops one read unlocked before a ReadWrite view, so that it is read again with the lock.
+        """
+        mode = self._view_mode(request, view_func)
+        if mode is None:
+            return None  # unmarked: the session keeps the default mode process_request gave it
         session = request.session
-        if _locked_before_view(session, view_mode(view_func)):
-            await session.afinish(False)  # type: ignore[attr-defined]
-        SessionStateMiddleware.process_view(self, request, view_func, view_args, view_kwargs)
+        if isinstance(session, StateModeSessionBase):
+            session.view_name = _view_name(view_func)
+            return session, mode
+        if mode == DISABLED:
+            # Django's own engines: replace the session with one that refuses every use.
+            request.session = OffSessionStore()
+        return None
+
+    def _view_mode(self, request: HttpRequest, view_func: ViewFunc) -> SessionStateMode | None:
+        route: Route | None = getattr(request, "_statemodes_route", None)
+        if route is not None and route.view is view_func:
+            return route.mode  # read in process_request; Django resolved the same view
+        # Django's own engines (process_request did not resolve), or a middleware after ours
+        # that set request.urlconf: the view Django resolved is the one that runs.
+        return view_mode(view_func)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if isinstance(exception, (SessionStoreUnavailable, SessionQueueFull)):
@@ -238,66 +451,39 @@ class SessionStateMiddleware(SessionMiddleware):
 
     # Response side.
 
-    def _skip(self, request: HttpRequest) -> SessionBase | None:
-        session: SessionBase | None = getattr(request, "session", None)
-        if session is None or getattr(session, "disabled", False):
-            return None  # Off engine, or a Disabled view on Django's engines
-        if isinstance(session, StateModeSessionBase) and session.access == DISABLED:
-            return None
-        return session
-
-    def _plan(self, request: HttpRequest, response: HttpResponseBase) -> dict[str, Any]:
-        session = request.session
-        empty = session.is_empty()
-        delete_cookie = settings.SESSION_COOKIE_NAME in request.COOKIES and empty
-        save = (
-            not delete_cookie
-            and (session.modified or settings.SESSION_SAVE_EVERY_REQUEST)
-            and not empty
-            and response.status_code < 500  # Django: skip the save for 5xx responses
-        )
-        return {"accessed": session.accessed, "delete_cookie": delete_cookie, "save": save}
-
     def process_response(  # type: ignore[override]
         self, request: HttpRequest, response: HttpResponseBase
     ) -> HttpResponseBase:
-        session = self._skip(request)
-        if session is None:
-            return response
-        try:
-            if _refreshes_only(session):
-                session.refresh()
-            plan = self._plan(request, response)
-            if isinstance(session, StateModeSessionBase):
-                session.finish(plan["save"])
-            elif plan["save"]:
-                session.save()
-        except (UpdateError, SessionStoreUnavailable, SessionQueueFull) as exc:
-            return self._finish_failed(request, response, exc)
-        return self._cookie(request, response, plan)
+        return _run(self._response_steps(request, response))
 
     async def aprocess_response(
         self, request: HttpRequest, response: HttpResponseBase
     ) -> HttpResponseBase:
-        session = self._skip(request)
+        return await _arun(self._response_steps(request, response))
+
+    def _response_steps(
+        self, request: HttpRequest, response: HttpResponseBase
+    ) -> SessionSteps[HttpResponseBase]:
+        """Save (or not) and release the session, then send or delete its key."""
+        session = _session_to_finish(request)
         if session is None:
             return response
         try:
             if _refreshes_only(session):
-                await session.arefresh()
-            plan = self._plan(request, response)
+                yield session, "refresh", NO_ARGS
+            decision = _decide(request, response, session)
             if isinstance(session, StateModeSessionBase):
-                await session.afinish(plan["save"])
-            elif plan["save"]:
-                await session.asave()
+                yield session, "finish", (decision.save,)
+            elif decision.save:
+                yield session, "save", NO_ARGS
         except (UpdateError, SessionStoreUnavailable, SessionQueueFull) as exc:
             return self._finish_failed(request, response, exc)
-        return self._cookie(request, response, plan)
+        return self._cookie_and_vary(request, response, session, decision)
 
     def _finish_failed(
         self, request: HttpRequest, response: HttpResponseBase, exc: Exception
     ) -> HttpResponseBase:
-        """Answer for a final save or release that failed (sync and async alike)."""
+        """Answer for a final save or release that failed."""
         if isinstance(exc, UpdateError):
             # Django's rule: the session was deleted meanwhile (or, here, its lock broken).
             raise SessionInterrupted(INTERRUPTED) from None
@@ -306,20 +492,21 @@ class SessionStateMiddleware(SessionMiddleware):
             return response  # already failing; the release could not be sent either
         return unavailable_response(exc)
 
-    def _cookie(
-        self, request: HttpRequest, response: HttpResponseBase, plan: dict[str, Any]
+    def _cookie_and_vary(
+        self,
+        request: HttpRequest,
+        response: HttpResponseBase,
+        session: SessionBase,
+        decision: SaveDecision,
     ) -> HttpResponseBase:
-        session = request.session
-        need_vary_cookie = plan["accessed"]
-        if plan["delete_cookie"]:
+        if decision.delete_cookie:
             response.delete_cookie(
                 settings.SESSION_COOKIE_NAME,
                 path=settings.SESSION_COOKIE_PATH,
                 domain=settings.SESSION_COOKIE_DOMAIN,
                 samesite=settings.SESSION_COOKIE_SAMESITE,
             )
-            need_vary_cookie = True
-        elif plan["save"]:
+        elif decision.save:
             if session.get_expire_at_browser_close():
                 max_age = None
                 expires = None
@@ -327,47 +514,7 @@ class SessionStateMiddleware(SessionMiddleware):
                 max_age = session.get_expiry_age()
                 expires = http_date(time.time() + max_age)
             self.set_session_cookie(request, response, session, max_age, expires)
-            # With a session cookie set, it must be varied on (CVE-2026-35192).
-            need_vary_cookie = True
-        if need_vary_cookie:
+        # A deleted or newly set session cookie must be varied on too (CVE-2026-35192).
+        if decision.accessed or decision.delete_cookie or decision.save:
             patch_vary_headers(response, ("Cookie",))
         return response
-
-    def set_session_cookie(
-        self,
-        request: HttpRequest,
-        response: HttpResponseBase,
-        session: SessionBase,
-        max_age: int | None,
-        expires: str | None,
-    ) -> None:
-        """Send the session key to the client (a cookie; cookieless overrides)."""
-        response.set_cookie(
-            settings.SESSION_COOKIE_NAME,
-            session.session_key or "",
-            max_age=max_age,
-            expires=expires,
-            domain=settings.SESSION_COOKIE_DOMAIN,
-            path=settings.SESSION_COOKIE_PATH,
-            secure=bool(settings.SESSION_COOKIE_SECURE),
-            httponly=bool(settings.SESSION_COOKIE_HTTPONLY),
-            samesite=settings.SESSION_COOKIE_SAMESITE,
-        )
-
-    # Failures before a response exists: release without saving.
-
-    def _abandon(self, request: HttpRequest) -> None:
-        session = getattr(request, "session", None)
-        if isinstance(session, StateModeSessionBase):
-            try:
-                session.finish(False)
-            except Exception:
-                logger.exception("Could not release the session lock after an error.")
-
-    async def _aabandon(self, request: HttpRequest) -> None:
-        session = getattr(request, "session", None)
-        if isinstance(session, StateModeSessionBase):
-            try:
-                await session.afinish(False)
-            except Exception:
-                logger.exception("Could not release the session lock after an error.")

@@ -12,6 +12,8 @@ from django.contrib.sessions.backends.base import SessionBase
 
 from django_statemodes.exceptions import SessionStateDisabled
 
+__all__ = ["MESSAGE", "SessionStore"]
+
 MESSAGE = (
     "Session state is off for this site (SESSION_ENGINE = 'django_statemodes.backends.off'). "
     "Set SESSION_ENGINE to an engine such as 'django_statemodes.backends.inproc' to use "
@@ -22,6 +24,7 @@ MESSAGE = (
 class SessionStore(SessionBase):
     """A session engine that refuses every use."""
 
+    #: Read by the middleware and the cookieless transport: never save, release or send it.
     disabled = True
 
     def __init__(self, session_key: str | None = None, access: Any = None) -> None:
