@@ -227,7 +227,8 @@ def release_later(server: StateServerProcess, application: str, *args: Any) -> N
 def run_blocking(server: StateServerProcess, application: str) -> list[Outcome]:
     client = StateServerClient(address(server), timeout=5, application=application)
     expired: list[ExpiredItem] = []
-    steps, transcript, result = scenario(expired), [], None
+    steps, transcript = scenario(expired), []
+    result: Any = None
     try:
         while True:
             name, args, kwargs = steps.send(result)
@@ -235,7 +236,8 @@ def run_blocking(server: StateServerProcess, application: str) -> list[Outcome]:
                 time.sleep(*args)
                 result = None
             elif name == "_release_later":
-                result = release_later(server, application, *args)
+                release_later(server, application, *args)
+                result = None
             elif name.startswith("_"):
                 result = args
             else:
@@ -255,7 +257,8 @@ def run_async(server: StateServerProcess, application: str) -> list[Outcome]:
     async def run() -> list[Outcome]:
         client = AsyncStateServerClient(address(server), timeout=5, application=application)
         expired: list[ExpiredItem] = []
-        steps, transcript, result = scenario(expired), [], None
+        steps, transcript = scenario(expired), []
+        result: Any = None
         try:
             while True:
                 name, args, kwargs = steps.send(result)
@@ -263,7 +266,8 @@ def run_async(server: StateServerProcess, application: str) -> list[Outcome]:
                     await asyncio.sleep(*args)
                     result = None
                 elif name == "_release_later":
-                    result = release_later(server, application, *args)
+                    release_later(server, application, *args)
+                    result = None
                 elif name.startswith("_"):
                     result = args
                 else:
