@@ -364,10 +364,11 @@ class ProviderContract(_ClockHook):
         # Sleeps only ever overshoot, and the store's clock runs with this process's: the
         # margins below (0.3 s) cannot be eaten by a slow machine, only widened.
         doomed = [new_key() for _ in range(3)]
-        slider, control, keeper = new_key(), new_key(), new_key()
+        slider, locker, control, keeper = new_key(), new_key(), new_key(), new_key()
         for i, key in enumerate(doomed):
             self.insert(provider, key, i, timeout=SHORT)
         self.insert(provider, slider, timeout=3)
+        self.insert(provider, locker, timeout=3)
         self.insert(provider, control, timeout=3)
         self.insert(provider, keeper)
         stored = time.monotonic()  # every expiry above was set before this
@@ -386,16 +387,30 @@ class ProviderContract(_ClockHook):
             assert provider.get(keeper) is not None
             if self.injected_clock:
                 return  # sliding expiry is shown on the injected clock, without the wait
-            # Reads slide the expiry: the slider, read every 0.3 s, outlives its 3 s timeout;
-            # the control, stored with the same timeout and never read, does not.
+            # An item that expires with no purge after it: never served, never written.
+            stale = new_key()
+            self.insert(provider, stale, timeout=SHORT)
+            stale_at = time.monotonic()
+            # Reads, locks and releases slide the expiry: the slider (read) and the locker
+            # (locked and released) outlive their 3 s timeout; the control, stored with the same
+            # timeout and never touched, does not.
             while time.monotonic() - stored < 3.3:
                 time.sleep(0.3)
                 assert provider.get(slider) is not None
+                held = provider.get_exclusive(locker)
+                assert held is not None and not held.locked
+                provider.release(locker, held.lock_id)
             assert provider.get(control) is None
             assert provider.get(slider) is not None
+            assert provider.get(locker) is not None
             assert provider.get(keeper) is not None
+            time.sleep(max(0.0, stale_at + SHORT + 0.3 - time.monotonic()))
+            assert provider.get_exclusive(stale) is None
+            assert provider.get(stale) is None
+            data = self.payload(provider, 1)
+            assert not provider.set_and_release(stale, data, lock_id=None, timeout=60)
         finally:
-            for key in (slider, control, keeper):
+            for key in (slider, locker, control, keeper):
                 provider.remove(key)
 
     # Expiry on the injected clock (skipped unless injected_clock).
