@@ -23,6 +23,10 @@ from django_statemodes.stateserver.errors import StoreFull
 
 __all__ = ["MemoryStore", "StoreFull"]
 
+# StateItem(data, locked, lock_id, lock_age, initialize) without the named tuple's Python-level
+# __new__: a third of the time, on every request of InProc and of the state server.
+_state_item = tuple.__new__
+
 #: Sliding expiry is kept to this many seconds: a write right after a read skips moving the item.
 TOUCH_GRANULARITY = 1.0
 
@@ -157,12 +161,9 @@ class MemoryStore:
             self._touch(key, item, now)
             initialize = item.uninitialized
             item.uninitialized = False
-            return StateItem(
-                data=item.data,
-                locked=item.locked,
-                lock_id=item.lock_id,
-                lock_age=now - item.lock_date if item.locked else 0.0,
-                initialize=initialize,
+            lock_age = now - item.lock_date if item.locked else 0.0
+            return _state_item(
+                StateItem, (item.data, item.locked, item.lock_id, lock_age, initialize)
             )
 
     def get_exclusive(self, key: str) -> StateItem | None:
@@ -179,7 +180,7 @@ class MemoryStore:
             item.lock_date = now
             initialize = item.uninitialized
             item.uninitialized = False
-            return StateItem(data=item.data, lock_id=item.lock_id, initialize=initialize)
+            return _state_item(StateItem, (item.data, False, item.lock_id, 0.0, initialize))
 
     def set_and_release(
         self,

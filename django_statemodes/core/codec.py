@@ -45,6 +45,9 @@ _JSON_BYTES_PER_CHAR = 12
 class Codec(Protocol):
     """Turns a session's dict into what its provider stores, and back."""
 
+    #: False where ``check_value`` never refuses anything, so callers may skip it.
+    checks_values: bool
+
     def check_value(self, key: str, value: Any) -> None:
         """Raise ``SessionValueError`` or ``SessionTooLarge`` if ``value`` cannot be stored."""
 
@@ -57,6 +60,8 @@ class Codec(Protocol):
 
 class ObjectCodec:
     """Live objects, kept as they are (ASP.NET InProc): nothing to check or serialize."""
+
+    checks_values = False
 
     def check_value(self, key: str, value: Any) -> None:
         return None
@@ -76,6 +81,8 @@ class SerializingCodec:
 
     ``serializer=None`` means Django's own ``JSONSerializer``, through the pre-built coders.
     """
+
+    checks_values = True
 
     def __init__(self, serializer: Any = None, name: str = "") -> None:
         self.serializer = serializer

@@ -44,7 +44,7 @@ from django_statemodes.providers.base import ExpiredItem, SessionStateProvider, 
 from django_statemodes.signals import session_end, session_start
 
 from . import locking, registry
-from .calls import NO_KEYWORDS, Call, Steps, arun, run
+from .calls import NO_KEYWORDS, Op, Steps, arun, run, steps_of
 from .codec import OBJECTS, Codec, codec_for, codec_named
 
 __all__ = ["StateModeSessionBase"]
@@ -57,6 +57,7 @@ class StateModeSessionBase(SessionBase):
     provider_settings: ClassVar[frozenset[str]] = frozenset()
 
     _session_cache: dict[str, Any]  # set on first access, as SessionBase does
+    _storing: tuple[str, dict[str, Any]]  # the key and keywords of the store call in flight
 
     def __init__(self, session_key: str | None = None, access: SessionStateMode | None = None):
         # SessionBase.__init__ without its import_string(SESSION_SERIALIZER) on every request:
@@ -160,17 +161,19 @@ class StateModeSessionBase(SessionBase):
     async def aset_access(self, mode: SessionStateMode) -> None:
         await arun(self._set_access(mode), self._provider)
 
-    def _set_access(self, mode: SessionStateMode) -> Steps[None]:
+    def _set_access(self, mode: SessionStateMode) -> Op:
         if mode != READ_WRITE and self.access == READ_WRITE and self.loaded:
             # Read, locked, before a view that must not hold the lock: Django's CSRF middleware
             # does so in its request phase with CSRF_USE_SESSIONS (cookieless sites need it).
             # Unlock at once, without saving, or the session's next request would wait.
-            yield from self._finish(False)
-        elif mode == READ_WRITE and self.access != READ_WRITE and self.loaded:
+            self.access = mode
+            return self._finish(False)
+        if mode == READ_WRITE and self.access != READ_WRITE and self.loaded:
             # Read without the lock before a ReadWrite view: read again, locked, so the view's
             # writes cannot lose a concurrent update.
             del self._session_cache
         self.access = mode
+        return None
 
     # Reading.
 
@@ -206,46 +209,73 @@ class StateModeSessionBase(SessionBase):
         return self._session_cache
 
     def load(self) -> dict[str, Any]:
-        return run(self._load(), self._provider)
+        op = self._load_op()
+        if type(op) is tuple:  # run()'s first step, inlined: one call loads nearly every session
+            name, args, kwargs, then = op
+            op = then(getattr(self._provider, name)(*args, **kwargs))
+            if type(op) is dict:
+                return op
+        data: dict[str, Any] = run(op, self._provider)
+        return data
 
     async def aload(self) -> dict[str, Any]:
-        return await arun(self._load(), self._provider)
+        data: dict[str, Any] = await arun(self._load_op(), self._provider)
+        return data
 
     def _load(self) -> Steps[dict[str, Any]]:
+        data: dict[str, Any] = yield from steps_of(self._load_op())
+        return data
+
+    def _load_op(self) -> Op:
         key = self._session_key
         if key is None:
             return {}
-        item: StateItem | None
         if self.access == READ_WRITE and not self._released:
-            item = yield ("get_exclusive", (key,), NO_KEYWORDS)
-            if item is not None and item.locked:
-                item = yield from locking.wait(key, item)
-        else:
-            item = yield ("get", (key,), NO_KEYWORDS)
-        if item is None:
+            return ("get_exclusive", (key,), NO_KEYWORDS, self._got_exclusive)
+        return ("get", (key,), NO_KEYWORDS, self._got)
+
+    def _got_exclusive(self, item: StateItem | None) -> Op:
+        if item is not None and item.locked:
+            return self._wait_then_load(item)  # held by another request: wait in the queue
+        return self._loaded(item, True)
+
+    def _wait_then_load(self, held: StateItem) -> Steps[dict[str, Any]]:
+        assert self._session_key is not None
+        item = yield from locking.wait(self._session_key, held)
+        data: dict[str, Any] = yield from steps_of(self._loaded(item, True))
+        return data
+
+    def _got(self, item: StateItem | None) -> Op:
+        return self._loaded(item, False)
+
+    def _loaded(self, item: StateItem | None, locked: bool) -> Op:
+        key = self._session_key
+        if item is None or key is None:
             # Never create a record on load (CVE-2015-5143); a fresh key is issued on save.
             self._session_key = None
             return {}
-        if self.access == READ_WRITE and not self._released:
+        if locked:
             self._lock_id, self._locked_key = item.lock_id, key
             locking.lock_stats.acquired += 1
         if item.initialize:
             self._initializing = True
-        data = self.codec.decode(item.data)
+        data = (self._codec or self._serializing_codec()).decode(item.data)
         if "_session_expiry" in data and _past(data["_session_expiry"]):
             # set_expiry(datetime) is absolute: the store slides, so the date is checked here.
             self._end(key, data, "expired")
-            yield ("remove", (key, self._lock_id), NO_KEYWORDS)
+            lock_id = self._lock_id
             self._lock_id = self._locked_key = None
             self._session_key = None
-            return {}
+            return ("remove", (key, lock_id), NO_KEYWORDS, _nothing_loaded)
         return data
 
     def exists(self, session_key: str) -> bool:
-        return run(self._exists(session_key), self._provider)
+        found: bool = run(self._exists(session_key), self._provider)
+        return found
 
     async def aexists(self, session_key: str) -> bool:
-        return await arun(self._exists(session_key), self._provider)
+        found: bool = await arun(self._exists(session_key), self._provider)
+        return found
 
     def _exists(self, session_key: str) -> Steps[bool]:
         return (yield ("get", (session_key,), NO_KEYWORDS)) is not None
@@ -255,13 +285,15 @@ class StateModeSessionBase(SessionBase):
     def __setitem__(self, key: str, value: Any) -> None:
         if self.access == READ_ONLY or self._released:
             self._check_writable()
-        self.codec.check_value(key, value)
+        codec = self._codec or self._serializing_codec()
+        if codec.checks_values:
+            codec.check_value(key, value)
         self._get_session()[key] = value
         self._modified = True  # SessionBase sets ``modified``; the property's check ran above
 
     async def aset(self, key: str, value: Any) -> None:
         self._check_writable()
-        self.codec.check_value(key, value)
+        self.codec.check_value(key, value)  # aset is no hot path: no shortcut
         await super().aset(key, value)
 
     def update(self, dict_: Any) -> None:  # type: ignore[override]
@@ -312,18 +344,17 @@ class StateModeSessionBase(SessionBase):
     def _save(self, *, must_create: bool, release: bool) -> Steps[None]:
         if self._session_key is None:
             return (yield from self._create())
-        call = self._store_call(must_create, release)
-        self._stored(call, (yield call))
+        yield from steps_of(self._store(must_create, release))
 
-    def _store_call(self, must_create: bool, release: bool) -> Call:
-        """Return the ``set_and_release`` call that stores the session (the CPU part of a save)."""
+    def _store(self, must_create: bool, release: bool) -> Op:
+        """Return the op that stores the session: the ``set_and_release`` call, then ``_stored``."""
         if self.access == READ_ONLY or self._released:
             self._check_writable()
         try:
             data = self._session_cache  # loaded: nearly every save at the request's end
         except AttributeError:
             data = self._get_session(no_load=must_create)
-        payload = self.codec.encode(data)
+        payload = (self._codec or self._serializing_codec()).encode(data)
         if data.get("_session_expiry"):
             timeout = max(0, self.get_expiry_age())
         else:
@@ -335,16 +366,19 @@ class StateModeSessionBase(SessionBase):
             "new_item": must_create,
             "keep_lock": not release,
         }
-        return ("set_and_release", (self._session_key, payload), keywords)
+        key = self._session_key
+        assert key is not None  # _save and _finish create a key first
+        self._storing = (key, keywords)  # for _stored, the continuation
+        return ("set_and_release", (key, payload), keywords, self._stored)
 
-    def _stored(self, call: Call, stored: bool) -> None:
-        """Act on the store's answer to ``call``: signals, a refused write, the lock's end."""
-        must_create, release = call[2]["new_item"], not call[2]["keep_lock"]
+    def _stored(self, stored: bool) -> None:
+        """Act on the store's answer to ``_store``: signals, a refused write, the lock's end."""
+        key, keywords = self._storing
+        must_create, release = keywords["new_item"], not keywords["keep_lock"]
         if stored and not must_create and not self._initializing:  # nearly every save
             if release:
                 self._lock_id = self._locked_key = None
             return
-        key = call[1][0]
         if must_create:
             if not stored:
                 raise CreateError
@@ -352,7 +386,7 @@ class StateModeSessionBase(SessionBase):
                 session_start.send(sender=type(self), session_key=key, session=self)
             return
         if not stored:
-            if self._lock_id is not None:
+            if keywords["lock_id"] is not None:  # this request's lock was broken meanwhile
                 locking.refused(key)
                 self._lock_id = self._locked_key = None
                 raise SessionLockLost(
@@ -372,26 +406,42 @@ class StateModeSessionBase(SessionBase):
 
         A ReadOnly session is never saved: nothing in it can have changed.
         """
-        run(self._finish(save), self._provider)
+        op = self._finish(save)
+        if type(op) is tuple:  # run()'s first step, inlined: one call ends nearly every request
+            name, args, kwargs, then = op
+            op = then(getattr(self._provider, name)(*args, **kwargs))
+        if op is not None:
+            run(op, self._provider)
 
     async def afinish(self, save: bool) -> None:
         await arun(self._finish(save), self._provider)
 
-    def _finish(self, save: bool) -> Steps[None]:
+    def _finish(self, save: bool) -> Op:
         if self._released:
-            return
-        try:
-            if save and self.access != READ_ONLY:
-                if self._session_key is None:
-                    yield from self._create()
-                else:  # _save(), inlined: one generator less on every request
-                    call = self._store_call(False, True)
-                    self._stored(call, (yield call))
-            elif self._lock_id is not None and self._locked_key is not None:
-                yield ("release", (self._locked_key, self._lock_id), NO_KEYWORDS)
-        finally:
+            return None
+        if save and self.access != READ_ONLY:
+            if self._session_key is None:
+                return self._finish_new()
+            op = self._store(False, True)
+            # The request's end, whatever the store answers, or if it cannot be reached.
             self._lock_id = self._locked_key = None
             self._released = True
+            return op
+        lock_id, locked_key = self._lock_id, self._locked_key
+        self._end_request()
+        if lock_id is not None and locked_key is not None:
+            return ("release", (locked_key, lock_id), NO_KEYWORDS, _nothing)
+        return None
+
+    def _finish_new(self) -> Steps[None]:
+        try:
+            yield from self._create()
+        finally:
+            self._end_request()
+
+    def _end_request(self) -> None:
+        self._lock_id = self._locked_key = None
+        self._released = True
 
     def release(self) -> None:
         """Save (if changed) and unlock now; the session is read-only for the rest of the request.
@@ -513,3 +563,11 @@ def _past(expiry: Any) -> bool:
         return False
     now = timezone.now() if timezone.is_aware(when) else datetime.now()
     return when <= now
+
+
+def _nothing(answer: object) -> None:
+    """The continuation of a call whose answer does not matter."""
+
+
+def _nothing_loaded(answer: object) -> dict[str, Any]:
+    return {}
