@@ -186,7 +186,6 @@ class MemoryStore:
         self,
         key: str,
         data: Any,
-        *,
         lock_id: int | None,
         timeout: int,
         new_item: bool = False,

@@ -141,13 +141,9 @@ class InProcProvider(SessionStateProvider):
         keep_lock: bool = False,
     ) -> bool:
         try:
+            # Positional: a keyword call costs more than the store's own bookkeeping here.
             return self.store.set_and_release(
-                session_key,
-                data,
-                lock_id=lock_id,
-                timeout=timeout,
-                new_item=new_item,
-                release=not keep_lock,
+                session_key, data, lock_id, timeout, new_item, not keep_lock
             )
         except StoreFull as exc:
             raise _full(exc) from None
