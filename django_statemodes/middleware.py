@@ -13,9 +13,10 @@ A request runs, in order: the key transport (``CookieTransport``, or the cookiel
 ``UriTransport`` that ``STATEMODES_COOKIELESS`` chooses) wraps the whole cycle;
 ``process_request`` resolves the URL once to learn the view's mode and builds the lazy session;
 ``process_view`` confirms the view Django resolved and switches the session to that mode; the
-response side saves and releases the session, then sends its key. The response side (and the
-release after a failure) is written once, as a generator of ``SessionCall`` run by ``_run``
-(sync) or ``_arun`` (async), as the session core does with its provider calls (``core.calls``);
+response side saves and releases the session, then sends its key. The response side is written
+once, as an op on the session (``core.calls``: a session call and its continuation), run by
+``run`` (sync) or ``arun`` (async, awaiting ``afinish`` for ``finish``), as the session core
+runs its provider calls; the release after a failure is steps run the same way.
 ``process_view`` makes a single session call, so its twins share a helper instead.
 
 It subclasses Django's middleware so that the admin's check (admin.E410) accepts it.
@@ -25,10 +26,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from importlib import import_module
-from typing import Any, Protocol, TypeGuard, TypeVar, cast
+from typing import Any, Protocol, TypeGuard, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
@@ -44,6 +46,7 @@ from django.utils.http import http_date
 from django_statemodes.backends.off import SessionStore as OffSessionStore
 from django_statemodes.conf import conf
 from django_statemodes.cookieless_handler import AsyncRespond, Respond, UriTransport
+from django_statemodes.core.calls import NO_KEYWORDS, Op, Steps, arun, run
 from django_statemodes.core.session import StateModeSessionBase
 from django_statemodes.decorators import view_mode
 from django_statemodes.exceptions import SessionQueueFull, SessionStoreUnavailable
@@ -68,8 +71,9 @@ INTERRUPTED = (
     "logged out in a concurrent request, for example."
 )
 
-T = TypeVar("T")
 ViewFunc = Callable[..., Any]
+#: No arguments.
+NO_ARGS: tuple[Any, ...] = ()
 ProcessView = Callable[[HttpRequest, ViewFunc, Any, Any], "Awaitable[None] | None"]
 
 
@@ -158,53 +162,6 @@ class CookieTransport:
         )
 
 
-# The session operations of a request, written once for both paths.
-
-
-#: A session method to call: the session, the method's sync name (the async path awaits its
-#: ``a``-twin) and its arguments. A plain tuple, as ``core.calls.Call``: built on every request.
-SessionCall = tuple[SessionBase, str, tuple[Any, ...]]
-
-#: No arguments.
-NO_ARGS: tuple[Any, ...] = ()
-
-#: Steps of the middleware: yield the session calls to make, return ``T``.
-SessionSteps = Generator[SessionCall, None, T]
-
-
-def _run(steps: SessionSteps[T]) -> T:
-    """Run ``steps`` with the session's blocking methods and return their result."""
-    try:
-        call = next(steps)
-        while True:
-            session, name, args = call
-            try:
-                getattr(session, name)(*args)
-            except BaseException as exc:
-                # Into the steps, where their ``except`` decides (a failed save is a 503).
-                call = steps.throw(exc)
-            else:
-                call = steps.send(None)
-    except StopIteration as stop:
-        return cast(T, stop.value)
-
-
-async def _arun(steps: SessionSteps[T]) -> T:
-    """Run ``steps`` with the session's async twins (``afinish`` for ``finish``, ...)."""
-    try:
-        call = next(steps)
-        while True:
-            session, name, args = call
-            try:
-                await getattr(session, "a" + name)(*args)
-            except BaseException as exc:
-                call = steps.throw(exc)
-            else:
-                call = steps.send(None)
-    except StopIteration as stop:
-        return cast(T, stop.value)
-
-
 @dataclass(slots=True)
 class Route:
     """What ``process_request`` learned from the URL, kept on the request for ``process_view``."""
@@ -225,6 +182,10 @@ class SaveDecision:
     delete_cookie: bool
     #: The view read the session, so the response depends on the cookie (``Vary: Cookie``).
     accessed: bool
+
+    def after(self, answer: object) -> SaveDecision:
+        """The continuation of the session call that carries out this decision."""
+        return self
 
 
 def _session_to_finish(request: HttpRequest) -> SessionBase | None:
@@ -265,14 +226,12 @@ def _view_name(view_func: ViewFunc) -> str:
     return f"{target.__module__}.{getattr(target, '__qualname__', repr(target))}"
 
 
-def _abandon(request: HttpRequest) -> SessionSteps[None]:
+def _abandon(session: StateModeSessionBase) -> Steps[None]:
     """Release without saving, after a failure before a response exists."""
-    session = getattr(request, "session", None)
-    if isinstance(session, StateModeSessionBase):
-        try:
-            yield session, "finish", (False,)
-        except Exception:
-            logger.exception("Could not release the session lock after an error.")
+    try:
+        yield ("finish", (False,), NO_KEYWORDS)
+    except Exception:
+        logger.exception("Could not release the session lock after an error.")
 
 
 class SessionStateMiddleware(SessionMiddleware):
@@ -313,7 +272,9 @@ class SessionStateMiddleware(SessionMiddleware):
             response = cast(HttpResponseBase, self.get_response(request))
             self.transport.before_save(request)
         except BaseException:
-            _run(_abandon(request))
+            session = getattr(request, "session", None)
+            if isinstance(session, StateModeSessionBase):
+                run(_abandon(session), session)
             raise
         return self.process_response(request, response)
 
@@ -323,7 +284,9 @@ class SessionStateMiddleware(SessionMiddleware):
             response = await cast(Awaitable[HttpResponseBase], self.get_response(request))
             self.transport.before_save(request)
         except BaseException:
-            await _arun(_abandon(request))
+            session = getattr(request, "session", None)
+            if isinstance(session, StateModeSessionBase):
+                await arun(_abandon(session), session)
             raise
         return await self.aprocess_response(request, response)
 
@@ -454,31 +417,50 @@ class SessionStateMiddleware(SessionMiddleware):
     def process_response(  # type: ignore[override]
         self, request: HttpRequest, response: HttpResponseBase
     ) -> HttpResponseBase:
-        return _run(self._response_steps(request, response))
-
-    async def aprocess_response(
-        self, request: HttpRequest, response: HttpResponseBase
-    ) -> HttpResponseBase:
-        return await _arun(self._response_steps(request, response))
-
-    def _response_steps(
-        self, request: HttpRequest, response: HttpResponseBase
-    ) -> SessionSteps[HttpResponseBase]:
-        """Save (or not) and release the session, then send or delete its key."""
         session = _session_to_finish(request)
         if session is None:
             return response
         try:
-            if _refreshes_only(session):
-                yield session, "refresh", NO_ARGS
-            decision = _decide(request, response, session)
-            if isinstance(session, StateModeSessionBase):
-                yield session, "finish", (decision.save,)
-            elif decision.save:
-                yield session, "save", NO_ARGS
+            decision: SaveDecision = run(self._end(request, response, session), session)
         except (UpdateError, SessionStoreUnavailable, SessionQueueFull) as exc:
             return self._finish_failed(request, response, exc)
         return self._cookie_and_vary(request, response, session, decision)
+
+    async def aprocess_response(
+        self, request: HttpRequest, response: HttpResponseBase
+    ) -> HttpResponseBase:
+        session = _session_to_finish(request)
+        if session is None:
+            return response
+        try:
+            decision: SaveDecision = await arun(self._end(request, response, session), session)
+        except (UpdateError, SessionStoreUnavailable, SessionQueueFull) as exc:
+            return self._finish_failed(request, response, exc)
+        return self._cookie_and_vary(request, response, session, decision)
+
+    def _end(self, request: HttpRequest, response: HttpResponseBase, session: SessionBase) -> Op:
+        """The session's end, as an op on the session: save (or not) and release, then decide.
+
+        Its result is the ``SaveDecision`` the cookie follows.
+        """
+        if _refreshes_only(session):
+            then = partial(self._save, request, response, session)
+            return ("refresh", NO_ARGS, NO_KEYWORDS, then)
+        return self._save(request, response, session)
+
+    def _save(
+        self,
+        request: HttpRequest,
+        response: HttpResponseBase,
+        session: SessionBase,
+        refreshed: object = None,
+    ) -> Op:
+        decision = _decide(request, response, session)
+        if isinstance(session, StateModeSessionBase):
+            return ("finish", (decision.save,), NO_KEYWORDS, decision.after)
+        if decision.save:
+            return ("save", NO_ARGS, NO_KEYWORDS, decision.after)
+        return decision
 
     def _finish_failed(
         self, request: HttpRequest, response: HttpResponseBase, exc: Exception

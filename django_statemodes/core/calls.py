@@ -23,8 +23,6 @@ from collections.abc import Generator
 from types import GeneratorType
 from typing import Any, TypeVar
 
-from django_statemodes.providers.base import SessionStateProvider
-
 __all__ = ["NO_KEYWORDS", "Call", "Op", "Steps", "arun", "run", "steps_of"]
 
 T = TypeVar("T")
@@ -47,8 +45,12 @@ Steps = Generator[Call, Any, T]
 Op = Any
 
 
-def run(op: Op, provider: SessionStateProvider) -> Any:
-    """Run ``op`` with the provider's blocking methods and return its result."""
+def run(op: Op, provider: object) -> Any:
+    """Run ``op`` with the provider's blocking methods and return its result.
+
+    ``provider`` is any object with the methods the op names: the middleware runs its ops on
+    the session (``finish`` / ``afinish``).
+    """
     while True:
         kind = type(op)
         if kind is tuple:
@@ -60,7 +62,7 @@ def run(op: Op, provider: SessionStateProvider) -> Any:
             return op
 
 
-async def arun(op: Op, provider: SessionStateProvider) -> Any:
+async def arun(op: Op, provider: object) -> Any:
     """Run ``op`` with the provider's async twins and return its result."""
     while True:
         kind = type(op)
@@ -86,7 +88,7 @@ def steps_of(op: Op) -> Steps[Any]:
             return op
 
 
-def _drive(steps: Steps[T], provider: SessionStateProvider) -> T:
+def _drive(steps: Steps[T], provider: object) -> T:
     try:
         call = next(steps)
         while True:
@@ -102,7 +104,7 @@ def _drive(steps: Steps[T], provider: SessionStateProvider) -> T:
         return stop.value  # type: ignore[no-any-return]
 
 
-async def _adrive(steps: Steps[T], provider: SessionStateProvider) -> T:
+async def _adrive(steps: Steps[T], provider: object) -> T:
     try:
         call = next(steps)
         while True:
