@@ -14,10 +14,12 @@ __all__ = ["ExpiredItem", "StateItem"]
 class StateItem(NamedTuple):
     """What ``get`` or ``get_exclusive`` found under a key (a named tuple: cheap to build).
 
-    ``locked`` is true when another request holds the lock; ``get_exclusive`` then returns no
-    ``data`` and the holder's ``lock_id`` and ``lock_age``. After a successful ``get_exclusive``
-    ``lock_id`` is the caller's own. ``initialize`` is ASP.NET's ``InitializeItem`` action: the
-    first read of an item made by ``create_uninitialized``.
+    ``locked`` means one thing: another request holds the lock, the caller does not. From
+    ``get`` (which never locks) the item comes with its data and the holder's ``lock_id`` and
+    ``lock_age``; from ``get_exclusive`` it comes without data: the caller did not get the lock.
+    After a successful ``get_exclusive``, ``locked`` is False and ``lock_id`` is the caller's
+    own. ``initialize`` is ASP.NET's ``InitializeItem`` action: the first read of an item made by
+    ``create_uninitialized``.
     """
 
     data: Any = None
