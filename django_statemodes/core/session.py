@@ -231,13 +231,8 @@ class StateModeSessionBase(SessionBase):
         if key is None:
             return {}
         if self.access == READ_WRITE and not self._released:
-            return ("get_exclusive", (key,), NO_KEYWORDS, self._got_exclusive)
+            return ("get_exclusive", (key,), NO_KEYWORDS, self._loaded)
         return ("get", (key,), NO_KEYWORDS, self._got)
-
-    def _got_exclusive(self, item: StateItem | None) -> Op:
-        if item is not None and item.locked:
-            return self._wait_then_load(item)  # held by another request: wait in the queue
-        return self._loaded(item, True)
 
     def _wait_then_load(self, held: StateItem) -> Steps[dict[str, Any]]:
         assert self._session_key is not None
@@ -248,7 +243,10 @@ class StateModeSessionBase(SessionBase):
     def _got(self, item: StateItem | None) -> Op:
         return self._loaded(item, False)
 
-    def _loaded(self, item: StateItem | None, locked: bool) -> Op:
+    def _loaded(self, item: StateItem | None, locked: bool = True) -> Op:
+        """Continue a load with the item ``get_exclusive`` (``locked``) or ``get`` found."""
+        if locked and item is not None and item.locked:
+            return self._wait_then_load(item)  # held by another request: wait in the queue
         key = self._session_key
         if item is None or key is None:
             # Never create a record on load (CVE-2015-5143); a fresh key is issued on save.
