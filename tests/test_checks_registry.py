@@ -6,9 +6,13 @@ tests prove that apps.py registers them, with one known id per engine.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from django.core.checks import run_checks
+from django.core.checks import CheckMessage, Error, run_checks
 from django.test import override_settings
+
+from tests.example_provider import DictProvider
 
 ENGINES = "django_statemodes.backends."
 
@@ -72,3 +76,26 @@ def test_run_checks_reports_each_engine_once(overrides: dict[str, object], expec
     with override_settings(**overrides):
         ids = [message.id for message in run_checks()]
     assert ids.count(expected) == 1
+
+
+class CheckedProvider(DictProvider):
+    """A Custom-mode provider with its own ``check(options)``, as docs/custom.md describes."""
+
+    @classmethod
+    def check(cls, options: dict[str, Any]) -> list[CheckMessage]:
+        if "colour" in options:
+            return [Error("CheckedProvider takes no 'colour' option.", id="example.E001")]
+        return []
+
+
+@pytest.mark.parametrize(("options", "expected"), [({"colour": "red"}, ["example.E001"]), ({}, [])])
+def test_a_custom_provider_checks_its_own_options(
+    options: dict[str, Any], expected: list[str]
+) -> None:
+    with override_settings(
+        SESSION_ENGINE=ENGINES + "custom",
+        STATEMODES_CUSTOM_PROVIDER="tests.test_checks_registry.CheckedProvider",
+        STATEMODES_CUSTOM_PROVIDER_OPTIONS=options,
+    ):
+        ids = [message.id for message in run_checks()]
+    assert [i for i in ids if i and i.startswith("example.")] == expected
