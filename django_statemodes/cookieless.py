@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from django.utils.encoding import escape_uri_path
+from django.utils.http import escape_leading_slashes
+
 from django_statemodes.exceptions import MalformedSegment
 
 __all__ = [
@@ -31,7 +34,9 @@ __all__ = [
     "is_valid_key",
     "parse_segment",
     "rewrite_location",
+    "same_site",
     "split_path",
+    "url_path",
     "user_agent_digest",
     "with_probe",
     "without_probe",
@@ -154,6 +159,32 @@ def insert_segment(path: str, segment: str, base: str = "/") -> str:
     return f"{base}{segment}{rest}"
 
 
+def url_path(path: str) -> str:
+    """Return a decoded path (Django's ``request.path``, ``path_info``) as a URL path.
+
+    Percent-encoded as Django's ``request.get_full_path()`` encodes it (``escape_uri_path``): a
+    ``?``, ``#`` or ``%`` of the path stays part of the path, and a ``\\`` becomes ``%5C``. A path
+    without its leading ``/`` (a server may pass an absolute-form request-target such as
+    ``https://evil.example/`` as PATH_INFO) gets one, so it can never be read as a URL with a
+    scheme.
+    """
+    if not path.startswith("/"):
+        path = "/" + path
+    return escape_uri_path(path)
+
+
+def same_site(url: str) -> str:
+    """Return a root-relative ``url`` that no browser can read as another host.
+
+    ``//host/`` is protocol-relative and browsers read ``/\\host/`` the same way (WHATWG URL: a
+    backslash is a slash in http(s) URLs). Django's ``CommonMiddleware`` escapes the leading
+    slashes of its own redirects for this reason (``escape_leading_slashes``, CVE-2018-14574):
+    ``//host/`` becomes ``/%2Fhost/``, which Django decodes back to the same ``path_info``, so the
+    redirect reaches the same view on this site.
+    """
+    return escape_leading_slashes(url.replace("\\", "%5C"))
+
+
 def rewrite_location(location: str, segment: str, *, base: str, scheme: str, host: str) -> str:
     """Return a redirect target carrying ``segment`` if it points into this application.
 
@@ -171,6 +202,9 @@ def rewrite_location(location: str, segment: str, *, base: str, scheme: str, hos
     path = insert_segment(parts.path, segment, base)
     if path == parts.path:
         return location
+    if not parts.netloc:
+        # Removing the segment from "/(S(key))//host/" must not leave "//host/" behind.
+        path = same_site(path)
     return urlunsplit(parts._replace(path=path))
 
 
@@ -195,23 +229,27 @@ Decision = Literal["cookieless", "cookies", "probe", "probe-passed"]
 def autodetect(
     *,
     detected: bool,
+    session_cookie: bool,
     has_cookies: bool,
     probe_in_query: bool,
     probe_cookie: bool,
     safe_method: bool,
 ) -> Decision:
-    """Decide a request's mode under AutoDetect, in ASP.NET's order.
+    """Decide a request's mode under AutoDetect, in ASP.NET's order but for the session cookie.
 
-    1. ``X(1)`` in the URL: cookieless. 2. Any cookie: cookies, without a probe (and if the
+    0. The session cookie: cookies, whatever the URL says. ASP.NET checks ``X(1)`` first, so a
+    link carrying ``(S(key)X(1))`` moves a browser that has a cookie session into the link's
+    session (fixation); a browser that proves a session by cookie keeps it. 1. ``X(1)`` in the
+    URL: cookieless. 2. Any cookie: cookies, without a probe (and if the
     probe has just come back with its cookie, ``probe-passed``: one redirect to the URL without
     the probe parameter, so that cookie users' URLs stay clean). 3. The probe parameter
     without its cookie: cookieless (the caller adds ``X(1)``). 4. Otherwise ``probe``: set the
     probe cookie and redirect to the URL with the probe parameter. Only GET and HEAD are
     probed: a redirect would turn another method into a GET and lose its body.
     """
-    if detected:
+    if detected and not session_cookie:
         return "cookieless"
-    if has_cookies:
+    if has_cookies or session_cookie:
         if probe_in_query and probe_cookie and safe_method:
             return "probe-passed"
         return "cookies"

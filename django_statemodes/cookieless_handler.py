@@ -6,10 +6,15 @@ What ASP.NET's SessionStateModule and CookielessHelper do, on Django's request c
   and put into the script prefix for the request, so ``reverse()``, ``{% url %}`` and
   ``redirect()`` keep it; app-relative ``Location`` headers are rewritten to carry the key the
   session has when the response leaves (after a login's ``cycle_key``, the new one);
-- a session stored under a new key is answered with a 302 to the URL carrying it; an unknown
-  or expired key is never adopted: a fresh key (``create_uninitialized``, ASP.NET's
-  placeholder item) and a 302 (``STATEMODES_REGENERATE_EXPIRED_SESSION_ID``);
-- AutoDetect probes once with a cookie and ``?AspxAutoDetectCookieSupport=1``;
+- a session stored under a new key is answered with a 302 to the URL carrying it; an unknown,
+  expired or malformed key is never adopted and never stored: a 302 to the URL without it
+  (``STATEMODES_REGENERATE_EXPIRED_SESSION_ID``), and a key only with the first write, as with
+  cookies (Django's rule since CVE-2015-5143; ASP.NET would store a placeholder item under a fresh
+  key, which an attacker can fetch and plant in a victim's link);
+- AutoDetect probes once with a cookie and ``?AspxAutoDetectCookieSupport=1``; the session
+  cookie wins over ``X(1)`` in the URL;
+- every redirect made here goes to this site only (``same_site``, then Django's
+  ``url_has_allowed_host_and_scheme``): a request for ``//evil.example/`` is never sent there;
 - ``Referrer-Policy``, optional ``X-Robots-Tag: noindex``, optional binding of the key to the
   User-Agent.
 
@@ -27,13 +32,14 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
 from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponseBadRequest, HttpResponseRedirect
 from django.http.response import HttpResponseBase
 from django.urls import get_script_prefix, set_script_prefix
+from django.utils.encoding import escape_uri_path
+from django.utils.http import url_has_allowed_host_and_scheme
 
 from django_statemodes.conf import conf
 from django_statemodes.cookieless import (
@@ -42,7 +48,9 @@ from django_statemodes.cookieless import (
     format_segment,
     insert_segment,
     rewrite_location,
+    same_site,
     split_path,
+    url_path,
     user_agent_digest,
     with_probe,
     without_probe,
@@ -75,11 +83,10 @@ Respond = Callable[[HttpRequest], HttpResponseBase]
 AsyncRespond = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 
 #: What ``UriTransport._cycle`` asks its driver (``wrap`` or ``awrap``) to do, and for which key:
-#: run the middleware's cycle, store a placeholder under a fresh key (its answer: the key), or
-#: read the User-Agent binding stored with a key (its answer: the binding or None).
+#: run the middleware's cycle, or read the User-Agent binding stored with a key (its answer: the
+#: binding or None).
 Need = tuple[str, str]
 RESPOND = "respond"
-FRESH_KEY = "fresh key"
 STORED_USER_AGENT = "stored user agent"
 
 
@@ -104,8 +111,14 @@ class UrlState:
         return format_segment(key, self.detected)
 
     def url(self, key: str | None) -> str:
-        """Return the request's own URL (path and query) carrying ``key``."""
-        path = insert_segment(self.base[:-1] + self.path, self.segment(key), self.base)
+        """Return the request's own URL (path and query) carrying ``key``, on this site only.
+
+        Without a segment, a request for ``//evil.example/`` would be sent to ``//evil.example/``:
+        ``same_site`` escapes the leading slashes (see ``cookieless.same_site``).
+        """
+        base = escape_uri_path(self.base)
+        path = insert_segment(url_path(self.base[:-1] + self.path), self.segment(key), base)
+        path = same_site(path)
         return f"{path}?{self.query}" if self.query else path
 
 
@@ -187,8 +200,6 @@ class UriTransport:
                 try:
                     if what == RESPOND:
                         result: Any = respond(request)
-                    elif what == FRESH_KEY:
-                        result = self._fresh_key()
                     else:
                         result = self._peek(key).get(USER_AGENT_KEY)
                 except BaseException as exc:
@@ -207,8 +218,6 @@ class UriTransport:
                 try:
                     if what == RESPOND:
                         result: Any = await respond(request)
-                    elif what == FRESH_KEY:
-                        result = await sync_to_async(self._fresh_key)()
                     else:
                         result = await self._peek(key).aget(USER_AGENT_KEY)
                 except BaseException as exc:
@@ -229,14 +238,15 @@ class UriTransport:
         if self.bind_user_agent and begun.key is not None:
             stored = yield STORED_USER_AGENT, begun.key
             if not self._matches(request, stored):
-                return self._fresh_redirect(begun, (yield FRESH_KEY, ""))
+                # Someone else's key: drop it from the URL. No fresh key is stored for the
+                # refused client: it gets one with its first write, like anyone.
+                return self._headers(self._redirect(request, begun.url(None)))
         previous = self._enter(begun)
         try:
             response = yield RESPOND, ""
         finally:
             set_script_prefix(previous)
-        fresh = self._wants_fresh_key(request, response, begun)
-        return self.finish(request, response, begun, (yield FRESH_KEY, "") if fresh else None)
+        return self.finish(request, response, begun)
 
     def begin(self, request: HttpRequest) -> HttpResponseBase | UrlState | None:
         """Cut the URL's segment and decide the request's mode.
@@ -256,6 +266,8 @@ class UriTransport:
         if self.auto_detect:
             decision = autodetect(
                 detected=segment is not None and segment.detected,
+                # A session the browser proves by cookie is never replaced by a link's X(1).
+                session_cookie=settings.SESSION_COOKIE_NAME in request.COOKIES,
                 has_cookies=bool(request.COOKIES),
                 probe_in_query=PROBE in request.GET,
                 probe_cookie=PROBE in request.COOKIES,
@@ -267,7 +279,8 @@ class UriTransport:
                 return self._probe(request, query)
             if decision == "probe-passed":
                 clean = without_probe(query)
-                return HttpResponseRedirect(f"{request.path}?{clean}" if clean else request.path)
+                path = same_site(url_path(request.path))
+                return self._redirect(request, f"{path}?{clean}" if clean else path)
         state = UrlState(
             base=get_script_prefix(),
             path=path_info,
@@ -292,21 +305,24 @@ class UriTransport:
         return previous
 
     def finish(
-        self,
-        request: HttpRequest,
-        response: HttpResponseBase,
-        state: UrlState,
-        fresh_key: str | None = None,
+        self, request: HttpRequest, response: HttpResponseBase, state: UrlState
     ) -> HttpResponseBase:
         """Send the session's key back in the URL (redirects), and the safety headers."""
-        if fresh_key is not None:
-            return self._fresh_redirect(state, fresh_key)
+        if self._drops_unknown_key(request, response, state):
+            # ASP.NET's regenerateExpiredSessionId, without its stored placeholder: the URL
+            # loses the key the store does not hold, and nothing is stored until a write.
+            return self._headers(self._redirect(request, state.url(None)))
         key = self._final_key(request, state)
         if response.has_header("Location") and 300 <= response.status_code < 400:
-            response["Location"] = self._location(request, response["Location"], state, key)
+            location = response["Location"]
+            rewritten = self._location(request, location, state, key)
+            if rewritten != location:
+                if not self._on_site(request, rewritten):
+                    return self._headers(self._refused_redirect())
+                response["Location"] = rewritten
         elif key is not None and key != state.key and request.method in SAFE_METHODS:
             # ASP.NET SaveSessionID: a new cookieless session costs a 302 to its URL.
-            response = HttpResponseRedirect(state.url(key))
+            response = self._redirect(request, state.url(key))
         return self._headers(response)
 
     def _final_key(self, request: HttpRequest, state: UrlState) -> str | None:
@@ -315,14 +331,14 @@ class UriTransport:
             return state.key
         return session.session_key
 
-    def _wants_fresh_key(
+    def _drops_unknown_key(
         self, request: HttpRequest, response: HttpResponseBase, state: UrlState
     ) -> bool:
-        """True if the URL's key turned out unknown or expired and must be replaced now.
+        """True if the URL's key turned out unknown, expired or malformed and must leave the URL.
 
         The key is known to be unknown only once the session was loaded (Django's sessions are
-        lazy); a session that was changed (flushed, say) is not regenerated here, which also
-        keeps a view that always flushes from redirecting forever.
+        lazy); a session that was changed (flushed, say) is left alone here, which also keeps a
+        view that always flushes from redirecting forever.
         """
         if not self.regenerate or request.method not in SAFE_METHODS:
             return False
@@ -335,23 +351,31 @@ class UriTransport:
             return False
         return session.accessed and not session.modified and session.session_key is None
 
-    def _fresh_key(self) -> str:
-        """Store an empty placeholder under a new key (ASP.NET CreateUninitializedItem)."""
-        store = self.SessionStore
-        if issubclass(store, StateModeSessionBase):
-            provider = store.get_provider()
-            while True:
-                key = store()._get_new_session_key()
-                if provider.create_uninitialized(key, settings.SESSION_COOKIE_AGE):
-                    return key
-        # Django's own engines have no placeholder: an empty record stands in for it.
-        session = store()
-        session.create()
-        assert session.session_key is not None
-        return session.session_key
+    # Redirects made here: to this site only.
 
-    def _fresh_redirect(self, state: UrlState, key: str) -> HttpResponseBase:
-        return self._headers(HttpResponseRedirect(state.url(key)))
+    def _on_site(self, request: HttpRequest, url: str) -> bool:
+        """Django's test for redirect targets (``url_has_allowed_host_and_scheme``)."""
+        try:
+            hosts = {request.get_host()}
+        except DisallowedHost:
+            hosts = set()  # root-relative targets only
+        return url_has_allowed_host_and_scheme(url, allowed_hosts=hosts)
+
+    def _redirect(self, request: HttpRequest, url: str) -> HttpResponseBase:
+        """A 302 to ``url`` built from the request's own path, or a 400 if it would leave the site.
+
+        ``url`` went through ``same_site`` already; the check is Django's second line, as
+        ``LoginView`` checks its ``next``: a path no escaping made safe is refused, never followed.
+        """
+        if not self._on_site(request, url):
+            return self._refused_redirect()
+        return HttpResponseRedirect(url)
+
+    def _refused_redirect(self) -> HttpResponseBase:
+        security_logger.warning("Cookieless redirect off the site refused.")
+        return HttpResponseBadRequest(
+            "<!doctype html><title>400 Bad Request</title><h1>Bad Request</h1>"
+        )
 
     def _location(
         self, request: HttpRequest, location: str, state: UrlState, key: str | None
@@ -375,7 +399,11 @@ class UriTransport:
 
     def _probe(self, request: HttpRequest, query: str) -> HttpResponseBase:
         """ASP.NET's AutoDetect probe: a cookie, and a 302 to the URL with the probe parameter."""
-        response = HttpResponseRedirect(f"{request.path}?{with_probe(query)}")
+        response = self._redirect(
+            request, f"{same_site(url_path(request.path))}?{with_probe(query)}"
+        )
+        if response.status_code != 302:
+            return response
         response.set_cookie(
             PROBE,
             "1",
@@ -400,10 +428,10 @@ class UriTransport:
     def _matches(self, request: HttpRequest, stored: Any) -> bool:
         if stored is None or hmac.compare_digest(str(stored), self._digest(request)):
             return True
-        # Someone else's URL (shared link, log, Referer): refuse it and issue a fresh key,
-        # leaving the owner's session untouched.
+        # Someone else's URL (shared link, log, Referer): refuse it and drop the key from the
+        # URL, leaving the owner's session untouched.
         security_logger.warning(
-            "Cookieless session key used by another User-Agent on %s; issuing a fresh key.",
+            "Cookieless session key used by another User-Agent on %s; dropping it from the URL.",
             request.path,
         )
         return False

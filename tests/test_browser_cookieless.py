@@ -24,8 +24,9 @@ import pytest
 
 from django_statemodes.cookieless import PROBE
 from tests.conftest import REQUIRE_SERVICES
+from tests.cookielessapp.serving import PASSWORD, serve
 from tests.demo_site import demo_env, running_demo
-from tests.server import ROOT, gunicorn
+from tests.server import ROOT
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -40,7 +41,6 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-PASSWORD = "correct horse battery staple"
 KEYED = re.compile(r"/\(S\(([a-z0-9]{32})\)(X\(1\))?\)/")
 # Chromium's own switch for "block all cookies" (chrome://settings/cookies).
 BLOCK_COOKIES = {"profile": {"default_content_setting_values": {"cookies": 2}}}
@@ -92,27 +92,6 @@ def cookies_allowed(playwright: Any) -> Iterator[Any]:
 
 
 # The cookieless test site (tests/cookielessapp).
-
-
-def serve(mode: str, tmp: Path) -> Any:
-    """Migrate a fresh database with one user, then serve the site in ``mode``."""
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.cookielessapp.settings",
-        "STATEMODES_DJANGO_TESTS": "0",
-        "STATEMODES_TEST_COOKIELESS": mode,
-        "STATEMODES_TEST_SQLITE": str(tmp / "site.sqlite3"),
-    }
-    setup = (
-        "import django; django.setup()\n"
-        "from django.core.management import call_command\n"
-        "call_command('migrate', verbosity=0)\n"
-        "from django.contrib.auth.models import User\n"
-        f"User.objects.create_user('ada', password={PASSWORD!r})\n"
-    )
-    subprocess.run([sys.executable, "-c", setup], cwd=ROOT, env=env, check=True, timeout=60)
-    # One process: InProc sessions live in the server's memory.
-    return gunicorn("tests.cookielessapp.wsgi:application", workers=1, threads=4, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.utils.http import url_has_allowed_host_and_scheme
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,7 +16,9 @@ from django_statemodes.cookieless import (
     is_valid_key,
     parse_segment,
     rewrite_location,
+    same_site,
     split_path,
+    url_path,
     user_agent_digest,
     with_probe,
     without_probe,
@@ -165,21 +168,42 @@ def test_the_probe_parameter_is_added_and_removed_keeping_the_rest() -> None:
 
 
 @pytest.mark.parametrize(
-    ("detected", "has_cookies", "probe_in_query", "probe_cookie", "safe", "decision"),
+    (
+        "detected",
+        "session_cookie",
+        "has_cookies",
+        "probe_in_query",
+        "probe_cookie",
+        "safe",
+        "decision",
+    ),
     [
-        (True, True, False, False, True, "cookieless"),  # X(1) wins (ASP.NET step 2)
-        (True, False, False, False, False, "cookieless"),
-        (False, True, False, False, True, "cookies"),  # a cookie: no probe (step 3)
-        (False, True, True, True, True, "probe-passed"),  # the probe came back with its cookie
-        (False, True, True, True, False, "cookies"),
-        (False, True, True, False, True, "cookies"),  # another cookie: cookies work
-        (False, False, True, False, True, "cookieless"),  # came back without it (step 4)
-        (False, False, False, False, True, "probe"),  # first visit (step 5)
-        (False, False, False, False, False, "cookies"),  # never probe a POST
+        (True, False, True, False, False, True, "cookieless"),  # X(1) wins (ASP.NET step 2)
+        (True, False, False, False, False, False, "cookieless"),
+        (False, False, True, False, False, True, "cookies"),  # a cookie: no probe (step 3)
+        (
+            False,
+            False,
+            True,
+            True,
+            True,
+            True,
+            "probe-passed",
+        ),  # the probe came back with its cookie
+        (False, False, True, True, True, False, "cookies"),
+        (False, False, True, True, False, True, "cookies"),  # another cookie: cookies work
+        (False, False, False, True, False, True, "cookieless"),  # came back without it (step 4)
+        (False, False, False, False, False, True, "probe"),  # first visit (step 5)
+        (False, False, False, False, False, False, "cookies"),  # never probe a POST
+        # The session cookie wins over a link's X(1) (issue 14: fixation by X(1)).
+        (True, True, True, False, False, True, "cookies"),
+        (True, True, True, False, False, False, "cookies"),
+        (True, True, True, True, True, True, "probe-passed"),
     ],
 )
 def test_autodetect_decides_in_aspnets_order(
     detected: bool,
+    session_cookie: bool,
     has_cookies: bool,
     probe_in_query: bool,
     probe_cookie: bool,
@@ -188,6 +212,7 @@ def test_autodetect_decides_in_aspnets_order(
 ) -> None:
     got = autodetect(
         detected=detected,
+        session_cookie=session_cookie,
         has_cookies=has_cookies,
         probe_in_query=probe_in_query,
         probe_cookie=probe_cookie,
@@ -235,3 +260,33 @@ def test_other_sites_urls_are_never_rewritten(tail: str, key: str) -> None:
         rewrite_location(location, format_segment(key), base="/", scheme="https", host="site")
         == location
     )
+
+
+@given(st.text(max_size=60))
+def test_a_request_path_always_becomes_a_path_on_this_site(path: str) -> None:
+    # Django's own test for redirect targets (issue 14: //host, /\\host, schemes).
+    url = same_site(url_path(path))
+    assert url.startswith("/") and url[1:2] not in ("/", "\\")
+    assert url_has_allowed_host_and_scheme(url, allowed_hosts={"site"})
+
+
+@pytest.mark.parametrize(
+    ("path", "url"),
+    [
+        ("//evil.example/", "/%2Fevil.example/"),
+        ("/\\evil.example/", "/%5Cevil.example/"),
+        ("///evil.example", "/%2F/evil.example"),
+        ("https://evil.example/", "/https://evil.example/"),
+        ("/a?b#c%d/", "/a%3Fb%23c%25d/"),
+        ("/page/1/", "/page/1/"),
+    ],
+)
+def test_request_paths_are_escaped_as_django_escapes_its_redirects(path: str, url: str) -> None:
+    assert same_site(url_path(path)) == url
+
+
+@given(keys)
+def test_removing_the_segment_never_leaves_a_protocol_relative_location(key: str) -> None:
+    for rest in ["//evil.example/", "/\\evil.example/", "///evil.example"]:
+        location = rewrite_location(f"/(S({key})){rest}", "", base="/", scheme="https", host="site")
+        assert url_has_allowed_host_and_scheme(location, allowed_hosts={"site"}), location

@@ -17,3 +17,6 @@ DATABASES = {
     },
 }
 INSTALLED_APPS = [app for app in INSTALLED_APPS if app != "sessions_tests"]  # noqa: F405
+# The security tests serve a URLconf with a catch-all view (tests.cookielessapp.anyurls), so that
+# paths such as //evil.example/ reach a view that reads or writes the session.
+ROOT_URLCONF = os.environ.get("STATEMODES_TEST_URLCONF", ROOT_URLCONF)  # noqa: F405

@@ -6,7 +6,8 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
-from django.urls import reverse
+from django.urls import get_script_prefix, reverse
+from django.utils.encoding import escape_uri_path
 
 from django_statemodes.decorators import session_disabled
 
@@ -98,3 +99,20 @@ def links(request: HttpRequest) -> HttpResponse:
 @login_required
 def private(request: HttpRequest) -> HttpResponse:
     return HttpResponse(f"private page of {request.user.get_username()}")
+
+
+def any_path(request: HttpRequest) -> HttpResponse:
+    """The catch-all view of ``anyurls``: ``?do=put`` writes the session, ``?do=leave`` logs out.
+
+    ``leave`` flushes the session and sends the visitor back to the page they were on, built from
+    the script prefix as ``reverse()`` builds URLs (so the Location carries the key the request
+    came with, and the middleware must remove it).
+    """
+    action = request.GET.get("do")
+    if action == "put":
+        request.session["put"] = request.get_full_path()
+        return JsonResponse({"put": request.session["put"]})
+    if action == "leave":
+        request.session.flush()
+        return HttpResponseRedirect(get_script_prefix()[:-1] + escape_uri_path(request.path_info))
+    return JsonResponse({"path": request.path, "views": request.session.get("views")})
