@@ -6,15 +6,27 @@ same store behind TCP. It never waits; instead it calls ``on_unlock(key)`` whene
 (threading events in InProc, futures in the asyncio server).
 
 Expiry is sliding (ASP.NET ``timeout``). Items are kept in one insertion-ordered dict per timeout
-value, moved to the end on every touch: the front of each dict is then always the next item to
-expire, so purging costs O(expired) and no request ever scans the store.
+value and eviction rank, moved to the end on every touch: the front of each dict is then always
+the next item of its rank to expire, so purging costs O(expired) and no request ever scans the
+store.
+
+Eviction (past ``max_items``) goes by rank, so that a flood of one-off sessions cannot push out
+the sessions of people who use the site (docs/inproc.md, "Eviction"):
+
+- ``FRESH``: created and never read by a later request (a placeholder, a bot's one request);
+- ``RETURNING``: read again after it was created, so its client came back with the key;
+- ``VALUED``: saved with ``valued=True`` (InProc: a logged-in user's session).
+
+A rank is evicted only when no unlocked item of a lower rank is left; within a rank, the item
+nearest to expiry goes first. A rank is a number in the queue's key, so ranking costs no
+structure and no work on the hot path beyond the queue move each touch already made.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +42,16 @@ _state_item = tuple.__new__
 #: Sliding expiry is kept to this many seconds: a write right after a read skips moving the item.
 TOUCH_GRANULARITY = 1.0
 
+#: Eviction ranks, lowest evicted first (see the module's docstring).
+FRESH, RETURNING, VALUED = 0, 1, 2
+RANKS = (FRESH, RETURNING, VALUED)
+#: A queue's key is ``timeout * RANK_SLOTS + rank``: one int, as cheap to hash as the timeout.
+RANK_SLOTS = 4
+
+
+def _queue_of(timeout: int, rank: int) -> int:
+    return timeout * RANK_SLOTS + rank
+
 
 @dataclass(slots=True)
 class _Item:
@@ -41,6 +63,9 @@ class _Item:
     locked: bool = False
     lock_date: float = 0.0
     uninitialized: bool = False
+    rank: int = FRESH
+    #: The key of the queue holding it: ``_queue_of(timeout, rank)``, kept to skip the sum.
+    queue: int = 0
 
 
 def _sizeof(data: Any) -> int:
@@ -51,8 +76,9 @@ class MemoryStore:
     """Session items in memory, bounded by a count and a byte size.
 
     Args:
-        max_items: most items kept; past it the item nearest to expiry that is not locked is
-            evicted (reported through ``on_evict``). None means no bound.
+        max_items: most items kept; past it an unlocked item is evicted (reported through
+            ``on_evict``): of the lowest rank present, the one nearest to expiry. None means
+            no bound.
         max_bytes: most payload bytes kept; past it a write raises ``StoreFull`` (a state
             server must refuse, never silently drop, a session). None means no bound.
         on_unlock: called with a key after its lock ended, outside the store's mutex.
@@ -75,7 +101,8 @@ class MemoryStore:
         self._clock = clock
         self._mutex = threading.Lock()
         self._items: dict[str, _Item] = {}
-        # timeout -> keys in expiry order (dicts keep insertion order; touched keys move last).
+        # _queue_of(timeout, rank) -> keys in expiry order (dicts keep insertion order; touched
+        # keys move last).
         self._queues: dict[int, dict[str, None]] = {}
         self.bytes = 0
         self.evictions = 0
@@ -87,9 +114,30 @@ class MemoryStore:
 
     def _touch(self, key: str, item: _Item, now: float) -> None:
         item.expires = now + item.timeout
-        queue = self._queues[item.timeout]
+        queue = self._queues[item.queue]
         del queue[key]
         queue[key] = None
+
+    def _requeue(self, key: str, item: _Item, timeout: int, rank: int) -> None:
+        """Move an item to the queue of ``timeout`` and ``rank``, at its back.
+
+        Callers touch it at the same moment, so the back keeps the new queue in expiry order.
+        """
+        old = self._queues[item.queue]
+        del old[key]
+        if not old:
+            del self._queues[item.queue]
+        item.timeout, item.rank, item.queue = timeout, rank, _queue_of(timeout, rank)
+        self._queues.setdefault(item.queue, {})[key] = None
+
+    def _returned(self, key: str, item: _Item) -> None:
+        """A later request read a FRESH item: its client came back with the key.
+
+        A placeholder's first read (``uninitialized``) does not count: that is the client
+        following the redirect that issued the key, not a return.
+        """
+        if not item.uninitialized:
+            self._requeue(key, item, item.timeout, RETURNING)
 
     def _live(self, key: str, now: float) -> _Item | None:
         item = self._items.get(key)
@@ -103,25 +151,38 @@ class MemoryStore:
 
     def _drop(self, key: str, item: _Item) -> None:
         del self._items[key]
-        queue = self._queues[item.timeout]
+        queue = self._queues[item.queue]
         del queue[key]
         if not queue:
-            del self._queues[item.timeout]
+            del self._queues[item.queue]
         self.bytes -= item.size
 
     def _insert(self, key: str, item: _Item) -> None:
+        item.queue = _queue_of(item.timeout, item.rank)
         self._items[key] = item
-        self._queues.setdefault(item.timeout, {})[key] = None
+        self._queues.setdefault(item.queue, {})[key] = None
         self.bytes += item.size
 
-    def _next_to_expire(self) -> Iterator[tuple[str, _Item]]:
-        fronts = []
-        for queue in self._queues.values():
-            for key in queue:
-                fronts.append((self._items[key].expires, key))
-                break
-        for _, key in sorted(fronts):
-            yield key, self._items[key]
+    def _victim(self) -> tuple[str, _Item] | None:
+        """Return the unlocked item to evict: lowest rank first, then nearest to expiry.
+
+        Each queue is read from its front past its locked items only, and locked items are
+        few (one per request in flight), so an eviction costs O(queues + locked), never a scan.
+        """
+        for rank in RANKS:
+            best: tuple[str, _Item] | None = None
+            for queue_key, queue in self._queues.items():
+                if queue_key % RANK_SLOTS != rank:
+                    continue
+                for key in queue:
+                    item = self._items[key]
+                    if not item.locked:
+                        if best is None or item.expires < best[1].expires:
+                            best = (key, item)
+                        break
+            if best is not None:
+                return best
+        return None
 
     def _make_room(self, extra_bytes: int, evicted: list[ExpiredItem], new: bool = True) -> None:
         if self.max_bytes is not None and self.bytes + extra_bytes > self.max_bytes:
@@ -132,10 +193,7 @@ class MemoryStore:
         if self.max_items is None or not new:
             return  # an update does not add an item: nothing to evict
         while len(self._items) >= self.max_items:
-            victim = next(
-                ((k, i) for k, i in self._next_to_expire() if not i.locked),
-                None,
-            )
+            victim = self._victim()
             if victim is None:
                 raise StoreFull(f"all {len(self._items)} sessions are locked; none can be evicted")
             key, item = victim
@@ -159,6 +217,8 @@ class MemoryStore:
             if item is None:
                 return None
             self._touch(key, item, now)
+            if item.rank == FRESH:
+                self._returned(key, item)
             initialize = item.uninitialized
             item.uninitialized = False
             lock_age = now - item.lock_date if item.locked else 0.0
@@ -173,6 +233,8 @@ class MemoryStore:
             if item is None:
                 return None
             self._touch(key, item, now)
+            if item.rank == FRESH:
+                self._returned(key, item)
             if item.locked:
                 return StateItem(locked=True, lock_id=item.lock_id, lock_age=now - item.lock_date)
             item.locked = True
@@ -190,7 +252,13 @@ class MemoryStore:
         timeout: int,
         new_item: bool = False,
         release: bool = True,
+        valued: bool = False,
     ) -> bool:
+        """Store ``data``; ``valued`` ranks the item VALUED (evicted last), False unranks it.
+
+        A store that cannot tell (the state server: opaque bytes) passes nothing: its items
+        are never VALUED, and FRESH and RETURNING still keep one-off sessions out of the way.
+        """
         evicted: list[ExpiredItem] = []
         size = len(data) if type(data) is bytes else 0 if type(data) is dict else _sizeof(data)
         with self._mutex:
@@ -203,7 +271,10 @@ class MemoryStore:
                 if stale is not None:  # expired, not yet purged: replaced by the new item
                     self._drop(key, stale)
                 self._make_room(size, evicted)
-                self._insert(key, _Item(data, timeout, now + timeout, size, lock_id=1))
+                new = _Item(data, timeout, now + timeout, size, lock_id=1)
+                if valued:
+                    new.rank = VALUED
+                self._insert(key, new)
                 unlocked = None
             else:
                 if item is None:
@@ -214,12 +285,10 @@ class MemoryStore:
                     self._make_room(size - item.size, evicted, new=False)
                 self.bytes += size - item.size
                 item.data, item.size, item.uninitialized = data, size, False
-                if timeout != item.timeout:
-                    del self._queues[item.timeout][key]
-                    if not self._queues[item.timeout]:
-                        del self._queues[item.timeout]
-                    item.timeout = timeout
-                    self._queues.setdefault(timeout, {})[key] = None
+                # The rank changes on a login or a logout (valued flips), not on every save.
+                if timeout != item.timeout or valued != (item.rank == VALUED):
+                    rank = VALUED if valued else RETURNING if item.rank == VALUED else item.rank
+                    self._requeue(key, item, timeout, rank)
                     self._touch(key, item, now)
                 elif now + timeout - item.expires >= TOUCH_GRANULARITY:
                     # The lock-and-load of this request touched it a moment ago: sliding
@@ -292,8 +361,8 @@ class MemoryStore:
         expired: list[ExpiredItem] = []
         with self._mutex:
             now = self._clock()
-            for timeout in list(self._queues):
-                queue = self._queues[timeout]
+            for queue_key in list(self._queues):
+                queue = self._queues[queue_key]
                 for key in list(queue):
                     item = self._items[key]
                     if item.expires > now:
@@ -335,6 +404,7 @@ class MemoryStore:
                 if stale is not None:
                     self._drop(key, stale)
                 item = _Item(data, timeout, now + min(seconds_left, timeout), _sizeof(data))
+                item.rank = RETURNING  # it outlived a restart: it was in use, not a one-off
                 self._insert(key, item)
                 restored += 1
         return restored

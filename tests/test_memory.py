@@ -119,3 +119,95 @@ def test_snapshot_and_restore_keep_data_and_remaining_lifetime() -> None:
     assert fresh.get("a") is None
     item = fresh.get("b")
     assert item is not None and item.data == b"B" and not item.locked
+
+
+# Eviction ranks (docs/inproc.md, "Eviction"): FRESH, then RETURNING, then VALUED.
+
+
+def test_a_flood_of_fresh_items_evicts_only_fresh_items_oldest_first() -> None:
+    clock = Clock()
+    evicted: list[ExpiredItem] = []
+    store = MemoryStore(max_items=3, clock=clock, on_evict=evicted.append)
+    insert(store, "user")
+    clock.now += 1
+    assert store.get("user") is not None  # the client came back: RETURNING
+    for n in range(30):  # 10x the bound of one-off sessions, each written once
+        clock.now += 1
+        insert(store, f"bot{n}")
+    assert store.get("user") is not None
+    assert [e.session_key for e in evicted] == [f"bot{n}" for n in range(28)]
+
+
+def test_a_valued_item_outlives_returning_ones_and_returning_ones_outlive_fresh_ones() -> None:
+    clock = Clock()
+    evicted: list[ExpiredItem] = []
+    store = MemoryStore(max_items=3, clock=clock, on_evict=evicted.append)
+    # The oldest, nearest to expiry, and written once: a login's new key.
+    assert store.set_and_release("user", b"u", None, 60, True, True, True)
+    insert(store, "cart")
+    clock.now += 1
+    assert store.get("cart") is not None  # RETURNING
+    insert(store, "bot")
+    insert(store, "bot2")
+    assert [e.session_key for e in evicted] == ["bot"]
+    insert(store, "bot3")  # FRESH goes first, however recent
+    assert [e.session_key for e in evicted] == ["bot", "bot2"]
+    clock.now += 1
+    assert store.get("bot3") is not None  # now RETURNING too, and more recent than cart
+    insert(store, "bot4")  # no FRESH item left but the new one's room: RETURNING, oldest
+    assert [e.session_key for e in evicted] == ["bot", "bot2", "cart"]
+    assert store.get("user") is not None
+
+
+def test_a_save_ranks_the_item_by_its_valued_flag_both_ways() -> None:
+    clock = Clock()
+    evicted: list[ExpiredItem] = []
+    store = MemoryStore(max_items=2, clock=clock, on_evict=evicted.append)
+    insert(store, "a")
+    insert(store, "b")
+    # A login in a's request: valued from now on; b, FRESH, goes first.
+    assert store.set_and_release("a", b"in", None, 60, False, True, True)
+    insert(store, "c")
+    assert [e.session_key for e in evicted] == ["b"]
+    # A logout without a new key: a is no longer VALUED, merely RETURNING; c, FRESH, goes.
+    assert store.set_and_release("a", b"out", None, 60, False, True, False)
+    insert(store, "d")
+    assert [e.session_key for e in evicted] == ["b", "c"]
+    insert(store, "e")  # d is FRESH: it goes before a
+    assert [e.session_key for e in evicted] == ["b", "c", "d"]
+
+
+def test_a_placeholders_first_read_is_no_return() -> None:
+    clock = Clock()
+    evicted: list[ExpiredItem] = []
+    store = MemoryStore(max_items=2, clock=clock, on_evict=evicted.append)
+    insert(store, "user")
+    clock.now += 1
+    assert store.get("user") is not None
+    clock.now += 1
+    assert store.create_uninitialized("placeholder", 60)
+    item = store.get("placeholder")  # the client following the redirect that issued it
+    assert item is not None and item.initialize
+    insert(store, "next")
+    assert [e.session_key for e in evicted] == ["placeholder"]
+
+
+def test_locked_items_at_the_front_are_skipped_not_a_full_store() -> None:
+    clock = Clock()
+    store = MemoryStore(max_items=2, clock=clock)
+    insert(store, "held")
+    clock.now += 1
+    insert(store, "free")
+    assert store.get_exclusive("held") is not None  # locked, and at its queue's front
+    insert(store, "new")
+    assert store.get("held") is not None and store.get("free") is None
+
+
+def test_restored_items_rank_as_returning() -> None:
+    clock = Clock()
+    evicted: list[ExpiredItem] = []
+    store = MemoryStore(max_items=2, clock=clock, on_evict=evicted.append)
+    store.restore([("old", b"x", 60, 10.0)])  # nearest to expiry, but it outlived a restart
+    insert(store, "fresh")
+    insert(store, "fresh2")
+    assert [e.session_key for e in evicted] == ["fresh"]

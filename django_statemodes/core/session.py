@@ -57,6 +57,10 @@ class StateModeSessionBase(SessionBase):
     provider_settings: ClassVar[frozenset[str]] = frozenset()
 
     _session_cache: dict[str, Any]  # set on first access, as SessionBase does
+    #: release() (the view's own early release) rather than the middleware's finish() ended
+    #: the request's hold on the session; only error messages read it. A class default, so
+    #: that __init__, run on every request, sets nothing more.
+    _released_by_view: bool = False
     _storing: tuple[str, dict[str, Any]]  # the key and keywords of the store call in flight
 
     def __init__(self, session_key: str | None = None, access: SessionStateMode | None = None):
@@ -140,10 +144,21 @@ class StateModeSessionBase(SessionBase):
                 "ReadOnly (@session_readonly or session_state = 'ReadOnly'). Mark it ReadWrite "
                 "to change the session."
             )
-        if self._released:
+        if self._released and self._released_by_view:
             raise SessionStateReadOnly(
                 f"The session was released early with request.session.release(){self._where()}"
                 " and can no longer be changed in this request."
+            )
+        if self._released:
+            # Nothing called release(): SessionStateMiddleware finished the request (saved and
+            # unlocked), and code that runs after it, an outer middleware's response phase,
+            # wrote. Blaming release() sent people looking for a call that does not exist.
+            raise SessionStateReadOnly(
+                f"The session was changed after SessionStateMiddleware had saved and released "
+                f"it with the response{self._where()}: the write came from code that runs after "
+                "it, such as the response phase of a middleware listed before "
+                "SessionStateMiddleware in MIDDLEWARE. List that middleware after "
+                "SessionStateMiddleware, or change the session in the view."
             )
 
     def _check_enabled(self) -> None:
@@ -446,9 +461,11 @@ class StateModeSessionBase(SessionBase):
 
         For long views: other requests of the session no longer wait for this one.
         """
+        self._released_by_view = True
         self.finish(self._wants_save())
 
     async def arelease(self) -> None:
+        self._released_by_view = True
         await self.afinish(self._wants_save())
 
     def _wants_save(self) -> bool:

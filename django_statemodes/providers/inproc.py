@@ -20,6 +20,11 @@ from django_statemodes.providers.base import ExpiredItem, SessionStateProvider, 
 # Expired sessions are swept (and session_end sent) lazily, at most this often.
 SWEEP_INTERVAL = 1.0
 
+#: django.contrib.auth.SESSION_KEY, the logged-in user's id: its presence ranks a session
+#: VALUED for eviction. Spelled out, not imported: importing django.contrib.auth here would
+#: import its middleware and signals into every process using InProc, auth installed or not.
+AUTH_SESSION_KEY = "_auth_user_id"
+
 
 def _full(exc: StoreFull) -> SessionStoreFull:
     # The store's own StoreFull names no setting and is no error the middleware knows: it
@@ -142,8 +147,16 @@ class InProcProvider(SessionStateProvider):
     ) -> bool:
         try:
             # Positional: a keyword call costs more than the store's own bookkeeping here.
+            # A logged-in user's session is VALUED: a flood of anonymous sessions past the
+            # bound evicts every anonymous one before it (docs/inproc.md, "Eviction").
             return self.store.set_and_release(
-                session_key, data, lock_id, timeout, new_item, not keep_lock
+                session_key,
+                data,
+                lock_id,
+                timeout,
+                new_item,
+                not keep_lock,
+                type(data) is dict and AUTH_SESSION_KEY in data,
             )
         except StoreFull as exc:
             raise _full(exc) from None
