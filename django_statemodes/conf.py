@@ -125,6 +125,12 @@ class Settings:
         return _setting("STATEMODES_COMPRESSION", False)
 
     @property
+    def STATEMODES_ALLOW_PICKLE_SERIALIZER(self) -> bool:
+        # A pickle-based SESSION_SERIALIZER runs code planted in the store: refused (E060)
+        # unless the site says only trusted code can write there.
+        return _setting("STATEMODES_ALLOW_PICKLE_SERIALIZER", False)
+
+    @property
     def STATEMODES_APPLICATION_NAME(self) -> str:
         # Explicit, never derived from a deployment path (the classic web-farm trap).
         return _setting("STATEMODES_APPLICATION_NAME", "default")
@@ -136,6 +142,12 @@ class Settings:
     @property
     def STATEMODES_INPROC_MAX_SESSIONS(self) -> int:
         return _setting("STATEMODES_INPROC_MAX_SESSIONS", 100_000)
+
+    @property
+    def STATEMODES_UNAVAILABLE_VIEW(self) -> str | None:
+        # Dotted path of a view(request, exception) for the 503 page, like handler500; None:
+        # the statemodes/503.html template.
+        return _setting("STATEMODES_UNAVAILABLE_VIEW", None)
 
 
 conf = Settings()

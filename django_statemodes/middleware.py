@@ -7,7 +7,9 @@ sessions, ``SESSION_SAVE_EVERY_REQUEST``, no save on 5xx, ``SessionInterrupted``
   ``session_state`` class attribute or ``STATEMODES_DEFAULT_ACCESS``;
 - with our engines, the lock taken lazily on first touch and released with the save, in one
   store call, when the response is produced (without saving on an exception or a 5xx);
-- a 503 page, with ``Retry-After``, when the store is unreachable or the session's queue is full.
+- a 503 page, with ``Retry-After``, when the store is unreachable or the session's queue is full
+  (``unavailable``: a template or a site's view; internals only under ``DEBUG``);
+- session keys checked at the edge: a key outside Django's alphabet and length is no key.
 
 A request runs, in order: the key transport (``CookieTransport``, or the cookieless
 ``UriTransport`` that ``STATEMODES_COOKIELESS`` chooses) wraps the whole cycle;
@@ -25,6 +27,7 @@ It subclasses Django's middleware so that the admin's check (admin.E410) accepts
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,13 +37,12 @@ from typing import Any, Protocol, TypeGuard, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
-from django.contrib.sessions.backends.base import SessionBase, UpdateError
+from django.contrib.sessions.backends.base import VALID_KEY_CHARS, SessionBase, UpdateError
 from django.contrib.sessions.exceptions import SessionInterrupted
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import resolve
 from django.utils.cache import patch_vary_headers
-from django.utils.html import escape
 from django.utils.http import http_date
 
 from django_statemodes.backends.off import SessionStore as OffSessionStore
@@ -51,6 +53,7 @@ from django_statemodes.core.session import StateModeSessionBase
 from django_statemodes.decorators import view_mode
 from django_statemodes.exceptions import SessionQueueFull, SessionStoreUnavailable
 from django_statemodes.modes import DISABLED, READ_ONLY, SessionStateMode
+from django_statemodes.unavailable import RETRY_AFTER, unavailable_response
 
 __all__ = [
     "INTERRUPTED",
@@ -59,37 +62,37 @@ __all__ = [
     "KeyTransport",
     "SessionStateMiddleware",
     "unavailable_response",
+    "valid_session_key",
 ]
 
 logger = logging.getLogger("django_statemodes")
-
-# Seconds a client is asked to wait after a 503.
-RETRY_AFTER = 5
 
 INTERRUPTED = (
     "The request's session was deleted before the request completed. The user may have "
     "logged out in a concurrent request, for example."
 )
 
+# A key the client sends is one Django could have made: its alphabet, at least the 8 characters
+# ``_validate_session_key`` wants and at most the 40 its ``session_key`` column holds (Django and
+# our engines make 32). Anything else (a NUL byte, 0xFF, 10,000 characters, SQL) is no key: no
+# engine, ours or Django's, and no store ever sees it (PostgreSQL refused a NUL with a 500).
+MIN_KEY_LENGTH = 8
+MAX_KEY_LENGTH = 40
+_KEY = re.compile(f"[{re.escape(VALID_KEY_CHARS)}]{{{MIN_KEY_LENGTH},{MAX_KEY_LENGTH}}}")
+
+
+def valid_session_key(key: str | None) -> str | None:
+    """Return ``key`` if it is a well-formed session key, else None (the request has no key)."""
+    # The length first: a 10,000-character cookie is refused without scanning it.
+    if key is None or len(key) > MAX_KEY_LENGTH or not _KEY.fullmatch(key):
+        return None
+    return key
+
+
 ViewFunc = Callable[..., Any]
 #: No arguments.
 NO_ARGS: tuple[Any, ...] = ()
 ProcessView = Callable[[HttpRequest, ViewFunc, Any, Any], "Awaitable[None] | None"]
-
-
-def unavailable_response(exc: Exception) -> HttpResponse:
-    """Return the 503 page for a store that is down or a session queue that is full."""
-    if isinstance(exc, SessionQueueFull):
-        title = "Too many requests for this session"
-    else:
-        title = "Session state is unavailable"
-    body = (
-        f"<!doctype html><title>503 {title}</title><h1>{title}</h1>"
-        f"<p>{escape(str(exc))}</p><p>Please try again in a few seconds.</p>"
-    )
-    response = HttpResponse(body, status=503)
-    response["Retry-After"] = str(RETRY_AFTER)
-    return response
 
 
 # How the session key travels.
@@ -310,7 +313,8 @@ class SessionStateMiddleware(SessionMiddleware):
     # Request side.
 
     def process_request(self, request: HttpRequest) -> None:
-        session_key = self.get_session_key(request)
+        # Validated here, once, whatever the transport or a subclass's get_session_key returned.
+        session_key = valid_session_key(self.get_session_key(request))
         if not self.locking:
             request.session = self.SessionStore(session_key)
             return
@@ -397,7 +401,7 @@ class SessionStateMiddleware(SessionMiddleware):
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if isinstance(exception, (SessionStoreUnavailable, SessionQueueFull)):
             self._log_unavailable(request, exception)
-            return unavailable_response(exception)
+            return unavailable_response(request, exception)
         return None
 
     def _log_unavailable(self, request: HttpRequest, exc: Exception) -> None:
@@ -472,7 +476,7 @@ class SessionStateMiddleware(SessionMiddleware):
         self._log_unavailable(request, exc)
         if response.status_code >= 500:
             return response  # already failing; the release could not be sent either
-        return unavailable_response(exc)
+        return unavailable_response(request, exc)
 
     def _cookie_and_vary(
         self,

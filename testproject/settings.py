@@ -103,13 +103,16 @@ if ENGINE == "stateserver":
     STATEMODES_STATE_CONNECTION = f"tcpip=127.0.0.1:{STATE_PORT}"
 if ENGINE == "redis":
     # Custom mode with the Redis provider, through a django-redis cache alias.
+    # A dedicated alias and database: cache.clear() on a cache alias would flush the sessions
+    # (check W060).
     STATEMODES_CUSTOM_PROVIDER = "django_statemodes.providers.redis.RedisProvider"
-    STATEMODES_REDIS_ALIAS = "default"
+    STATEMODES_REDIS_ALIAS = "sessions"
     CACHES = {
-        "default": {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "sessions": {
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": os.environ.get("STATEMODES_DEMO_REDIS_URL", "redis://127.0.0.1:6379/1"),
-        }
+        },
     }
 
 COOKIELESS = os.environ.get("STATEMODES_DEMO_COOKIELESS", "")

@@ -404,7 +404,8 @@ def test_redis_mode_is_custom_mode_with_the_redis_provider_on_db_1(
 ) -> None:
     values = demo_settings(monkeypatch, STATEMODES_DEMO_ENGINE="redis")
     assert values["STATEMODES_CUSTOM_PROVIDER"] == "django_statemodes.providers.redis.RedisProvider"
-    assert values["CACHES"]["default"] == {
+    assert values["STATEMODES_REDIS_ALIAS"] == "sessions"  # not a cache alias (W060)
+    assert values["CACHES"]["sessions"] == {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": "redis://127.0.0.1:6379/1",
     }

@@ -184,8 +184,9 @@ def test_a_stale_holders_write_is_refused_with_session_interrupted(
     assert client.get("/read/").json() == {"counter": 2}
 
 
-@override_settings(SESSION_ENGINE="tests.engine_down")
+@override_settings(SESSION_ENGINE="tests.engine_down", DEBUG=True)
 def test_an_unreachable_store_answers_503_with_a_clear_message() -> None:
+    # The store's own message, for the developer: only under DEBUG (tests/test_unavailable_page.py).
     client = Client()
     client.cookies[COOKIE] = "a" * 32
     response = client.get("/increment/")
@@ -194,7 +195,7 @@ def test_an_unreachable_store_answers_503_with_a_clear_message() -> None:
     assert b"Unable to make the session state request" in response.content
 
 
-@override_settings(STATEMODES_LOCK_QUEUE_LIMIT=1, STATEMODES_LOCK_TIMEOUT=30)
+@override_settings(STATEMODES_LOCK_QUEUE_LIMIT=1, STATEMODES_LOCK_TIMEOUT=30, DEBUG=True)
 def test_a_full_queue_answers_503_with_retry_after(session_key: str) -> None:
     holder = hold_lock(session_key)
     results: list[int] = []

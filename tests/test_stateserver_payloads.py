@@ -173,3 +173,33 @@ def test_sessions_stay_readable_when_compression_is_switched(
         session.finish(save=True)
         assert stored(engine, key)[:1] == (ZLIB if after else RAW)
         assert load(key) == {**LARGE, "visits": 1}
+
+
+# The size limit applies to the serialized size, before compression: compression keeps the
+# store small, not what every process inflates and parses on each load (issue 14).
+MB = 1024 * 1024
+
+
+@override_settings(STATEMODES_COMPRESSION=True, STATEMODES_MAX_SESSION_SIZE=MB)
+def test_a_value_grown_in_place_past_the_limit_is_refused_with_compression_on(
+    engine: StateServerClient,
+) -> None:
+    session = SessionStore(access="ReadWrite")
+    session["cart"] = []
+    session["cart"].append("x" * (3 * MB))  # grown after it was set: only the save sees it
+    session.modified = True
+    with pytest.raises(SessionTooLarge, match="'cart'"):
+        session.save()
+
+
+@override_settings(STATEMODES_COMPRESSION=True, STATEMODES_MAX_SESSION_SIZE=MB)
+def test_values_that_fit_alone_but_not_together_are_refused_with_compression_on(
+    engine: StateServerClient,
+) -> None:
+    session = SessionStore(access="ReadWrite")
+    for name in ("a", "b", "c"):
+        session[name] = name * (MB // 3)  # each fits; together about 1 MB of JSON + keys
+    session["tiny"] = 1
+    with pytest.raises(SessionTooLarge, match="STATEMODES_MAX_SESSION_SIZE") as caught:
+        session.save()
+    assert "'a'" in str(caught.value) and "'tiny'" not in str(caught.value)

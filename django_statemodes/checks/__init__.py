@@ -17,8 +17,10 @@ from .cookieless import check_cookieless
 from .custom import check_custom
 from .inproc import check_inproc
 from .middleware import check_middleware
+from .serializer import check_serializer
 from .sql import check_sql
 from .stateserver import check_stateserver
+from .unavailable import check_unavailable
 
 __all__ = ["CHECKS", "check_settings"]
 
@@ -30,6 +32,8 @@ CHECKS: tuple[Callable[[], list[CheckMessage]], ...] = (
     check_sql,
     check_custom,
     check_middleware,
+    check_serializer,
+    check_unavailable,
 )
 
 

@@ -1,11 +1,12 @@
-"""Checks of the Redis provider's options in Custom mode: E040, E041."""
+"""Checks of the Redis provider's options in Custom mode: E040, E041, W060."""
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error
+from django.core.checks import CheckMessage, Error, Warning
 
 from django_statemodes.conf import conf
 
@@ -40,4 +41,71 @@ def check_redis_provider(options: dict[str, Any]) -> list[CheckMessage]:
                 id="django_statemodes.E041",
             )
         ]
-    return []
+    return check_shared_alias(alias, caches_setting)
+
+
+def check_shared_alias(alias: str, caches: dict[str, Any]) -> list[CheckMessage]:
+    """Warn when the sessions' Redis database is also a cache the site clears.
+
+    ``cache.clear()`` is FLUSHDB in django-redis and in Django's own Redis cache: it empties
+    the whole Redis database, key prefixes or not, so every session on it is deleted. Which
+    aliases a site clears cannot be known; these surely are caches: ``default``, Django's
+    ``SESSION_CACHE_ALIAS`` and ``CACHE_MIDDLEWARE_ALIAS``, and any other Redis alias of CACHES
+    on the same server and database.
+    """
+    cache_aliases = {
+        "default",
+        getattr(settings, "SESSION_CACHE_ALIAS", "default"),
+        getattr(settings, "CACHE_MIDDLEWARE_ALIAS", "default"),
+    }
+    ours = redis_databases(caches[alias])
+    sharing = sorted(
+        other
+        for other, config in caches.items()
+        if other != alias
+        and "redis" in str(config.get("BACKEND", "")).lower()
+        and ours & redis_databases(config)
+    )
+    if alias in cache_aliases:
+        problem = (
+            f"the Redis provider uses the cache alias {alias!r}, which the site uses as a cache"
+        )
+    elif sharing:
+        problem = (
+            f"the Redis provider's cache {alias!r} is on the same Redis database as the "
+            f"cache{'s' if len(sharing) > 1 else ''} {', '.join(map(repr, sharing))}"
+        )
+    else:
+        return []
+    return [
+        Warning(
+            f"Sessions can be wiped by accident: {problem}; cache.clear() on it runs FLUSHDB "
+            "and deletes every session.",
+            hint="Give sessions a dedicated alias on a Redis database of their own, e.g. "
+            "CACHES['sessions'] with LOCATION 'redis://127.0.0.1:6379/1' and "
+            "STATEMODES_REDIS_ALIAS = 'sessions' (docs/redis.md).",
+            id="django_statemodes.W060",
+        )
+    ]
+
+
+def redis_databases(config: dict[str, Any]) -> set[tuple[str, str, int | None, str]]:
+    """Return the (scheme, host or socket path, port, db) of each server of a cache's LOCATION."""
+    location = config.get("LOCATION", "")
+    # Both django-redis and Django take a list or a comma-separated string of servers.
+    urls = location.split(",") if isinstance(location, str) else list(location or [])
+    databases: set[tuple[str, str, int | None, str]] = set()
+    for url in map(str, urls):
+        parts = urlsplit(url.strip())
+        unix = parts.scheme == "unix"
+        try:
+            port = None if unix else (parts.port or 6379)
+        except ValueError:  # not a port: left to the cache to refuse
+            port = -1
+        if parts.scheme not in {"redis", "rediss", "unix"} or port == -1:
+            databases.add(("", url.strip(), None, ""))  # unknown form: compared as written
+            continue
+        db = parse_qs(parts.query).get("db", [""])[0] or ("" if unix else parts.path.strip("/"))
+        host = parts.path if unix else (parts.hostname or "localhost")
+        databases.add(("unix" if unix else "tcp", host, port, db or "0"))
+    return databases

@@ -5,6 +5,10 @@ marker byte saying how the rest is encoded, optional zlib compression, and
 ``STATEMODES_MAX_SESSION_SIZE``. A value that cannot be stored fails where it is set, naming the
 key, not as a mystery at response time. Stores that keep live objects, as ASP.NET InProc does,
 get ``OBJECTS``: no serialization at all.
+
+The size limit bounds the serialized form, before compression, both ways: ``encode`` refuses a
+larger session, and ``decode`` stops inflating a payload as soon as it passes the limit (whoever
+can write to the store could plant a 1 MB payload that inflates to gigabytes in every worker).
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ RAW = b"\x00"
 ZLIB = b"\x01"
 # Below this many bytes compression costs more than it saves.
 COMPRESS_MIN_LENGTH = 256
+# Most bytes one inflate call may produce. zlib builds each call's output in blocks and then
+# copies them into one bytes object, so a call briefly holds twice its output: small steps keep
+# a planted payload's memory near the size limit, not twice it.
+INFLATE_STEP = 256 * 1024
 
 # Django's default SESSION_SERIALIZER is json.dumps(obj, separators=(",", ":")).encode("latin-1")
 # and json.loads(data.decode("latin-1")), building a JSONEncoder on every call. These pre-built
@@ -134,17 +142,32 @@ class SerializingCodec:
             for key, value in data.items():  # name the offending key
                 self.check_value(key, value)
             raise
+        # Checked before compression: the limit bounds what every load inflates and parses,
+        # not only what the store keeps (180 MB of JSON compresses to a few hundred KB).
+        if len(raw) > conf.STATEMODES_MAX_SESSION_SIZE:
+            raise self._too_large(data, len(raw))
         if conf.STATEMODES_COMPRESSION and len(raw) >= COMPRESS_MIN_LENGTH:
-            payload = ZLIB + zlib.compress(raw)
-        else:
-            payload = RAW + raw
-        limit = conf.STATEMODES_MAX_SESSION_SIZE
-        if len(payload) > limit:
-            raise SessionTooLarge(
-                f"The session is {len(payload)} bytes serialized, more than "
-                f"STATEMODES_MAX_SESSION_SIZE ({limit} bytes). Keys: {', '.join(map(repr, data))}."
-            )
-        return payload
+            return ZLIB + zlib.compress(raw)
+        return RAW + raw
+
+    def _too_large(self, data: dict[str, Any], size: int) -> SessionTooLarge:
+        """Return the error for a session of ``size`` bytes, naming the values that fill it."""
+        # Only on this error path is each value serialized on its own: a value grown in place
+        # (session["cart"].append(...)) was never measured where it was set.
+        sizes: dict[str, int] = {}
+        for key, value in data.items():
+            try:
+                sizes[key] = len(self.dumps({key: value}))
+            except Exception:
+                sizes[key] = 0
+        largest = sorted(sizes, key=sizes.__getitem__, reverse=True)
+        named = [key for key in largest[:5] if sizes[key] * 10 >= size] or largest[:5]
+        values = ", ".join(f"{key!r} ({sizes[key]} bytes)" for key in named)
+        return SessionTooLarge(
+            f"The session is {size} bytes serialized, more than STATEMODES_MAX_SESSION_SIZE "
+            f"({conf.STATEMODES_MAX_SESSION_SIZE} bytes), compressed or not. "
+            f"Largest values: {values}."
+        )
 
     def decode(self, payload: Any) -> dict[str, Any]:
         if payload is None:
@@ -152,7 +175,10 @@ class SerializingCodec:
         try:
             marker, body = payload[:1], payload[1:]
             if marker == ZLIB:
-                body = zlib.decompress(body)
+                # Inflated whether STATEMODES_COMPRESSION is on or not (the marker, not the
+                # setting, says how a payload is encoded, so switching it off loses no session),
+                # and bounded, since whoever writes to the store chooses what it inflates to.
+                body = _inflate(body, conf.STATEMODES_MAX_SESSION_SIZE)
             elif marker != RAW:
                 raise ValueError(f"unknown payload marker {marker!r}")
             data = self.loads(body)
@@ -164,6 +190,33 @@ class SerializingCodec:
             security = logging.getLogger("django.security.SuspiciousSession")
             security.warning("Session data corrupted: %s", exc)
             return {}
+
+
+def _inflate(body: Any, limit: int) -> bytes:
+    """``zlib.decompress(body)``, raising ``ValueError`` once the output passes ``limit`` bytes.
+
+    Memory stays near ``limit`` + ``INFLATE_STEP`` whatever the payload claims: output is made
+    a step at a time and the first step past the limit ends it.
+    """
+    inflater = zlib.decompressobj()
+    first = inflater.decompress(body, min(INFLATE_STEP, limit + 1))
+    if inflater.eof and len(first) <= limit:
+        return first  # nearly every compressed session: one call, no copy
+    # Steps are kept apart and joined once at the end: a growing bytearray would over-allocate
+    # and copy as it grows.
+    steps = [first]
+    size = len(first)
+    while size <= limit and not inflater.eof:
+        step = inflater.decompress(inflater.unconsumed_tail, min(INFLATE_STEP, limit + 1 - size))
+        if not step:
+            raise ValueError("compressed payload is truncated")
+        steps.append(step)
+        size += len(step)
+    if size > limit:
+        raise ValueError(
+            f"compressed payload inflates to more than STATEMODES_MAX_SESSION_SIZE ({limit} bytes)"
+        )
+    return b"".join(steps)
 
 
 _codecs: dict[tuple[Any, str], SerializingCodec] = {}
