@@ -32,6 +32,7 @@ from django_statemodes.stateserver.client import StateServerClient
 from tests import engines
 from tests.fixtures_stateserver import StateServerProcess
 from tests.server import gunicorn, session_cookie
+from tests.settings import MIDDLEWARE  # ours first, then CommonMiddleware, CSRF, auth, messages
 
 # Views of this module's URLconf (ROOT_URLCONF=__name__; the gunicorn app's settings name it too).
 
@@ -81,13 +82,6 @@ urlpatterns = [
     path("whoami/", whoami),
 ]
 
-MIDDLEWARE = [
-    "django_statemodes.middleware.SessionStateMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-]
 
 #: Anonymous GETs per flood, and the time any one flood may take before the test gives up.
 FLOOD = 2_000
