@@ -5,7 +5,8 @@
 #   STATEMODES_DEMO_ENGINE      inproc (default) | stateserver | sql | redis | off
 #   STATEMODES_DEMO_DATABASE    sqlite (default: testproject/demo.sqlite3) | postgres
 #   STATEMODES_DEMO_COOKIELESS  UseUri | AutoDetect (default: cookies)
-#   STATEMODES_DEMO_STATE_PORT  the state server's port in stateserver mode (default: 42424)
+#   STATEMODES_DEMO_STATE_PORT  the state server's port in stateserver mode (default: 24242, below
+#                               Linux's ephemeral range 32768-60999, so no client socket holds it)
 #   STATEMODES_DEMO_INSTALL     1 to reinstall the package into the virtualenv
 #   PYTHON                      interpreter for the virtualenv (default: python3)
 #   VENV                        where the virtualenv lives (default: .venv)
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 ENGINE=${STATEMODES_DEMO_ENGINE:-inproc}
-STATE_PORT=${STATEMODES_DEMO_STATE_PORT:-42424}
+STATE_PORT=${STATEMODES_DEMO_STATE_PORT:-24242}
 
 ADDRESS=127.0.0.1:8000
 if [ $# -gt 0 ] && [[ "$1" != -* ]]; then

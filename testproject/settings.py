@@ -2,7 +2,7 @@
 
 ``STATEMODES_DEMO_ENGINE`` = ``inproc`` (default) | ``stateserver`` | ``sql`` | ``redis`` | ``off``;
 ``STATEMODES_DEMO_DATABASE`` = ``sqlite`` (default, ``testproject/demo.sqlite3``) | ``postgres``;
-``STATEMODES_DEMO_STATE_PORT`` (42424), ``STATEMODES_DEMO_REDIS_URL``, ``STATEMODES_DEMO_SQLITE``;
+``STATEMODES_DEMO_STATE_PORT`` (24242), ``STATEMODES_DEMO_REDIS_URL``, ``STATEMODES_DEMO_SQLITE``;
 ``STATEMODES_DEMO_COOKIELESS`` = ``UseUri`` | ``AutoDetect`` (unset: cookies);
 ``STATEMODES_DEMO_DEBUG`` = ``1`` (default) | ``0``. See ``docs/demo.md``.
 """
@@ -99,7 +99,7 @@ SESSION_ENGINE = ENGINES[ENGINE]
 
 if ENGINE == "stateserver":
     # scripts/demo.sh starts the state server on this port.
-    STATE_PORT = int(os.environ.get("STATEMODES_DEMO_STATE_PORT", "42424"))
+    STATE_PORT = int(os.environ.get("STATEMODES_DEMO_STATE_PORT", "24242"))
     STATEMODES_STATE_CONNECTION = f"tcpip=127.0.0.1:{STATE_PORT}"
 if ENGINE == "redis":
     # Custom mode with the Redis provider, through a django-redis cache alias.

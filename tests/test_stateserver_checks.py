@@ -1,4 +1,4 @@
-"""System checks of StateServer mode (E006, E020-E022)."""
+"""System checks of StateServer mode (E006, E020-E023)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,21 @@ def test_a_remote_server_without_a_secret_is_e022(stateserver_settings: Any) -> 
         "tcpip=127.0.0.1:42424;tcpip=state.example:42424"
     )
     assert ids(stateserver_settings) == ["django_statemodes.E022"]
-    stateserver_settings.STATEMODES_STATE_SECRET = "s3cret"
+    stateserver_settings.STATEMODES_STATE_SECRET = "s3cret-" + "x" * 25
+    assert ids(stateserver_settings) == []
+
+
+@pytest.mark.parametrize("secret", ["s3cret", "x" * 31, "  " + "x" * 31 + "  "])
+def test_a_secret_shorter_than_32_bytes_is_e023(stateserver_settings: Any, secret: str) -> None:
+    # The state server refuses such a secret at start (Redis asks for long random passwords).
+    stateserver_settings.STATEMODES_STATE_SECRET = secret
+    assert ids(stateserver_settings) == ["django_statemodes.E023"]
+    message = check_stateserver()[0]
+    assert message.hint is not None and "secrets.token_urlsafe(32)" in message.hint
+
+
+def test_a_secret_of_32_bytes_passes(stateserver_settings: Any) -> None:
+    stateserver_settings.STATEMODES_STATE_SECRET = "x" * 32
     assert ids(stateserver_settings) == []
 
 

@@ -26,7 +26,7 @@ from tests.fixtures_stateserver import StateServerProcess
 
 pytestmark = [pytest.mark.stateserver]
 
-SECRET = b"correct horse battery staple"
+SECRET = b"correct horse battery staple, 32 bytes+"
 
 
 def frames(data: bytes, role: p.Role) -> list[p.Event]:

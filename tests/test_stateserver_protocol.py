@@ -247,3 +247,26 @@ def test_the_receive_buffer_is_bounded_even_if_events_are_not_drained() -> None:
     with pytest.raises(p.RemoteProtocolError, match="not consumed"):
         while server.next_event() is not p.NEED_DATA:
             pass
+
+
+def test_before_hello_a_server_takes_only_a_hello_sized_frame() -> None:
+    # An unauthenticated connection used to be able to hold an almost complete 8 MiB frame.
+    server = p.Connection(p.SERVER)
+    server.send(p.Welcome())
+    server.receive_data(struct.pack("!I", p.MAX_HELLO_FRAME_SIZE + 1))
+    with pytest.raises(p.RemoteProtocolError, match="before the handshake") as info:
+        server.next_event()
+    assert info.value.code == p.ErrorCode.FRAME_TOO_LARGE
+
+
+def test_the_longest_hello_fits_and_the_full_limit_applies_after_it() -> None:
+    client, server = p.Connection(p.CLIENT), p.Connection(p.SERVER)
+    client.receive_data(server.send(p.Welcome(nonce=b"n" * 16)))
+    client.next_event()
+    hello = p.Hello(application="a" * p.MAX_APPLICATION_LENGTH, proof=b"p" * 255)
+    frame = client.send(hello)
+    assert len(frame) == p.MAX_HELLO_FRAME_SIZE + 4  # the limit is exactly the longest HELLO
+    big = client.send(p.Ping(1, b"x" * 1_000_000))  # pipelined right behind HELLO
+    server.receive_data(frame + big)
+    assert server.next_event() == hello
+    assert server.next_event() == p.Ping(1, b"x" * 1_000_000)

@@ -168,9 +168,19 @@ def test_a_non_loopback_address_needs_allow_remote_and_a_secret() -> None:
     assert "secret" in no_secret.stderr
 
 
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--max-connections", "0"), ("--handshake-timeout", "0"), ("--idle-timeout", "-1")],
+)
+def test_connection_limits_out_of_range_are_refused_naming_the_flag(flag: str, value: str) -> None:
+    refused = _run_main("--port", str(free_port()), flag, value)
+    assert refused.returncode == 2
+    assert flag in refused.stderr
+
+
 def test_a_wrong_or_missing_secret_is_refused_and_the_right_one_works(tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
-    secret_file.write_text("correct horse battery staple\n")
+    secret_file.write_text("correct horse battery staple, and then some\n")
     args = ("--allow-remote", "--secret-file", str(secret_file))
     with StateServerProcess(*args) as server:
         with pytest.raises(StateServerUnavailable, match="STATEMODES_STATE_SECRET") as wrong:
@@ -178,10 +188,15 @@ def test_a_wrong_or_missing_secret_is_refused_and_the_right_one_works(tmp_path: 
         assert wrong.value.setting == "STATEMODES_STATE_SECRET"
         with pytest.raises(StateServerUnavailable, match="requires a shared secret"):
             client_for(server).ping()
-        assert client_for(server, secret="correct horse battery staple").ping(b"ok") == b"ok"
-    env = {"STATEMODES_STATE_SECRET": "from-env"}
+        assert (
+            client_for(server, secret="correct horse battery staple, and then some").ping(b"ok")
+            == b"ok"
+        )
+    env = {"STATEMODES_STATE_SECRET": "from-the-environment-32-bytes-or-more"}
     with StateServerProcess("--allow-remote", env=env) as server:
-        assert client_for(server, secret="from-env").ping(b"ok") == b"ok"
+        assert (
+            client_for(server, secret="from-the-environment-32-bytes-or-more").ping(b"ok") == b"ok"
+        )
         with pytest.raises(StateServerUnavailable):
             client_for(server, secret="from-file").ping()
 

@@ -8,6 +8,9 @@ read and is replaced by the next write, and a reader of PATH never sees a partia
 from __future__ import annotations
 
 import os
+import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +20,8 @@ from django_statemodes.exceptions import SnapshotError
 from django_statemodes.stateserver.addresses import Address
 from django_statemodes.stateserver.client import StateServerClient
 from django_statemodes.stateserver.snapshot import MAGIC, read_snapshot
-from tests.fixtures_stateserver import StateServerProcess
+from tests.conftest import free_port
+from tests.fixtures_stateserver import ROOT, StateServerProcess
 
 pytestmark = [pytest.mark.stateserver]
 
@@ -102,3 +106,68 @@ def test_a_snapshot_is_replaced_whole_never_rewritten_in_place(tmp_path: Path) -
                 if len(found) != count + 1:
                     failures.append(f"{len(found)} sessions")
         assert failures == []  # several snapshots were written meanwhile, each a new file
+
+
+# Start-up, permissions and failed writes. Redis checks its dump directory at start (``dir``),
+# writes the dump readable by its own user only, and removes its temporary file when a save
+# fails; ASP.NET's state service writes nothing to disk, so these follow Redis.
+
+
+def run_main(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "django_statemodes.stateserver", *args]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(command, capture_output=True, text=True, timeout=30, env=env)
+
+
+def test_a_snapshot_directory_that_does_not_exist_is_refused_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "missing" / "sessions.snap"
+    result = run_main("--port", str(free_port()), "--snapshot", str(path))
+    assert result.returncode == 2, result.stderr
+    assert str(path.parent) in result.stderr and "cannot be written" in result.stderr
+    assert not path.parent.exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")
+def test_a_read_only_snapshot_directory_is_refused_at_start(tmp_path: Path) -> None:
+    directory = tmp_path / "ro"
+    directory.mkdir(mode=0o500)
+    try:
+        result = run_main("--port", str(free_port()), "--snapshot", str(directory / "s.snap"))
+    finally:
+        directory.chmod(0o700)
+    assert result.returncode == 2, result.stderr
+    assert "cannot be written" in result.stderr
+    assert os.listdir(directory) == []
+
+
+def test_the_snapshot_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    snapshot = tmp_path / "sessions.snap"
+    with StateServerProcess("--snapshot", str(snapshot)) as server:
+        client_for(server).set_and_release("k", b"secret", lock_id=None, timeout=600, new_item=True)
+    assert stat.S_IMODE(snapshot.stat().st_mode) == 0o600
+
+
+def test_a_failed_write_removes_its_tmp_file_and_the_server_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    snapshot = tmp_path / "sessions.snap"
+    server = StateServerProcess("--snapshot", str(snapshot), "--snapshot-interval", "0.2")
+    server.log.unlink(missing_ok=True)
+    with server:
+        client = client_for(server)
+        client.set_and_release("before", b"v1", lock_id=None, timeout=600, new_item=True)
+        wait_for_keys(snapshot, {"before"})
+        # A directory in the way of the rename: each write fills PATH.tmp, then os.replace fails
+        # (as a full disk fails the write itself). Root ignores permission bits; this it cannot.
+        snapshot.unlink()
+        snapshot.mkdir()
+        deadline = time.monotonic() + 15
+        while "Could not write the snapshot" not in server.log.read_text():
+            assert time.monotonic() < deadline, server.log.read_text()[-2000:]
+            time.sleep(0.05)
+        client.set_and_release("after", b"v2", lock_id=None, timeout=600, new_item=True)
+        item = client.get("after")
+        assert item is not None and item.data == b"v2"  # still serving
+    # The last write, at shutdown, failed the same way: the exit says so, and no .tmp is left.
+    assert server.proc is not None and server.proc.returncode == 2
+    assert sorted(os.listdir(tmp_path)) == ["sessions.snap"]

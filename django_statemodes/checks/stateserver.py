@@ -1,4 +1,4 @@
-"""Checks of StateServer mode's settings: E006, E020-E022.
+"""Checks of StateServer mode's settings: E006, E020-E023.
 
 They live here, not in ``django_statemodes/stateserver/``: that package is the state server's
 own code too, which must import neither Django nor asgiref.
@@ -14,6 +14,7 @@ from django.utils.module_loading import import_string
 
 from django_statemodes.conf import conf
 from django_statemodes.stateserver.addresses import Address, parse_connection
+from django_statemodes.stateserver.options import MIN_SECRET_BYTES, SECRET_HINT
 from django_statemodes.stateserver.server import is_loopback
 
 from .common import ENGINE_PREFIX
@@ -37,6 +38,18 @@ def check_stateserver() -> list[CheckMessage]:
                 "STATEMODES_STATE_SECRET should be None or a non-empty string.",
                 hint="The same secret as the state server's --secret-file.",
                 id="django_statemodes.E021",
+            )
+        )
+    elif secret is not None and len(secret.strip().encode()) < MIN_SECRET_BYTES:
+        # The state server refuses such a secret at start (options.strong_secret): say so at
+        # the web side too, before a deploy finds out (Redis's requirepass: long and random).
+        errors.append(
+            Error(
+                f"STATEMODES_STATE_SECRET is shorter than {MIN_SECRET_BYTES} bytes; the state "
+                "server refuses it, and a short secret falls to an offline search of one "
+                "captured handshake.",
+                hint=f"Use at least {MIN_SECRET_BYTES} random bytes: {SECRET_HINT}",
+                id="django_statemodes.E023",
             )
         )
     try:

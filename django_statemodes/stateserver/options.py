@@ -9,9 +9,22 @@ from typing import Any
 
 from .server import LOOPS, ServerConfig
 
-__all__ = ["SECRET_ENV", "add_arguments", "build_config", "format_stats", "parse_size"]
+__all__ = [
+    "MIN_SECRET_BYTES",
+    "SECRET_ENV",
+    "SECRET_HINT",
+    "add_arguments",
+    "build_config",
+    "format_stats",
+    "parse_size",
+]
 
 SECRET_ENV = "STATEMODES_STATE_SECRET"
+#: Shortest secret the server accepts. A captured handshake lets anyone search for the secret
+#: offline (issue 13: 4 characters fell in 1.8 s); Redis's ``requirepass`` documentation asks
+#: for a long random password for the same reason. 32 random bytes defeat any such search.
+MIN_SECRET_BYTES = 32
+SECRET_HINT = 'generate one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
@@ -65,6 +78,25 @@ def add_arguments(parser: Any, *, with_address: bool = True) -> None:
         help="seconds a client may take to finish a started frame (30)",
     )
     parser.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=5.0,
+        help="seconds a new connection has to complete its handshake (5)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        help="most open connections; more are closed at once (default: the open-file limit "
+        "minus 64, at most 10000)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=300.0,
+        help="seconds of silence before an authenticated connection is closed (300; 0: never)",
+    )
+    parser.add_argument(
         "--loop",
         choices=LOOPS,
         default="auto",
@@ -89,18 +121,31 @@ def read_secret(secret_file: str | None) -> bytes | None:
     return value.encode() if value else None
 
 
+def strong_secret(secret: bytes | None) -> bytes | None:
+    """Return the secret, or raise ValueError if it is shorter than MIN_SECRET_BYTES."""
+    if secret is not None and len(secret) < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"the shared secret ({SECRET_ENV} or --secret-file) is {len(secret)} bytes long; "
+            f"at least {MIN_SECRET_BYTES} bytes are required: {SECRET_HINT}"
+        )
+    return secret
+
+
 def build_config(options: dict[str, Any], host: str, port: int) -> ServerConfig:
     """Build a ServerConfig from parsed options; raise ValueError with a clear message."""
     return ServerConfig(
         host=host,
         port=port,
         allow_remote=options["allow_remote"],
-        secret=read_secret(options.get("secret_file")),
+        secret=strong_secret(read_secret(options.get("secret_file"))),
         snapshot=options.get("snapshot"),
         snapshot_interval=options["snapshot_interval"],
         max_memory=options.get("max_memory"),
         purge_interval=options["purge_interval"],
         frame_timeout=options["frame_timeout"],
+        handshake_timeout=options.get("handshake_timeout", 5.0),
+        max_connections=options.get("max_connections"),
+        idle_timeout=options.get("idle_timeout", 300.0),
         loop=options.get("loop") or "auto",
     )
 

@@ -64,6 +64,10 @@ _ERROR = struct.Struct("!H")
 HEADER_SIZE: Final = _HEADER.size
 # length counts type and request id too.
 _MIN_LENGTH: Final = HEADER_SIZE - _U32.size
+#: The longest HELLO (a 255-byte proof, a 1024-byte application name): the largest frame a server
+#: accepts before the handshake, so an unauthenticated connection never holds more than this of a
+#: frame (it used to be able to hold an almost complete 8 MiB one).
+MAX_HELLO_FRAME_SIZE: Final = _MIN_LENGTH + _HELLO.size + 255 + _U16.size + MAX_APPLICATION_LENGTH
 
 
 class Role(enum.Enum):
@@ -680,6 +684,11 @@ class Connection:
     def __init__(self, role: Role, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self.role = role
         self.max_frame_size = max_frame_size
+        # The limit applied to the next frame received: a server takes only a HELLO-sized frame
+        # until HELLO has arrived, then max_frame_size. A client keeps max_frame_size throughout.
+        self._receive_limit = (
+            min(max_frame_size, MAX_HELLO_FRAME_SIZE) if role is SERVER else max_frame_size
+        )
         #: Most bytes held before ``next_event`` consumes them: one whole frame plus one read.
         self.max_buffer_size = max_frame_size + _U32.size + RECEIVE_SLACK
         self._buffer = bytearray()
@@ -747,7 +756,7 @@ class Connection:
                 self._check_length(_U32.unpack_from(buffer)[0])
             return NEED_DATA
         length, type_, request_id = _HEADER.unpack_from(buffer)
-        if not _MIN_LENGTH <= length <= self.max_frame_size:
+        if not _MIN_LENGTH <= length <= self._receive_limit:
             self._check_length(length)
         end = length + _U32.size
         if len(buffer) < end:
@@ -766,9 +775,11 @@ class Connection:
         return self._decode(type_, request_id, body)
 
     def _check_length(self, length: int) -> None:
-        if length > self.max_frame_size:
+        if length > self._receive_limit:
+            before = "" if self._receive_limit == self.max_frame_size else " before the handshake"
             raise RemoteProtocolError(
-                f"frame of {length} bytes is over the limit of {self.max_frame_size} bytes",
+                f"frame of {length} bytes is over the limit of {self._receive_limit} bytes"
+                + before,
                 ErrorCode.FRAME_TOO_LARGE,
             )
         if length < _MIN_LENGTH:
@@ -800,6 +811,7 @@ class Connection:
         if isinstance(event, Hello):
             self.hello_done = True
             self._steady_decoders = self._receivable
+            self._receive_limit = self.max_frame_size
         elif isinstance(event, Welcome):
             self.welcomed = True
             self._steady_decoders = self._receivable

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import hmac
 import ipaddress
 import logging
 import os
+import resource
 import secrets
 import signal
 import time
@@ -30,7 +32,7 @@ from django_statemodes.memory import MemoryStore
 
 from . import protocol as p
 from .errors import StoreFull
-from .snapshot import Record, read_snapshot, write_snapshot
+from .snapshot import Record, check_snapshot_path, read_snapshot, write_snapshot
 
 __all__ = [
     "LOOPS",
@@ -49,6 +51,31 @@ DEFAULT_HOST = "127.0.0.1"
 EXPIRED_BATCH_BYTES = 1024 * 1024
 # Seconds of operation counts kept for the operations/s figure.
 RATE_WINDOW = 10
+# Backpressure (Redis's client-output-buffer-limit, as a pause rather than a disconnect): a
+# connection stops being read while more than WRITE_HIGH_WATER bytes of its replies are unsent,
+# and is read again below WRITE_LOW_WATER. Replies are coalesced into writes of up to
+# WRITE_COALESCE bytes. So one connection holds at most about WRITE_HIGH_WATER + WRITE_COALESCE
+# + one reply (a frame, at most --max-frame-size) of output, however much it pipelines.
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
+WRITE_COALESCE = 64 * 1024
+# Descriptors kept free below RLIMIT_NOFILE for the listening sockets, the log, the snapshot, the
+# event loop's own: the default --max-connections is the soft limit minus this (Redis reserves 32
+# below maxclients the same way), so accept() does not run out of descriptors.
+NOFILE_MARGIN = 64
+# Redis's default maxclients: the cap when the descriptor limit is higher.
+DEFAULT_MAX_CONNECTIONS = 10000
+# Connections refused over --max-connections, and accept() failures (EMFILE), are logged at most
+# once per this many seconds, with a count: never a line per event.
+LIMIT_LOG_INTERVAL = 10.0
+
+
+def default_max_connections() -> int:
+    """``--max-connections``'s default: the soft RLIMIT_NOFILE minus a margin, at most 10,000."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return DEFAULT_MAX_CONNECTIONS
+    return max(1, min(DEFAULT_MAX_CONNECTIONS, soft - NOFILE_MARGIN))
 
 
 def is_loopback(host: str) -> bool:
@@ -74,9 +101,11 @@ class ServerConfig:
     max_memory: int | None = None
     purge_interval: float = 60.0
     max_frame_size: int = p.DEFAULT_MAX_FRAME_SIZE
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = 5.0
     frame_timeout: float = 30.0
     loop: str = "auto"
+    max_connections: int | None = None  # None: default_max_connections()
+    idle_timeout: float = 300.0  # 0: never
 
     def validate(self) -> None:
         """Raise ValueError with the flag to use when the configuration is unsafe or wrong."""
@@ -92,6 +121,12 @@ class ServerConfig:
             )
         if self.max_memory is not None and self.max_memory <= 0:
             raise ValueError("--max-memory must be a positive number of bytes")
+        if self.max_connections is not None and self.max_connections <= 0:
+            raise ValueError("--max-connections must be a positive number")
+        if self.handshake_timeout <= 0:
+            raise ValueError("--handshake-timeout must be a positive number of seconds")
+        if self.idle_timeout < 0:
+            raise ValueError("--idle-timeout must be 0 (never) or a positive number of seconds")
         loop_factory(self.loop)  # raises for an unknown loop or a missing uvloop
 
 
@@ -145,6 +180,8 @@ class ServerState:
         self.waiters: dict[tuple[str, str], list[_Waiter]] = {}
         self.operations = 0
         self.started = time.time()
+        # Connections closed at once because --max-connections were open (Redis's maxclients).
+        self.refused_connections = 0
 
     def store(self, application: str) -> MemoryStore:
         store = self.stores.get(application)
@@ -273,8 +310,15 @@ class _Peer(asyncio.Protocol):
         self.held: dict[tuple[str, str], int] = {}
         self.waiting: dict[tuple[str, str], _Waiter] = {}
         self._out: list[bytes] | None = None
+        self._out_size = 0
         self._timer: asyncio.TimerHandle | None = None
         self.peername: Any = None
+        # Backpressure: True while the transport's unsent output is over WRITE_HIGH_WATER; no
+        # request is parsed then, so no reply is built.
+        self._paused = False
+        self._refused = False  # closed at once: over --max-connections
+        self._idle: asyncio.TimerHandle | None = None
+        self._last_read = 0.0
 
     # asyncio.Protocol
 
@@ -283,7 +327,18 @@ class _Peer(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         transport = self.transport
         self.peername = transport.get_extra_info("peername")
-        self.server.peers.add(self)
+        server = self.server
+        if len(server.peers) >= server.max_connections:
+            # Redis's maxclients: the excess is closed at once, before any byte is sent or read,
+            # so a flood can never take the descriptors legitimate clients need. Counted, and
+            # logged at most once per LIMIT_LOG_INTERVAL.
+            self._refused = True
+            self.state.refused_connections += 1
+            server.note_refused()
+            transport.close()
+            return
+        server.peers.add(self)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         welcome = p.Welcome(nonce=self.nonce, auth_required=self.config.secret is not None)
         transport.write(self.conn.send(welcome))
         self._timer = asyncio.get_running_loop().call_later(
@@ -291,9 +346,13 @@ class _Peer(asyncio.Protocol):
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
         self.server.peers.discard(self)
         if self._timer is not None:
             self._timer.cancel()
+        if self._idle is not None:
+            self._idle.cancel()
         released = self.state.disconnected(self)
         if released:
             logger.info(
@@ -301,21 +360,38 @@ class _Peer(asyncio.Protocol):
             )
 
     def pause_writing(self) -> None:
-        # A client that does not read its replies stops being read (bounded memory).
+        # A client that does not read its replies stops being read, and its requests already
+        # received stop being parsed: its unsent output stays near WRITE_HIGH_WATER.
+        self._paused = True
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None:
+        self._paused = False
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
+            if self.conn.buffered:
+                # Requests received before the pause; parsed on the next loop pass, not inside
+                # the transport's write callback.
+                asyncio.get_running_loop().call_soon(self._process)
 
     def data_received(self, data: bytes) -> None:
+        self._last_read = time.monotonic()
+        try:
+            self.conn.receive_data(data)
+        except p.ProtocolError as exc:
+            self._refuse(exc.code, str(exc))
+            return
+        self._process()
+
+    def _process(self) -> None:
+        """Handle the complete requests received, one at a time, until paused or out of them."""
         conn = self.conn
         out: list[bytes] = []
         self._out = out
+        self._out_size = 0
         try:
-            conn.receive_data(data)
-            while True:
+            while not self._paused:
                 event = conn.next_event()
                 if event is p.NEED_DATA or event is p.CLOSED:
                     break
@@ -326,6 +402,8 @@ class _Peer(asyncio.Protocol):
             self._out = None
             if out and self.transport is not None:
                 self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if self._paused:
+            return  # not a slow sender: the frame timer waits for the resume
         if conn.buffered or self._timer is not None:
             self._watch_partial_frame()
 
@@ -344,14 +422,33 @@ class _Peer(asyncio.Protocol):
             frame = self.conn.send(
                 p.Error(getattr(event, "request_id", 0), p.ErrorCode.INTERNAL, str(exc))
             )
-        if self._out is not None:
-            self._out.append(frame)
-        else:
+        out = self._out
+        if out is None:
             self.transport.write(frame)
+            return
+        out.append(frame)
+        self._out_size += len(frame)
+        if self._out_size >= WRITE_COALESCE:
+            # Written as produced, not at the end of the read: the write may pause this
+            # connection (pause_writing) before the next request is parsed.
+            self.transport.write(b"".join(out))
+            out.clear()
+            self._out_size = 0
 
     def _refuse(self, code: int, message: str) -> None:
-        level = logging.DEBUG if code == p.ErrorCode.SHUTTING_DOWN else logging.WARNING
-        logger.log(level, "Closing connection %s: %s", self.peername, message)
+        if code == p.ErrorCode.SHUTTING_DOWN:
+            logger.debug("Closing connection %s: %s", self.peername, message)
+        elif not self.conn.ready:
+            # Before the handshake anyone can connect: a line per refused connection would let
+            # a flood write the log at its own rate. One line per interval, with a count.
+            self.server.log_limited(
+                "handshake",
+                "Closed %d connection(s) before their handshake; the last, %s: %s",
+                self.peername,
+                message,
+            )
+        else:
+            logger.warning("Closing connection %s: %s", self.peername, message)
         self.answer(p.Error(0, code, message))
         if self._out and self.transport is not None:
             self.transport.write(b"".join(self._out))
@@ -420,6 +517,27 @@ class _Peer(asyncio.Protocol):
         self.application = hello.application
         self.store = self.state.store(hello.application)
         self.answer(p.Ready(proof))
+        if self.config.idle_timeout > 0:
+            self._idle = asyncio.get_running_loop().call_later(
+                self.config.idle_timeout, self._idle_check
+            )
+
+    def _idle_check(self) -> None:
+        # Redis's timeout: an authenticated connection silent for --idle-timeout is closed
+        # without a word; the clients reconnect transparently on their next request. One that
+        # holds a lock or waits for one is never idle: closing it would release the lock.
+        self._idle = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        timeout = self.config.idle_timeout
+        silent = time.monotonic() - self._last_read
+        if silent < timeout or self.held or self.waiting:
+            delay = timeout - silent if silent < timeout else timeout
+            self._idle = asyncio.get_running_loop().call_later(delay, self._idle_check)
+            return
+        logger.debug("Closing connection %s: idle for %.0f s", self.peername, silent)
+        transport.close()
 
     def _get(self, store: MemoryStore, event: p.Get) -> None:
         item = store.get(event.key)
@@ -571,6 +689,10 @@ class StateServer:
         self._rates: collections.deque[tuple[float, int]] = collections.deque(maxlen=RATE_WINDOW)
         self.last_snapshot: float | None = None
         self.sockets: list[Any] = []
+        self.max_connections = config.max_connections or default_max_connections()
+        # Rate-limited logging of refused connections and of accept() failures: (last logged,
+        # events since then).
+        self._limit_log: dict[str, tuple[float, int]] = {}
 
     def load_snapshot(self) -> int:
         """Load ``--snapshot`` if the file exists; a bad file raises SnapshotError."""
@@ -582,11 +704,21 @@ class StateServer:
 
     async def start(self) -> None:
         self.load_snapshot()
+        if self.config.snapshot:
+            # Refuse now rather than run for hours and lose everything at shutdown (Redis
+            # checks its dump directory at start too).
+            check_snapshot_path(self.config.snapshot)
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._loop_exception)
         self._stopping = asyncio.Event()
-        self._server = await loop.create_server(
-            lambda: _Peer(self), self.config.host, self.config.port, reuse_address=True
-        )
+        try:
+            self._server = await loop.create_server(
+                lambda: _Peer(self), self.config.host, self.config.port, reuse_address=True
+            )
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise OSError(address_in_use(self.config.host, self.config.port)) from None
         self.sockets = list(self._server.sockets)
         self._tasks = [asyncio.create_task(self._tick())]
         if self.config.purge_interval > 0:
@@ -602,6 +734,47 @@ class StateServer:
             self.config.snapshot or "off",
             _loop_name(loop),
         )
+        logger.info(
+            "Connections: at most %d (open-file limit %s), handshake timeout %g s, idle timeout %s",
+            self.max_connections,
+            _nofile_limit(),
+            self.config.handshake_timeout,
+            f"{self.config.idle_timeout:g} s" if self.config.idle_timeout else "off",
+        )
+
+    def note_refused(self) -> None:
+        """Log connections refused over --max-connections: once per interval, with a count."""
+        self.log_limited(
+            "refused",
+            "Refused %d connection(s): --max-connections %d reached (Redis maxclients)",
+            self.max_connections,
+        )
+
+    def log_limited(self, kind: str, message: str, *args: Any) -> None:
+        # One line per LIMIT_LOG_INTERVAL whatever the rate of events: a flood must not turn
+        # into megabytes of log (the accept loop used to log at 1 MiB/s when out of descriptors).
+        now = time.monotonic()
+        last, count = self._limit_log.get(kind, (-LIMIT_LOG_INTERVAL, 0))
+        count += 1
+        if now - last >= LIMIT_LOG_INTERVAL:
+            logger.warning(message, count, *args)
+            self._limit_log[kind] = (now, 0)
+        else:
+            self._limit_log[kind] = (last, count)
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # asyncio reports accept() failing for lack of descriptors or memory through here (and
+        # retries a second later); logged once per interval instead of a traceback each time.
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in _OUT_OF_RESOURCES:
+            self.log_limited(
+                "accept",
+                "accept() failed %d time(s): %s; raise the open-file limit (LimitNOFILE) or "
+                "lower --max-connections",
+                exc.strerror or exc,
+            )
+            return
+        loop.default_exception_handler(context)
 
     def stop(self) -> None:
         """Ask ``serve_forever`` to shut down (signal handlers call this)."""
@@ -677,6 +850,8 @@ class StateServer:
             "locks": sum(len(peer.held) for peer in self.peers),
             "waiters": sum(len(w) for w in state.waiters.values()),
             "connections": len(self.peers),
+            "max_connections": self.max_connections,
+            "refused_connections": state.refused_connections,
             "operations": operations,
             "operations_per_second": round(rate, 1),
             "applications": {
@@ -692,8 +867,51 @@ class StateServer:
         }
 
 
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def _nofile_limit() -> str:
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
+
+
 def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
+#: Linux's default ephemeral port range, used when /proc does not say (another kernel).
+LINUX_EPHEMERAL_PORTS = (32768, 60999)
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The range the kernel picks client ports from (/proc/sys/net/ipv4/ip_local_port_range)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as stream:
+            low, high = stream.read().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return LINUX_EPHEMERAL_PORTS
+
+
+def address_in_use(host: str, port: int) -> str:
+    """Explain EADDRINUSE: the default port 42424 (ASP.NET's) lies in Linux's ephemeral range,
+    so any outgoing connection may have taken it as its local port (issue 13)."""
+    low, high = ephemeral_port_range()
+    where = _address((host, port))
+    if low <= port <= high:
+        why = (
+            f"port {port} lies in this machine's ephemeral port range {low}-{high} "
+            "(/proc/sys/net/ipv4/ip_local_port_range), so a client socket of another "
+            "connection may hold it, or another server listens on it"
+        )
+    else:
+        why = f"another process listens on it (ephemeral port range: {low}-{high})"
+    return (
+        f"cannot listen on {where}: address already in use: {why}. Reserve the port so the "
+        f"kernel never hands it to client sockets (sysctl -w net.ipv4.ip_local_reserved_ports="
+        f"{port}, and the same line in /etc/sysctl.d/), or choose another port below {low} "
+        "(--port, or runstateserver host:port)"
+    )
 
 
 def _address(sockname: Any) -> str:

@@ -14,6 +14,7 @@ Locks are not kept: a restarted server starts with every session unlocked.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from collections.abc import Iterable, Iterator
@@ -21,7 +22,7 @@ from typing import Any, BinaryIO, Final
 
 from .errors import SnapshotError
 
-__all__ = ["SnapshotError", "read_snapshot", "write_snapshot"]
+__all__ = ["SnapshotError", "check_snapshot_path", "read_snapshot", "write_snapshot"]
 
 MAGIC: Final = b"SMSNAP"
 VERSION: Final = 1
@@ -81,11 +82,60 @@ def read_snapshot(path: str) -> dict[str, list[tuple[str, Any, int, float]]]:
     return result
 
 
-def write_snapshot(path: str, records: Iterable[Record]) -> int:
-    """Write records atomically (a temporary file, fsync, then rename); return how many."""
+#: Snapshots hold every session's key and data: readable by the server's user only (Redis
+#: writes its dump the same way), whatever the umask.
+FILE_MODE: Final = 0o600
+
+
+def check_snapshot_path(path: str) -> None:
+    """Raise SnapshotError unless a snapshot can be written at ``path`` (checked at start).
+
+    Redis checks its ``dir`` at start; without this a server with an unwritable path would
+    run, fail every interval, and lose everything at shutdown. The check writes and removes
+    ``path.tmp``, as a real write would: a permission test alone is wrong for root.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise SnapshotError(f"the snapshot path {path} is a directory; name a file in it")
     tmp = f"{path}.tmp"
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE))
+        os.unlink(tmp)
+    except OSError as exc:
+        raise SnapshotError(
+            f"the snapshot directory {directory} cannot be written ({exc.strerror}): create it, "
+            "writable by the server's user, or choose another --snapshot PATH"
+        ) from None
+
+
+def write_snapshot(path: str, records: Iterable[Record]) -> int:
+    """Write records atomically (a temporary file, fsync, then rename); return how many.
+
+    A failed write (a full disk, a rename refused) removes the temporary file, as Redis removes
+    its ``temp-*.rdb``: a partial snapshot never lingers beside the good one.
+    """
+    tmp = f"{path}.tmp"
+    try:
+        count = _write_tmp(tmp, records)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # The rename itself is durable only once the directory is synced.
+    directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return count
+
+
+def _write_tmp(tmp: str, records: Iterable[Record]) -> int:
     count = 0
-    with open(tmp, "wb") as stream:
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    os.fchmod(descriptor, FILE_MODE)  # a leftover .tmp keeps its old mode through O_TRUNC
+    with open(descriptor, "wb") as stream:
         write = stream.write
         write(MAGIC + bytes([VERSION]))
         for app, key, data, timeout, seconds_left in records:
@@ -99,11 +149,4 @@ def write_snapshot(path: str, records: Iterable[Record]) -> int:
         write(_U16.pack(0) + _COUNT.pack(count))
         stream.flush()
         os.fsync(stream.fileno())
-    os.replace(tmp, path)
-    # The rename itself is durable only once the directory is synced.
-    directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
     return count
