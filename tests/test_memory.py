@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from django_statemodes.exceptions import StoreFull
-from django_statemodes.memory import MemoryStore
+from django_statemodes.memory import Budget, MemoryStore
 from django_statemodes.providers.base import ExpiredItem
 
 
@@ -211,3 +211,69 @@ def test_restored_items_rank_as_returning() -> None:
     insert(store, "fresh")
     insert(store, "fresh2")
     assert [e.session_key for e in evicted] == ["fresh"]
+
+
+# The state server's budget (issue 13): keys, placeholders and a per-item overhead count, shared
+# by the stores of every application; InProc (no budget, no overhead) counts payloads as before.
+
+
+def test_without_a_budget_only_payload_bytes_are_counted_as_inproc_always_did() -> None:
+    store = MemoryStore(max_bytes=10)
+    insert(store, "a-rather-long-key", b"12345")
+    assert store.create_uninitialized("placeholder", 60)
+    assert store.bytes == 5
+    with pytest.raises(StoreFull):
+        insert(store, "b", b"123456")
+
+
+def test_an_item_is_charged_its_payload_its_key_and_the_overhead() -> None:
+    budget = Budget(None)
+    store = MemoryStore(budget=budget, item_overhead=100)
+    insert(store, "key", b"12345")
+    assert store.bytes == budget.used == 5 + 3 + 100
+    assert store.create_uninitialized("place", 60)  # a placeholder costs its key and overhead
+    assert budget.used == 108 + 5 + 100
+    # A save of another size charges the difference; the same size charges nothing new.
+    assert store.set_and_release("key", b"1", lock_id=None, timeout=60)
+    assert budget.used == 104 + 105
+    assert store.remove("key") and store.remove("place")
+    assert store.bytes == budget.used == 0
+
+
+def test_a_full_budget_refuses_new_items_placeholders_and_growth_but_keeps_what_it_holds() -> None:
+    budget = Budget(300)
+    store = MemoryStore(budget=budget, item_overhead=100)
+    insert(store, "a", b"x" * 50)  # 151
+    assert store.create_uninitialized("b", 60)  # 101: 252 in use
+    with pytest.raises(StoreFull, match="limit of 300 bytes"):
+        store.create_uninitialized("c", 60)
+    with pytest.raises(StoreFull):
+        insert(store, "c", b"")
+    with pytest.raises(StoreFull):
+        store.set_and_release("a", b"x" * 100, lock_id=None, timeout=60)  # +50 > 300
+    assert store.set_and_release("a", b"x" * 10, lock_id=None, timeout=60)  # shrinking is fine
+    assert store.get("a").data == b"x" * 10  # type: ignore[union-attr]
+    assert budget.used == 111 + 101 and len(store) == 2
+
+
+def test_stores_sharing_a_budget_share_its_limit_and_expiry_gives_bytes_back() -> None:
+    clock = Clock()
+    budget = Budget(250)
+    first = MemoryStore(budget=budget, item_overhead=100, clock=clock)
+    second = MemoryStore(budget=budget, item_overhead=100, clock=clock)
+    insert(first, "a", b"", timeout=10)
+    insert(second, "b", b"", timeout=60)
+    with pytest.raises(StoreFull):
+        insert(second, "c", b"")
+    clock.now += 11
+    assert first.purge_expired() == 1
+    assert budget.used == 101 and first.bytes == 0
+    insert(second, "c", b"")
+    assert budget.used == 202
+
+
+def test_restored_items_are_charged_like_written_ones() -> None:
+    budget = Budget(None)
+    store = MemoryStore(budget=budget, item_overhead=100)
+    assert store.restore([("key", b"12345", 60, 30.0)]) == 1
+    assert store.bytes == budget.used == 108

@@ -20,6 +20,7 @@ from django_statemodes.exceptions import StateServerFull, StateServerUnavailable
 from django_statemodes.stateserver import protocol as p
 from django_statemodes.stateserver.addresses import Address
 from django_statemodes.stateserver.client import StateServerClient
+from django_statemodes.stateserver.server import ITEM_OVERHEAD
 from tests.conftest import free_port
 from tests.fixtures_stateserver import ROOT, StateServerProcess
 
@@ -281,7 +282,8 @@ def test_stats_report_sessions_locks_waiters_and_rates(
     client.set_and_release("stats", b"12345", lock_id=None, timeout=60, new_item=True)
     assert client.get_exclusive("stats") is not None
     stats = client.stats()
-    assert stats["applications"]["stats"] == {"sessions": 1, "bytes": 5}
+    # Charged: the payload, the key and the per-item overhead (--max-memory counts them all).
+    assert stats["applications"]["stats"] == {"sessions": 1, "bytes": 5 + 5 + ITEM_OVERHEAD}
     assert stats["locks"] >= 1
     assert stats["operations"] >= 3
     assert {"waiters", "operations_per_second", "connections", "uptime"} <= set(stats)
@@ -311,7 +313,8 @@ def test_the_server_sweeps_expired_sessions_unless_told_to_leave_them() -> None:
         client.set_and_release("short", b"v", lock_id=None, timeout=1, new_item=True)
         assert client.stats()["applications"]["sweep"]["sessions"] == 1
         deadline = time.monotonic() + 30
-        while client.stats()["applications"]["sweep"]["sessions"]:  # swept, unread
+        # Swept, unread; the application is freed with its last session.
+        while "sweep" in client.stats()["applications"]:
             assert time.monotonic() < deadline, "the expired session was never swept"
             time.sleep(0.1)
     with StateServerProcess("--purge-interval", "0") as keeping:
@@ -370,3 +373,42 @@ def test_auto_takes_uvloop_when_installed_and_asyncio_otherwise(tmp_path: Path) 
     )
     assert result.returncode == 2
     assert "pip install 'django-statemodes[uvloop]'" in result.stderr
+
+
+def test_applications_are_freed_with_their_last_item_and_capped_by_max_applications() -> None:
+    with StateServerProcess("--max-applications", "2", "--purge-interval", "0") as server:
+        one, two, three = (client_for(server, application=name) for name in ("one", "two", "3"))
+        assert one.set_and_release("k", b"v", lock_id=None, timeout=60, new_item=True)
+        assert two.set_and_release("k", b"v", lock_id=None, timeout=60, new_item=True)
+        assert three.get("k") is None  # a read opens nothing
+        with pytest.raises(StateServerFull, match="--max-applications 2"):
+            three.create_uninitialized("k", 60)
+        assert three.set_and_release("k", b"v", lock_id=None, timeout=60) is False
+        assert one.remove("k")  # "one" held its last item: freed
+        assert set(one.stats()["applications"]) == {"two"}
+        assert three.set_and_release("k", b"v", lock_id=None, timeout=60, new_item=True)
+        assert one.get("k") is None
+        assert three.get("k").data == b"v"  # type: ignore[union-attr]
+        assert two.purge() == 1
+        assert set(two.stats()["applications"]) == {"3"}
+        assert one.stats()["bytes"] > 0
+
+
+def test_client_timeouts_are_capped_by_max_timeout(tmp_path: Path) -> None:
+    snapshot = tmp_path / "sessions.snap"
+    with StateServerProcess("--max-timeout", "3600", "--snapshot", str(snapshot)) as server:
+        client = client_for(server)
+        assert client.set_and_release("long", b"v", lock_id=None, timeout=2**32 - 1, new_item=True)
+        assert client.set_and_release("short", b"v", lock_id=None, timeout=60, new_item=True)
+        assert client.stats()["max_timeout"] == 3600
+    from django_statemodes.stateserver.snapshot import read_snapshot
+
+    timeouts = {key: timeout for key, _, timeout, _ in read_snapshot(str(snapshot))["default"]}
+    assert timeouts == {"long": 3600, "short": 60}
+
+
+@pytest.mark.parametrize("flag", ["--max-timeout", "--max-applications"])
+def test_zero_limits_are_refused_at_start(flag: str) -> None:
+    result = _run_main("--port", str(free_port()), flag, "0")
+    assert result.returncode == 2
+    assert flag in result.stderr

@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any
 
-from .server import LOOPS, ServerConfig
+from .server import DEFAULT_MAX_APPLICATIONS, DEFAULT_MAX_TIMEOUT, LOOPS, ServerConfig
 
 __all__ = [
     "MIN_SECRET_BYTES",
@@ -63,7 +63,22 @@ def add_arguments(parser: Any, *, with_address: bool = True) -> None:
     parser.add_argument(
         "--max-memory",
         type=parse_size,
-        help="most session payload bytes held, e.g. 2G; writes past it are refused",
+        help="most bytes held for clients, e.g. 2G: payloads, keys and a measured overhead "
+        "per session and per application; writes past it are refused (STORE_FULL)",
+    )
+    parser.add_argument(
+        "--max-timeout",
+        type=int,
+        default=DEFAULT_MAX_TIMEOUT,
+        help=f"longest session timeout in seconds; longer ones from clients are capped "
+        f"({DEFAULT_MAX_TIMEOUT}: 7 days)",
+    )
+    parser.add_argument(
+        "--max-applications",
+        type=int,
+        default=DEFAULT_MAX_APPLICATIONS,
+        help=f"most application names holding sessions at once; writes of a new one past it "
+        f"are refused ({DEFAULT_MAX_APPLICATIONS})",
     )
     parser.add_argument(
         "--purge-interval",
@@ -141,6 +156,8 @@ def build_config(options: dict[str, Any], host: str, port: int) -> ServerConfig:
         snapshot=options.get("snapshot"),
         snapshot_interval=options["snapshot_interval"],
         max_memory=options.get("max_memory"),
+        max_timeout=options.get("max_timeout", DEFAULT_MAX_TIMEOUT),
+        max_applications=options.get("max_applications", DEFAULT_MAX_APPLICATIONS),
         purge_interval=options["purge_interval"],
         frame_timeout=options["frame_timeout"],
         handshake_timeout=options.get("handshake_timeout", 5.0),

@@ -7,7 +7,9 @@ thread, so the stores are only ever touched from that thread.
 
 Beyond ASP.NET: locks held by a connection are released when it drops (a web process killed
 mid-request blocks nobody); waiters are woken at once (WAIT); a shared secret is proven by HMAC;
-``--snapshot`` keeps the sessions over a restart; ``--max-memory`` bounds the payload bytes.
+``--snapshot`` keeps the sessions over a restart; ``--max-memory`` bounds everything clients
+can make the server hold (payloads, keys, per-item and per-application overhead), refusing writes
+past it as Redis's ``noeviction`` policy does.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from django_statemodes.items import ExpiredItem, StateItem
-from django_statemodes.memory import MemoryStore
+from django_statemodes.memory import Budget, MemoryStore
 
 from . import protocol as p
 from .errors import StoreFull
@@ -68,6 +70,29 @@ DEFAULT_MAX_CONNECTIONS = 10000
 # Connections refused over --max-connections, and accept() failures (EMFILE), are logged at most
 # once per this many seconds, with a count: never a line per event.
 LIMIT_LOG_INTERVAL = 10.0
+# The memory budget (Redis's maxmemory counts everything the server allocates, not only values;
+# with its noeviction policy a write past it gets an OOM error, as ours gets STORE_FULL). Each
+# item is charged its payload, its key's length and ITEM_OVERHEAD; each application
+# APPLICATION_OVERHEAD and its name's length.
+#
+# ITEM_OVERHEAD, measured (CPython 3.11, x86-64): the RSS slope of 100,000 items put in one
+# MemoryStore (keys and payloads made beforehand, their str/bytes headers added back: 49 and 33
+# bytes) is 271 bytes per placeholder when all share one timeout and 542 when each has its own
+# timeout (a queue dict of its own: the worst case a client can choose), 304 and 575 with a
+# payload. sys.getsizeof agrees: the _Item (slots) is 112 bytes, its entries in the items and
+# queue dicts about 50 each, a one-item queue dict 232. A lock adds an entry in ``owners`` (with
+# its (application, key) tuple) and in the peer's ``held``: about 200 bytes, estimated with
+# sys.getsizeof. 575 + 200, rounded up for the dicts' growth steps: 800.
+ITEM_OVERHEAD = 800
+# APPLICATION_OVERHEAD, measured the same way: 20,000 applications with one placeholder each
+# grew RSS by 1,383 bytes per application, of which about 540 is the item: about 850 for the
+# MemoryStore, its dicts, mutex and on_unlock closure and its entry in ``stores``, rounded up.
+APPLICATION_OVERHEAD = 1536
+# --max-timeout's default: longer sliding timeouts from a client are capped to it, so a
+# placeholder cannot be kept for 136 years (the protocol's u32 maximum).
+DEFAULT_MAX_TIMEOUT = 7 * 24 * 3600
+# --max-applications's default: application names (stores) held at once.
+DEFAULT_MAX_APPLICATIONS = 1000
 
 
 def default_max_connections() -> int:
@@ -99,6 +124,8 @@ class ServerConfig:
     snapshot: str | None = None
     snapshot_interval: float = 60.0
     max_memory: int | None = None
+    max_timeout: int = DEFAULT_MAX_TIMEOUT
+    max_applications: int = DEFAULT_MAX_APPLICATIONS
     purge_interval: float = 60.0
     max_frame_size: int = p.DEFAULT_MAX_FRAME_SIZE
     handshake_timeout: float = 5.0
@@ -121,6 +148,10 @@ class ServerConfig:
             )
         if self.max_memory is not None and self.max_memory <= 0:
             raise ValueError("--max-memory must be a positive number of bytes")
+        if self.max_timeout <= 0:
+            raise ValueError("--max-timeout must be a positive number of seconds")
+        if self.max_applications <= 0:
+            raise ValueError("--max-applications must be a positive number")
         if self.max_connections is not None and self.max_connections <= 0:
             raise ValueError("--max-connections must be a positive number")
         if self.handshake_timeout <= 0:
@@ -170,9 +201,22 @@ class ServerState:
     before a restart never matches a lock taken after it (the snapshot does not keep locks).
     """
 
-    def __init__(self, *, max_memory: int | None = None, epoch: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_memory: int | None = None,
+        epoch: int | None = None,
+        max_applications: int = DEFAULT_MAX_APPLICATIONS,
+    ) -> None:
         self.max_memory = max_memory
+        self.max_applications = max_applications
+        # One budget for every store, so a write checks one counter (not a sum over stores).
+        self.budget = Budget(max_memory)
+        # Only applications holding items: a store is freed when its last item goes.
         self.stores: dict[str, MemoryStore] = {}
+        # What requests of an application without a store read: always empty, never written
+        # (writes open a store first).
+        self.empty = MemoryStore(max_bytes=0)
         self.epoch = epoch if epoch is not None else secrets.randbelow((1 << 31) - 1) + 1
         self._epoch_base = self.epoch << 32
         # (application, key) -> the peer holding its lock, and the peer's lock ids.
@@ -183,19 +227,44 @@ class ServerState:
         # Connections closed at once because --max-connections were open (Redis's maxclients).
         self.refused_connections = 0
 
-    def store(self, application: str) -> MemoryStore:
+    def store(self, application: str, *, bounded: bool = True) -> MemoryStore:
+        """Return the application's store, opened if needed.
+
+        A new one is charged APPLICATION_OVERHEAD plus the name; it raises StoreFull past
+        ``--max-applications`` or ``--max-memory`` (``bounded=False``: a snapshot's restore,
+        which must not drop sessions it already holds).
+        """
         store = self.stores.get(application)
-        if store is None:
+        if store is not None:
+            return store
+        if bounded:
+            if len(self.stores) >= self.max_applications:
+                raise StoreFull(
+                    f"{len(self.stores)} applications hold sessions (--max-applications "
+                    f"{self.max_applications}); application {application[:64]!r} cannot add one"
+                )
+            self.budget.check(APPLICATION_OVERHEAD + len(application))
 
-            def on_unlock(key: str) -> None:
-                self._unlocked(application, key)
+        def on_unlock(key: str) -> None:
+            self._unlocked(application, key)
 
-            store = self.stores[application] = MemoryStore(on_unlock=on_unlock)
+        store = self.stores[application] = MemoryStore(
+            on_unlock=on_unlock, budget=self.budget, item_overhead=ITEM_OVERHEAD
+        )
+        self.budget.used += APPLICATION_OVERHEAD + len(application)
         return store
+
+    def free_if_empty(self, application: str) -> None:
+        """Forget an application whose last item went, and give back what it was charged."""
+        store = self.stores.get(application)
+        if store is not None and not len(store):
+            del self.stores[application]
+            self.budget.used -= APPLICATION_OVERHEAD + len(application)
 
     @property
     def bytes(self) -> int:
-        return sum(store.bytes for store in self.stores.values())
+        """Bytes charged against --max-memory: items and applications."""
+        return self.budget.used
 
     @property
     def sessions(self) -> int:
@@ -260,15 +329,12 @@ class ServerState:
         peer.waiting.clear()
         return released
 
-    # Writes within --max-memory.
-
-    def bounded(self, store: MemoryStore) -> None:
-        """Give ``store`` the byte budget the other applications leave it."""
-        if self.max_memory is not None:
-            store.max_bytes = self.max_memory - (self.bytes - store.bytes)
-
     def purge_all_expired(self) -> int:
-        return sum(store.purge_expired() for store in list(self.stores.values()))
+        purged = 0
+        for application, store in list(self.stores.items()):
+            purged += store.purge_expired()
+            self.free_if_empty(application)
+        return purged
 
     # Snapshots.
 
@@ -280,7 +346,11 @@ class ServerState:
         ]
 
     def restore(self, snapshot: dict[str, list[tuple[str, Any, int, float]]]) -> int:
-        return sum(self.store(app).restore(items) for app, items in snapshot.items())
+        restored = 0
+        for application, items in snapshot.items():
+            restored += self.store(application, bounded=False).restore(items)
+            self.free_if_empty(application)
+        return restored
 
 
 def _item(request_id: int, item: StateItem, state: ServerState) -> p.Item:
@@ -305,7 +375,6 @@ class _Peer(asyncio.Protocol):
         self.conn = p.Connection(p.SERVER, max_frame_size=server.config.max_frame_size)
         self.transport: asyncio.Transport | None = None
         self.application = ""
-        self.store: MemoryStore | None = None
         self.nonce = secrets.token_bytes(p.NONCE_SIZE)
         self.held: dict[tuple[str, str], int] = {}
         self.waiting: dict[tuple[str, str], _Waiter] = {}
@@ -482,15 +551,21 @@ class _Peer(asyncio.Protocol):
             return
         if not self.conn.ready:
             return  # refused handshake: the connection is closing
-        self.state.operations += 1
-        store = self.store
-        assert store is not None
+        state = self.state
+        state.operations += 1
         try:
             handler = _HANDLERS[type(event)]
         except KeyError:
             self.answer(p.Error(0, p.ErrorCode.UNKNOWN_TYPE, type(event).__name__))
             return
+        # Looked up per request, not kept from the handshake: an application's store is freed
+        # when its last item goes, and opened again by its next write.
+        store = state.stores.get(self.application)
+        if store is None:
+            store = state.empty  # reads find nothing; writes open a store (_write)
         handler(self, store, event)
+        if not len(store) and store is not state.empty:
+            state.free_if_empty(self.application)
 
     def _hello(self, hello: p.Hello) -> None:
         if self._timer is not None:
@@ -515,7 +590,6 @@ class _Peer(asyncio.Protocol):
                 return
             proof = p.server_proof(secret, self.nonce, hello.client_nonce)
         self.application = hello.application
-        self.store = self.state.store(hello.application)
         self.answer(p.Ready(proof))
         if self.config.idle_timeout > 0:
             self._idle = asyncio.get_running_loop().call_later(
@@ -556,29 +630,63 @@ class _Peer(asyncio.Protocol):
             self.state.locked(self, self.application, event.key, item.lock_id)
         self.answer(_item(event.request_id, item, self.state))
 
-    def _set(self, store: MemoryStore, event: p.SetAndRelease) -> None:
+    def _write(
+        self, store: MemoryStore, request_id: int, size: int, write: Callable[[MemoryStore], bool]
+    ) -> None:
+        """Run ``write`` within --max-memory and --max-applications, or answer STORE_FULL.
+
+        Policy (Redis's ``noeviction``): sweep expired sessions once, then refuse; never evict
+        a live session. The client raises StateServerFull, the site answers 503.
+        """
         state = self.state
-        state.bounded(store)
-        kwargs: dict[str, Any] = {
-            "lock_id": state.local_lock(event.lock_id),
-            "timeout": event.timeout,
-            "new_item": event.new_item,
-            "release": event.release,
-        }
         try:
             try:
-                ok = store.set_and_release(event.key, event.data, **kwargs)
+                if store is state.empty:
+                    store = state.store(self.application)
+                ok = write(store)
             except StoreFull:
-                # Policy: sweep expired sessions once, then refuse; never evict a live session.
-                state.purge_all_expired()
-                state.bounded(store)
-                ok = store.set_and_release(event.key, event.data, **kwargs)
+                state.purge_all_expired()  # may free this application's store: look it up again
+                ok = write(state.store(self.application))
         except StoreFull as exc:
-            logger.warning("Refused a write of %d bytes: %s", len(event.data or b""), exc)
+            self.server.log_limited(
+                "full",
+                "Refused %d write(s) (--max-memory %s); the last, %d bytes: %s",
+                state.max_memory or "unbounded",
+                size,
+                exc,
+            )
             message = f"the state server is full (--max-memory {state.max_memory} bytes): {exc}"
-            self.answer(p.Error(event.request_id, p.ErrorCode.STORE_FULL, message))
+            self.answer(p.Error(request_id, p.ErrorCode.STORE_FULL, message))
+            state.free_if_empty(self.application)
             return
-        self.answer(p.Result(event.request_id, ok))
+        self.answer(p.Result(request_id, ok))
+
+    def _set(self, store: MemoryStore, event: p.SetAndRelease) -> None:
+        lock_id = self.state.local_lock(event.lock_id)
+        timeout = event.timeout
+        if timeout > self.config.max_timeout:
+            timeout = self.config.max_timeout  # --max-timeout: capped, not refused
+        if not event.new_item:
+            if store is self.state.empty:
+                self.answer(p.Result(event.request_id, False))  # no such item: nothing to open
+                return
+            # The hot path (a save of an existing item): no closure, one try.
+            try:
+                ok = store.set_and_release(
+                    event.key, event.data, lock_id, timeout, False, event.release
+                )
+            except StoreFull:
+                pass
+            else:
+                self.answer(p.Result(event.request_id, ok))
+                return
+
+        def write(target: MemoryStore) -> bool:
+            return target.set_and_release(
+                event.key, event.data, lock_id, timeout, event.new_item, event.release
+            )
+
+        self._write(store, event.request_id, len(event.data or b""), write)
 
     def _release(self, store: MemoryStore, event: p.Release) -> None:
         local = self.state.local_lock(event.lock_id)
@@ -595,12 +703,12 @@ class _Peer(asyncio.Protocol):
         self.answer(p.Result(event.request_id, 1))
 
     def _create(self, store: MemoryStore, event: p.CreateUninitialized) -> None:
-        try:
-            ok = store.create_uninitialized(event.key, event.timeout)
-        except StoreFull as exc:
-            self.answer(p.Error(event.request_id, p.ErrorCode.STORE_FULL, str(exc)))
-            return
-        self.answer(p.Result(event.request_id, ok))
+        timeout = min(event.timeout, self.config.max_timeout)  # --max-timeout: capped
+
+        def write(target: MemoryStore) -> bool:
+            return target.create_uninitialized(event.key, timeout)
+
+        self._write(store, event.request_id, 0, write)
 
     def _purge_expired(self, store: MemoryStore, event: p.PurgeExpired) -> None:
         batch: list[tuple[str, bytes | None]] = []
@@ -681,7 +789,9 @@ class StateServer:
     def __init__(self, config: ServerConfig) -> None:
         config.validate()
         self.config = config
-        self.state = ServerState(max_memory=config.max_memory)
+        self.state = ServerState(
+            max_memory=config.max_memory, max_applications=config.max_applications
+        )
         self.peers: set[_Peer] = set()
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -733,6 +843,13 @@ class StateServer:
             self.config.max_memory or "unbounded",
             self.config.snapshot or "off",
             _loop_name(loop),
+        )
+        logger.info(
+            "Memory: at most %s (keys and overhead included), %d application(s), "
+            "timeouts capped at %d s",
+            f"{self.config.max_memory} bytes" if self.config.max_memory else "unbounded",
+            self.config.max_applications,
+            self.config.max_timeout,
         )
         logger.info(
             "Connections: at most %d (open-file limit %s), handshake timeout %g s, idle timeout %s",
@@ -847,6 +964,8 @@ class StateServer:
             "sessions": state.sessions,
             "bytes": state.bytes,
             "max_memory": state.max_memory,
+            "max_applications": state.max_applications,
+            "max_timeout": self.config.max_timeout,
             "locks": sum(len(peer.held) for peer in self.peers),
             "waiters": sum(len(w) for w in state.waiters.values()),
             "connections": len(self.peers),
