@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from django.contrib.sessions.backends.base import VALID_KEY_CHARS
 from django.utils.encoding import escape_uri_path
 from django.utils.http import escape_leading_slashes
 
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 #: Django's session keys (``VALID_KEY_CHARS``, 32 characters).
-KEY_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+KEY_ALPHABET = frozenset(VALID_KEY_CHARS)
 KEY_LENGTH = 32
 
 #: ASP.NET's AutoDetect probe: the query parameter and the cookie of the same name.

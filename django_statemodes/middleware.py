@@ -27,7 +27,6 @@ It subclasses Django's middleware so that the admin's check (admin.E410) accepts
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from typing import Any, Protocol, TypeGuard, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
-from django.contrib.sessions.backends.base import VALID_KEY_CHARS, SessionBase, UpdateError
+from django.contrib.sessions.backends.base import SessionBase, UpdateError
 from django.contrib.sessions.exceptions import SessionInterrupted
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
@@ -47,6 +46,7 @@ from django.utils.http import http_date
 
 from django_statemodes.backends.off import SessionStore as OffSessionStore
 from django_statemodes.conf import conf
+from django_statemodes.cookieless import KEY_ALPHABET
 from django_statemodes.cookieless_handler import AsyncRespond, Respond, UriTransport
 from django_statemodes.core.calls import NO_KEYWORDS, Op, Steps, arun, run
 from django_statemodes.core.session import StateModeSessionBase
@@ -78,15 +78,16 @@ INTERRUPTED = (
 # engine, ours or Django's, and no store ever sees it (PostgreSQL refused a NUL with a 500).
 MIN_KEY_LENGTH = 8
 MAX_KEY_LENGTH = 40
-_KEY = re.compile(f"[{re.escape(VALID_KEY_CHARS)}]{{{MIN_KEY_LENGTH},{MAX_KEY_LENGTH}}}")
 
 
 def valid_session_key(key: str | None) -> str | None:
     """Return ``key`` if it is a well-formed session key, else None (the request has no key)."""
-    # The length first: a 10,000-character cookie is refused without scanning it.
-    if key is None or len(key) > MAX_KEY_LENGTH or not _KEY.fullmatch(key):
+    # The length first: a 10,000-character cookie is refused without scanning it. The alphabet
+    # is the cookieless parser's, Django's VALID_KEY_CHARS; only the lengths differ (a URL
+    # carries our 32-character keys, a cookie may carry any key Django accepts).
+    if key is None or not MIN_KEY_LENGTH <= len(key) <= MAX_KEY_LENGTH:
         return None
-    return key
+    return key if KEY_ALPHABET.issuperset(key) else None
 
 
 ViewFunc = Callable[..., Any]
