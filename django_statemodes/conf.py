@@ -115,6 +115,30 @@ class Settings:
         return _setting("STATEMODES_LOCK_QUEUE_LIMIT", 50)
 
     @property
+    def STATEMODES_LOCK_WAITING_THREADS(self) -> int | None:
+        # How many threads of this process the waiters of one session may hold; beyond it a
+        # request gets 503 + Retry-After at once. None: derived from the process's capacity
+        # (half of the most requests it has served at once, at least 1). Async waiters hold no
+        # thread and only count against STATEMODES_LOCK_QUEUE_LIMIT.
+        return _setting("STATEMODES_LOCK_WAITING_THREADS", None)
+
+    @property
+    def STATEMODES_MAX_CONNECTIONS(self) -> int:
+        # Store connections one process keeps open per store: for the blocking path, and as
+        # many for each event loop (uvicorn runs one per worker).
+        return _setting("STATEMODES_MAX_CONNECTIONS", 10)
+
+    @property
+    def STATEMODES_CONNECTION_WAIT(self) -> float:
+        # How long a request waits for a free store connection before its 503.
+        return _setting("STATEMODES_CONNECTION_WAIT", 5.0)
+
+    @property
+    def STATEMODES_CONNECTION_IDLE_TIMEOUT(self) -> float:
+        # A pooled connection unused this long is closed (PostgreSQL's idle sessions cost RAM).
+        return _setting("STATEMODES_CONNECTION_IDLE_TIMEOUT", 60.0)
+
+    @property
     def STATEMODES_DEFAULT_ACCESS(self) -> str:
         # ASP.NET <pages enableSessionState="true">.
         return _setting("STATEMODES_DEFAULT_ACCESS", "ReadWrite")

@@ -8,7 +8,7 @@ without Django, and re-exported here.
 from __future__ import annotations
 
 from django.contrib.sessions.backends.base import UpdateError
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, SynchronousOnlyOperation
 
 from django_statemodes.stateserver.errors import (
     LocalProtocolError,
@@ -26,9 +26,11 @@ __all__ = [
     "RemoteProtocolError",
     "SQLStateNotInstalled",
     "SessionLockLost",
+    "SessionPoolExhausted",
     "SessionQueueFull",
     "SessionStateDisabled",
     "SessionStateReadOnly",
+    "SessionStateSyncInAsync",
     "SessionStoreFull",
     "SessionStoreUnavailable",
     "SessionTooLarge",
@@ -97,6 +99,23 @@ class SessionStoreFull(SessionStoreUnavailable):
     """
 
     setting = "STATEMODES_INPROC_MAX_SESSIONS"
+
+
+class SessionPoolExhausted(SessionStoreUnavailable):
+    """Raised when every store connection of the process stayed busy for the allowed wait.
+
+    A ``SessionStoreUnavailable``: the middleware answers 503 with ``Retry-After``.
+    """
+
+    setting = "STATEMODES_MAX_CONNECTIONS"
+
+
+class SessionStateSyncInAsync(StateModesError, SynchronousOnlyOperation):
+    """Raised when the blocking session API reaches the store from a running event loop.
+
+    Django's ``SynchronousOnlyOperation`` for sessions: a lock wait there would freeze every
+    request of the worker. The message names the ``a``-prefixed method to await instead.
+    """
 
 
 class StateServerError(StateModesError):

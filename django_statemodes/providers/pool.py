@@ -1,0 +1,293 @@
+"""Bounded connection pools: a process holds at most a configured number of store connections.
+
+One request thread or task borrows a connection for one store call and gives it back, so the
+number of connections follows the number of calls in flight, never the number of threads that
+ever served a request (``runserver`` and ASGI's ``sync_to_async`` start new ones all the time).
+Idle connections are closed after ``idle_timeout``; a request that finds every connection busy
+waits up to ``wait`` seconds, then gets ``SessionPoolExhausted`` (the middleware's 503).
+
+``Pool`` serves blocking code; ``AsyncPool`` serves one event loop (async drivers bind a
+connection to the loop that opened it), and ``PerLoop`` keeps one of it per loop. Django-free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from django_statemodes.exceptions import SessionPoolExhausted
+
+__all__ = ["AsyncPool", "PerLoop", "Pool", "PoolStats"]
+
+C = TypeVar("C")
+T = TypeVar("T")
+
+
+@dataclass
+class PoolStats:
+    """What a pool did: for tests, the status page and capacity planning."""
+
+    opened: int = 0
+    closed: int = 0
+    waited: int = 0
+    exhausted: int = 0
+
+    @property
+    def open(self) -> int:
+        return self.opened - self.closed
+
+
+def _exhausted(name: str, size: int, wait: float) -> SessionPoolExhausted:
+    return SessionPoolExhausted(
+        f"All {size} connections of this process to {name} stayed busy for {wait:g} s "
+        "(STATEMODES_MAX_CONNECTIONS, STATEMODES_CONNECTION_WAIT)."
+    )
+
+
+class _Idle(Generic[C]):
+    """The idle connections, newest last (LIFO: the oldest ones age out and get closed)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[C, float]] = []
+
+    def take(self, now: float, idle_timeout: float) -> tuple[C | None, list[C]]:
+        """Return a fresh-enough idle connection (or None) and the stale ones to close."""
+        stale: list[C] = []
+        while self.items and now - self.items[0][1] > idle_timeout:
+            stale.append(self.items.pop(0)[0])
+        conn = self.items.pop()[0] if self.items else None
+        return conn, stale
+
+
+class Pool(Generic[C]):
+    """A bounded LIFO pool of blocking connections, shared by the threads of a process."""
+
+    def __init__(
+        self,
+        connect: Callable[[], C],
+        close: Callable[[C], None],
+        *,
+        size: int,
+        wait: float,
+        idle_timeout: float,
+        name: str,
+    ) -> None:
+        self._connect, self._close = connect, close
+        self.size, self.wait, self.idle_timeout, self.name = max(1, size), wait, idle_timeout, name
+        self._idle: _Idle[C] = _Idle()
+        self._busy = 0  # connections lent out or being opened
+        self._generation = 0  # bumped by close(): connections lent before it are not kept
+        self._cond = threading.Condition()
+        self.stats = PoolStats()
+
+    @contextmanager
+    def connection(self) -> Iterator[C]:
+        """Lend a connection for one call; a call that fails with an exception discards it."""
+        conn, generation = self.acquire()
+        try:
+            yield conn
+        except BaseException:
+            self.release(conn, generation, broken=True)
+            raise
+        self.release(conn, generation)
+
+    def acquire(self) -> tuple[C, int]:
+        """Return an idle connection, a new one below the bound, or wait for one."""
+        stale: list[C] = []
+        with self._cond:
+            deadline: float | None = None
+            while True:
+                now = time.monotonic()
+                conn, expired = self._idle.take(now, self.idle_timeout)
+                stale += expired
+                if conn is not None:
+                    self._busy += 1
+                    generation = self._generation
+                    break
+                if self._busy + len(self._idle.items) < self.size:
+                    self._busy += 1
+                    conn, generation = None, self._generation
+                    break
+                if deadline is None:
+                    deadline = now + self.wait
+                    self.stats.waited += 1
+                if now >= deadline:
+                    self.stats.exhausted += 1
+                    raise _exhausted(self.name, self.size, self.wait)
+                self._cond.wait(deadline - now)
+        self._close_all(stale)
+        if conn is None:
+            try:
+                conn = self._connect()
+            except BaseException:
+                with self._cond:
+                    self._busy -= 1
+                    self._cond.notify()
+                raise
+            self.stats.opened += 1
+        return conn, generation
+
+    def release(self, conn: C, generation: int, *, broken: bool = False) -> None:
+        """Take a connection back; close it if ``broken`` or lent before ``close()``."""
+        with self._cond:
+            self._busy -= 1
+            keep = not broken and generation == self._generation
+            if keep:
+                self._idle.items.append((conn, time.monotonic()))
+            self._cond.notify()
+        if not keep:
+            self._close_all([conn])
+
+    def close(self) -> None:
+        """Close the idle connections; those lent out now are closed when they come back."""
+        with self._cond:
+            idle = [conn for conn, _ in self._idle.items]
+            self._idle.items = []
+            self._generation += 1
+            self._cond.notify_all()
+        self._close_all(idle)
+
+    def _close_all(self, conns: list[C]) -> None:
+        for conn in conns:
+            self.stats.closed += 1
+            try:
+                self._close(conn)
+            except Exception:  # a broken connection may fail to close; it is gone either way
+                pass
+
+
+class AsyncPool(Generic[C]):
+    """``Pool`` for one event loop: waiting for a connection never blocks the loop."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[C]],
+        close: Callable[[C], Awaitable[None]],
+        *,
+        size: int,
+        wait: float,
+        idle_timeout: float,
+        name: str,
+    ) -> None:
+        self._connect, self._close = connect, close
+        self.size, self.wait, self.idle_timeout, self.name = max(1, size), wait, idle_timeout, name
+        self._idle: _Idle[C] = _Idle()
+        self._busy = 0
+        self._generation = 0
+        self._freed = asyncio.Condition()
+        self.stats = PoolStats()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[C]:
+        """Lend a connection for one call; a failed or cancelled call discards it."""
+        conn, generation = await self.acquire()
+        try:
+            yield conn
+        except BaseException:
+            # Cancelled mid-call, the connection may hold half an exchange: never reuse it.
+            await self.release(conn, generation, broken=True)
+            raise
+        await self.release(conn, generation)
+
+    async def acquire(self) -> tuple[C, int]:
+        stale: list[C] = []
+        deadline: float | None = None
+        while True:
+            now = time.monotonic()
+            conn, expired = self._idle.take(now, self.idle_timeout)
+            stale += expired
+            if conn is not None:
+                self._busy += 1
+                generation = self._generation
+                break
+            if self._busy + len(self._idle.items) < self.size:
+                self._busy += 1
+                conn, generation = None, self._generation
+                break
+            if deadline is None:
+                deadline = now + self.wait
+                self.stats.waited += 1
+            if now >= deadline:
+                self.stats.exhausted += 1
+                raise _exhausted(self.name, self.size, self.wait)
+            async with self._freed:
+                try:
+                    await asyncio.wait_for(self._freed.wait(), deadline - now)
+                except TimeoutError:
+                    pass
+        await self._close_all(stale)
+        if conn is None:
+            try:
+                conn = await self._connect()
+            except BaseException:
+                self._busy -= 1
+                await self._notify()
+                raise
+            self.stats.opened += 1
+        return conn, generation
+
+    async def release(self, conn: C, generation: int, *, broken: bool = False) -> None:
+        self._busy -= 1
+        keep = not broken and generation == self._generation
+        if keep:
+            self._idle.items.append((conn, time.monotonic()))
+        else:
+            await self._close_all([conn])
+        await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._freed:
+            self._freed.notify()
+
+    async def aclose(self) -> None:
+        idle = [conn for conn, _ in self._idle.items]
+        self._idle.items = []
+        self._generation += 1
+        await self._close_all(idle)
+
+    async def _close_all(self, conns: list[C]) -> None:
+        for conn in conns:
+            self.stats.closed += 1
+            try:
+                await asyncio.shield(self._close(conn))
+            except Exception:
+                pass
+
+
+class PerLoop(Generic[T]):
+    """One ``T`` per running event loop; those of closed loops are dropped.
+
+    ``asyncio.run()`` and ``async_to_sync`` end their loops; an object bound to such a loop
+    can never be used again. Not a WeakKeyDictionary: a connection refers to its loop through
+    its transport, so the key would never die.
+    """
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._items: dict[asyncio.AbstractEventLoop, T] = {}
+        self._mutex = threading.Lock()
+
+    def get(self) -> T:
+        loop = asyncio.get_running_loop()
+        item = self._items.get(loop)
+        if item is None:
+            with self._mutex:
+                for old in [old for old in self._items if old.is_closed()]:
+                    del self._items[old]
+                item = self._items.setdefault(loop, self._make())
+        return item
+
+    def items(self) -> list[tuple[asyncio.AbstractEventLoop, T]]:
+        with self._mutex:
+            return list(self._items.items())
+
+    def clear(self) -> list[tuple[asyncio.AbstractEventLoop, T]]:
+        """Forget every loop's object and return them (their owner closes them)."""
+        with self._mutex:
+            items, self._items = list(self._items.items()), {}
+        return items
