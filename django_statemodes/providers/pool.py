@@ -22,7 +22,7 @@ from typing import Generic, TypeVar
 
 from django_statemodes.exceptions import SessionPoolExhausted
 
-__all__ = ["AsyncPool", "PerLoop", "Pool", "PoolStats"]
+__all__ = ["AsyncPool", "PerLoop", "Pool", "PoolStats", "exhausted"]
 
 C = TypeVar("C")
 T = TypeVar("T")
@@ -42,7 +42,8 @@ class PoolStats:
         return self.opened - self.closed
 
 
-def _exhausted(name: str, size: int, wait: float) -> SessionPoolExhausted:
+def exhausted(name: str, size: int, wait: float) -> SessionPoolExhausted:
+    """Return the error for a pool of ``size`` connections that stayed busy ``wait`` seconds."""
     return SessionPoolExhausted(
         f"All {size} connections of this process to {name} stayed busy for {wait:g} s "
         "(STATEMODES_MAX_CONNECTIONS, STATEMODES_CONNECTION_WAIT)."
@@ -57,11 +58,16 @@ class _Idle(Generic[C]):
 
     def take(self, now: float, idle_timeout: float) -> tuple[C | None, list[C]]:
         """Return a fresh-enough idle connection (or None) and the stale ones to close."""
+        stale = self.stale(now, idle_timeout)
+        conn = self.items.pop()[0] if self.items else None
+        return conn, stale
+
+    def stale(self, now: float, idle_timeout: float) -> list[C]:
+        """Remove and return the connections idle for longer than ``idle_timeout``."""
         stale: list[C] = []
         while self.items and now - self.items[0][1] > idle_timeout:
             stale.append(self.items.pop(0)[0])
-        conn = self.items.pop()[0] if self.items else None
-        return conn, stale
+        return stale
 
 
 class Pool(Generic[C]):
@@ -84,6 +90,11 @@ class Pool(Generic[C]):
         self._generation = 0  # bumped by close(): connections lent before it are not kept
         self._cond = threading.Condition()
         self.stats = PoolStats()
+
+    @property
+    def in_use(self) -> int:
+        """How many connections are lent out (or being opened) now."""
+        return self._busy
 
     @contextmanager
     def connection(self) -> Iterator[C]:
@@ -118,7 +129,7 @@ class Pool(Generic[C]):
                     self.stats.waited += 1
                 if now >= deadline:
                     self.stats.exhausted += 1
-                    raise _exhausted(self.name, self.size, self.wait)
+                    raise exhausted(self.name, self.size, self.wait)
                 self._cond.wait(deadline - now)
         self._close_all(stale)
         if conn is None:
@@ -129,7 +140,8 @@ class Pool(Generic[C]):
                     self._busy -= 1
                     self._cond.notify()
                 raise
-            self.stats.opened += 1
+            with self._cond:  # threads count at once: no increment lost
+                self.stats.opened += 1
         return conn, generation
 
     def release(self, conn: C, generation: int, *, broken: bool = False) -> None:
@@ -143,6 +155,17 @@ class Pool(Generic[C]):
         if not keep:
             self._close_all([conn])
 
+    def sweep(self) -> int:
+        """Close the connections idle for longer than ``idle_timeout``; return how many.
+
+        ``acquire`` does it too, but a process that has gone quiet calls nothing: its owner's
+        housekeeping (a listener thread's tick) calls this.
+        """
+        with self._cond:
+            stale = self._idle.stale(time.monotonic(), self.idle_timeout)
+        self._close_all(stale)
+        return len(stale)
+
     def close(self) -> None:
         """Close the idle connections; those lent out now are closed when they come back."""
         with self._cond:
@@ -153,8 +176,10 @@ class Pool(Generic[C]):
         self._close_all(idle)
 
     def _close_all(self, conns: list[C]) -> None:
+        if conns:
+            with self._cond:
+                self.stats.closed += len(conns)
         for conn in conns:
-            self.stats.closed += 1
             try:
                 self._close(conn)
             except Exception:  # a broken connection may fail to close; it is gone either way
@@ -214,7 +239,7 @@ class AsyncPool(Generic[C]):
                 self.stats.waited += 1
             if now >= deadline:
                 self.stats.exhausted += 1
-                raise _exhausted(self.name, self.size, self.wait)
+                raise exhausted(self.name, self.size, self.wait)
             async with self._freed:
                 try:
                     await asyncio.wait_for(self._freed.wait(), deadline - now)
@@ -245,10 +270,20 @@ class AsyncPool(Generic[C]):
             self._freed.notify()
 
     async def aclose(self) -> None:
+        """Close the idle connections; those lent out now are closed when they come back."""
+        await self._close_all(self.detach())
+
+    def detach(self) -> list[C]:
+        """Forget the idle connections and return them, for an owner to close without the loop.
+
+        Its loop closed (``asyncio.run`` and ``async_to_sync`` end theirs), this pool can never
+        run ``aclose``; the owner closes the connections' sockets itself. Call it from the
+        loop's thread, or once the loop no longer runs.
+        """
         idle = [conn for conn, _ in self._idle.items]
         self._idle.items = []
         self._generation += 1
-        await self._close_all(idle)
+        return idle
 
     async def _close_all(self, conns: list[C]) -> None:
         for conn in conns:
@@ -267,8 +302,9 @@ class PerLoop(Generic[T]):
     its transport, so the key would never die.
     """
 
-    def __init__(self, make: Callable[[], T]) -> None:
+    def __init__(self, make: Callable[[], T], drop: Callable[[T], None] | None = None) -> None:
         self._make = make
+        self._drop = drop  # given each object of a closed loop (its connections stay open)
         self._items: dict[asyncio.AbstractEventLoop, T] = {}
         self._mutex = threading.Lock()
 
@@ -276,11 +312,23 @@ class PerLoop(Generic[T]):
         loop = asyncio.get_running_loop()
         item = self._items.get(loop)
         if item is None:
+            self.sweep()
             with self._mutex:
-                for old in [old for old in self._items if old.is_closed()]:
-                    del self._items[old]
                 item = self._items.setdefault(loop, self._make())
         return item
+
+    def sweep(self) -> int:
+        """Forget the objects of closed loops, handing each to ``drop``; return how many."""
+        with self._mutex:
+            closed = [loop for loop in self._items if loop.is_closed()]
+            dropped = [self._items.pop(loop) for loop in closed]
+        if self._drop is not None:
+            for item in dropped:
+                try:
+                    self._drop(item)
+                except Exception:  # a socket that fails to close is gone either way
+                    pass
+        return len(dropped)
 
     def items(self) -> list[tuple[asyncio.AbstractEventLoop, T]]:
         with self._mutex:

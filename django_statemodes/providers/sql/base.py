@@ -2,11 +2,15 @@
 
 Sessions live in ASP.NET's tables (``manage.py installsqlstate``), reached through a Django
 ``DATABASES`` alias on PostgreSQL (production) or SQLite (embedded). The provider never uses the
-ORM or Django's own connection for the alias: each thread has its own autocommit connection, so
-a session lock is visible to other requests at once, whatever ``ATOMIC_REQUESTS`` or
-``transaction.atomic`` do in the view. A request cycle is two statements, as in ASP.NET: lock and
-load (``TempGetStateItemExclusive3``), then save and release (``TempUpdateStateItem*``).
-PostgreSQL wakes waiting requests with ``LISTEN``/``NOTIFY``; SQLite polls with a short back-off.
+ORM or Django's own connection for the alias (except on the test runner's in-memory SQLite
+database, inside a test's transaction: ``SQLiteTestDatabaseProvider``): it borrows one of its own autocommit connections
+from a bounded pool for each call, so a session lock is visible to other requests at once,
+whatever ``ATOMIC_REQUESTS`` or ``transaction.atomic`` do in the view, and a process holds at
+most ``STATEMODES_MAX_CONNECTIONS`` of them however many threads ever served a request
+(``runserver`` and ASGI start new ones all the time). A request cycle is two statements, as in
+ASP.NET: lock and load (``TempGetStateItemExclusive3``), then save and release
+(``TempUpdateStateItem*``). PostgreSQL wakes waiting requests with ``LISTEN``/``NOTIFY``; SQLite
+polls with a short back-off.
 """
 
 from __future__ import annotations
@@ -16,14 +20,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar, NoReturn
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, NoReturn, TypeVar
 
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from django_statemodes.conf import conf
-from django_statemodes.exceptions import SessionStoreUnavailable, SQLStateNotInstalled
+from django_statemodes.exceptions import SessionStoreUnavailable
 from django_statemodes.providers.base import ExpiredItem, SessionStateProvider, StateItem
+from django_statemodes.providers.pool import Pool
 
 from . import schema, statements
 from .schema import ITEM_SHORT_LENGTH
@@ -36,6 +42,8 @@ SETTING = "STATEMODES_SQL_DATABASE"
 MAX_NOTIFY_WAIT = 2.0
 # Pause between attempts while STATEMODES_SQL_RETRY_INTERVAL lasts (ASP.NET sleeps 1 s).
 RETRY_PAUSE = 0.5
+
+T = TypeVar("T")
 
 
 class _NotInstalled(Exception):
@@ -53,11 +61,60 @@ def _split(payload: bytes | None) -> tuple[bytes | None, bytes | None]:
     return None, payload
 
 
+def _one_row(count: int) -> bool:
+    return count == 1
+
+
+def _nothing(outcome: Any) -> None:
+    return None
+
+
+def _same(outcome: Any) -> Any:
+    return outcome
+
+
+@dataclass(frozen=True)
+class Query(Generic[T]):
+    """One statement, its parameters, and how its outcome becomes the call's result.
+
+    Built once for the blocking and the async paths, which only execute it: ``then`` gets the
+    first row (``fetch``) or the row count.
+    """
+
+    sql: str
+    params: Sequence[Any]
+    then: Callable[[Any], T]
+    fetch: bool = False
+    prepare: bool = True
+
+
+@dataclass
+class Retry:
+    """One call's progress through the retry rules (``run`` and ``arun`` share them)."""
+
+    at_once: bool = False  # a stale connection was already replaced once
+    deadline: float | None = None
+
+
+@dataclass
+class PurgeProgress:
+    """Rows purged so far: a purge restarted on a new connection goes on counting."""
+
+    total: int = 0
+
+
 class SQLStateProvider(SessionStateProvider):
     """The shared part of the SQL providers: connections, retries, errors, writes, purge."""
 
     settings: ClassVar[frozenset[str]] = frozenset(
-        {"DATABASES", "STATEMODES_SQL_DATABASE", "STATEMODES_APPLICATION_NAME"}
+        {
+            "DATABASES",
+            "STATEMODES_SQL_DATABASE",
+            "STATEMODES_APPLICATION_NAME",
+            "STATEMODES_MAX_CONNECTIONS",
+            "STATEMODES_CONNECTION_WAIT",
+            "STATEMODES_CONNECTION_IDLE_TIMEOUT",
+        }
     )
 
     #: How this dialect spells the tables' column types (``installsqlstate``).
@@ -80,9 +137,14 @@ class SQLStateProvider(SessionStateProvider):
         wrapper = connections[self.alias]
         schema.check_vendor(wrapper)
         self.sql = self.make_statements(wrapper.ops.quote_name)
-        self._local = threading.local()
-        self._open: set[Any] = set()
-        self._open_mutex = threading.Lock()
+        marker = self.placeholder
+        self._register_sql = (
+            schema.register_application_statement(wrapper).replace("%s", marker),
+            schema.application_name_statement(wrapper).replace("%s", marker),
+        )
+        self._mutex = threading.Lock()
+        self._pool: Pool[Any] | None = None
+        self._fresh: set[int] = set()  # ids of connections not lent out yet
         self._registered = False
 
     # Dialect hooks.
@@ -100,54 +162,80 @@ class SQLStateProvider(SessionStateProvider):
 
     driver_errors: tuple[type[Exception], ...] = ()
 
-    # Connections: one per thread, never Django's connection for the alias.
+    # Connections: a bounded pool per provider (per process), never Django's connection.
 
     def _new_wrapper(self) -> BaseDatabaseWrapper:
         return connections.create_connection(self.alias)
 
-    def _track(self, conn: Any) -> Any:
-        with self._open_mutex:
-            self._open.add(conn)
+    @property
+    def store_name(self) -> str:
+        """How errors name the store."""
+        return f"the SQL session-state database {self.alias!r}"
+
+    def pool_options(self) -> dict[str, Any]:
+        """Return the pools' bounds, read from the settings when a pool is built."""
+        return {
+            "size": int(conf.STATEMODES_MAX_CONNECTIONS),
+            "wait": float(conf.STATEMODES_CONNECTION_WAIT),
+            "idle_timeout": float(conf.STATEMODES_CONNECTION_IDLE_TIMEOUT),
+            "name": self.store_name,
+        }
+
+    def pool(self) -> Pool[Any]:
+        """Return the pool of blocking connections, building it on first use (or after close)."""
+        pool = self._pool
+        if pool is None:
+            with self._mutex:
+                pool = self._pool
+                if pool is None:
+                    pool = self._pool = Pool(
+                        self._open, self._close_connection, **self.pool_options()
+                    )
+        return pool
+
+    def _open(self) -> Any:
+        conn = self.connect()
+        self._fresh.add(id(conn))
         return conn
 
-    def _discard(self, conn: Any) -> None:
-        with self._open_mutex:
-            self._open.discard(conn)
-        try:
-            conn.close()
-        except Exception:  # a broken connection may fail to close; it is gone either way
-            pass
+    def _close_connection(self, conn: Any) -> None:
+        self._fresh.discard(id(conn))
+        conn.close()
 
-    def _connection(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._track(self.connect())
-            self._local.conn = conn
-            self._local.used = False
-        if not self._registered:
-            self._register_application(conn)
-        return conn
+    def _reused(self, conn: Any) -> bool:
+        """Return True if ``conn`` served a call before (it may have gone stale since)."""
+        key = id(conn)
+        if key in self._fresh:
+            self._fresh.discard(key)
+            return False
+        return True
 
-    def _register_application(self, conn: Any) -> None:
+    def _registration(self) -> tuple[Query[None], Query[None]]:
         # ASP.NET's TempGetAppID: insert the application row once; refuse a hash collision.
-        wrapper = connections[self.alias]
-        marker = self.placeholder
-        insert = schema.register_application_statement(wrapper).replace("%s", marker)
-        select = schema.application_name_statement(wrapper).replace("%s", marker)
-        try:
-            self._execute(conn, insert, (self.app_id, self.app_name))
-            row = self._execute(conn, select, (self.app_id,)).fetchone()
-        except self.driver_errors as exc:
-            self._raise(exc)
+        insert, select = self._register_sql
+        return (
+            Query(insert, (self.app_id, self.app_name), _nothing),
+            Query(select, (self.app_id,), self._registered_as, fetch=True),
+        )
+
+    def _registered_as(self, row: Any) -> None:
         stored = row[0].rstrip() if row else self.app_name
         if stored.lower() != self.app_name.lower():
             raise SessionStoreUnavailable(schema.collision(self.app_name, stored), setting=SETTING)
         self._registered = True
 
+    def _register_application(self, conn: Any) -> None:
+        for query in self._registration():
+            self._perform(conn, query)
+
     placeholder: ClassVar[str] = "%s"
 
     def _execute(self, conn: Any, sql: str, params: Sequence[Any], *, prepare: bool = True) -> Any:
         return conn.execute(sql, params)
+
+    def _perform(self, conn: Any, query: Query[T]) -> T:
+        cursor = self._execute(conn, query.sql, query.params, prepare=query.prepare)
+        return query.then(cursor.fetchone() if query.fetch else cursor.rowcount)
 
     def _raise(self, exc: Exception) -> NoReturn:
         kind = self.classify(exc)
@@ -157,55 +245,79 @@ class SQLStateProvider(SessionStateProvider):
             raise _Down(str(exc)) from exc
         raise exc
 
-    def run(self, work: Callable[[Any], Any]) -> Any:
-        """Run ``work(connection)``; reconnect and retry while the database is down.
+    def _retry_after(self, exc: Exception, reused: bool, retry: Retry) -> float:
+        """Return the pause before the next attempt, or raise what the call ends with.
 
         A cached connection that fails (the server restarted) is replaced and the work tried
         once more at once; after that STATEMODES_SQL_RETRY_INTERVAL (ASP.NET's
         sqlConnectionRetryInterval, 0 = no retry) bounds the retries.
         """
-        deadline: float | None = None
-        retried: tuple[type[Exception], ...] = (*self.driver_errors, _Down)
+        if isinstance(exc, SessionStoreUnavailable):
+            raise exc  # not installed, an application-name collision, an exhausted pool
+        if not isinstance(exc, _Down):
+            if not isinstance(exc, self.driver_errors):
+                raise exc
+            kind = self.classify(exc)
+            if kind is _NotInstalled:
+                raise schema.not_installed(self.alias) from exc
+            if kind is not _Down:
+                raise exc
+        if reused and not retry.at_once:
+            retry.at_once = True
+            return 0.0  # a stale connection: a fresh one may just work
+        now = time.monotonic()
+        if retry.deadline is None:
+            retry.deadline = now + max(0.0, float(conf.STATEMODES_SQL_RETRY_INTERVAL))
+        if now >= retry.deadline:
+            raise SessionStoreUnavailable(
+                f"Unable to connect to {self.store_name}: {str(exc).strip() or type(exc).__name__}",
+                setting=SETTING,
+            ) from exc
+        return min(RETRY_PAUSE, retry.deadline - now)
+
+    def run(self, work: Callable[[Any], T]) -> T:
+        """Run ``work(connection)`` on a pooled connection; retry while the database is down.
+
+        The connection is borrowed for this call only and given back; one that fails is
+        closed, and after a stale one the pool's other idle connections are dropped too (they
+        are older still). See ``_retry_after`` for when the call is tried again.
+        """
+        retry = Retry()
         while True:
-            reused = getattr(self._local, "used", False)
+            pool = self.pool()
+            lent: tuple[Any, int] | None = None
+            reused = False
             try:
-                result = work(self._connection())
-                self._local.used = True
-                return result
-            except SQLStateNotInstalled:
+                lent = pool.acquire()
+                reused = self._reused(lent[0])
+                if not self._registered:
+                    self._register_application(lent[0])
+                result = work(lent[0])
+            except Exception as exc:
+                if lent is not None:
+                    pool.release(*lent, broken=True)
+                pause = self._retry_after(exc, reused, retry)
+                if reused:
+                    pool.close()  # the server dropped them all, most likely
+                if pause > 0:
+                    time.sleep(pause)
+                continue
+            except BaseException:
+                if lent is not None:
+                    pool.release(*lent, broken=True)
                 raise
-            except retried as exc:
-                if not isinstance(exc, _Down):
-                    kind = self.classify(exc)
-                    if kind is _NotInstalled:
-                        raise schema.not_installed(self.alias) from exc
-                    if kind is not _Down:
-                        raise
-                conn = getattr(self._local, "conn", None)
-                self._local.conn = None
-                self._local.used = False
-                if conn is not None:
-                    self._discard(conn)
-                    if reused:
-                        continue  # a stale connection: a fresh one may just work
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + max(0.0, float(conf.STATEMODES_SQL_RETRY_INTERVAL))
-                if now >= deadline:
-                    raise SessionStoreUnavailable(
-                        f"Unable to connect to the SQL session-state database {self.alias!r}: "
-                        f"{str(exc).strip() or type(exc).__name__}",
-                        setting=SETTING,
-                    ) from exc
-                time.sleep(min(RETRY_PAUSE, deadline - now))
+            pool.release(*lent)
+            return result
+
+    def query(self, query: Query[T]) -> T:
+        """Run one statement on a pooled connection and return its interpreted outcome."""
+        return self.run(lambda conn: self._perform(conn, query))
 
     def _one(self, sql: str, params: Sequence[Any], *, prepare: bool = True) -> Any:
-        return self.run(lambda conn: self._execute(conn, sql, params, prepare=prepare).fetchone())
+        return self.query(Query(sql, params, _same, fetch=True, prepare=prepare))
 
     def _count(self, sql: str, params: Sequence[Any], *, prepare: bool = True) -> int:
-        return int(
-            self.run(lambda conn: self._execute(conn, sql, params, prepare=prepare).rowcount)
-        )
+        return int(self.query(Query(sql, params, int, prepare=prepare)))
 
     def sid(self, session_key: str) -> str:
         """Return the stored SessionId: the key plus the 8-hex AppId, as ASP.NET stores it."""
@@ -222,7 +334,49 @@ class SQLStateProvider(SessionStateProvider):
             initialize=bool(initialize),
         )
 
-    # The contract: writes are the same statement shapes in both dialects.
+    @classmethod
+    def _item_or_none(cls, row: Any) -> StateItem | None:
+        return None if row is None else cls._item(row)
+
+    # The contract: writes are the same statement shapes in both dialects. Each ``*_query``
+    # builds the statement once for the blocking method here and an async twin.
+
+    def _store_query(
+        self,
+        session_key: str,
+        data: Any,
+        *,
+        lock_id: int | None,
+        timeout: int,
+        new_item: bool = False,
+        keep_lock: bool = False,
+    ) -> Query[bool]:
+        short, long = _split(data)
+        sid = self.sid(session_key)
+        if new_item:
+            return Query(self.sql.insert, (sid, timeout, timeout, short, long, 0), _one_row)
+        if lock_id is None:
+            return Query(self.sql.update_any, (timeout, timeout, short, long, sid), _one_row)
+        sql = self.sql.update_keep if keep_lock else self.sql.update_release
+        return Query(sql, (timeout, timeout, short, long, sid, lock_id), _one_row)
+
+    def _release_query(self, session_key: str, lock_id: int) -> Query[None]:
+        return Query(self.sql.release, (self.sid(session_key), lock_id), _nothing)
+
+    def _remove_query(self, session_key: str, lock_id: int | None) -> Query[bool]:
+        sid = self.sid(session_key)
+        if lock_id is None:
+            return Query(self.sql.remove_any, (sid,), _one_row)
+        return Query(self.sql.remove, (sid, lock_id), _one_row)
+
+    def _create_query(self, session_key: str, timeout: int) -> Query[bool]:
+        params = (self.sid(session_key), timeout, timeout, None, None, schema.FLAG_UNINITIALIZED)
+        return Query(self.sql.insert, params, _one_row)
+
+    def _holds_query(self, session_key: str, lock_id: int) -> Query[bool]:
+        return Query(
+            self.sql.holds, (self.sid(session_key), lock_id), lambda row: row is not None, True
+        )
 
     def set_and_release(
         self,
@@ -234,31 +388,29 @@ class SQLStateProvider(SessionStateProvider):
         new_item: bool = False,
         keep_lock: bool = False,
     ) -> bool:
-        short, long = _split(data)
-        sid = self.sid(session_key)
-        if new_item:
-            return self._count(self.sql.insert, (sid, timeout, timeout, short, long, 0)) == 1
-        if lock_id is None:
-            return self._count(self.sql.update_any, (timeout, timeout, short, long, sid)) == 1
-        sql = self.sql.update_keep if keep_lock else self.sql.update_release
-        return self._count(sql, (timeout, timeout, short, long, sid, lock_id)) == 1
+        return self.query(
+            self._store_query(
+                session_key,
+                data,
+                lock_id=lock_id,
+                timeout=timeout,
+                new_item=new_item,
+                keep_lock=keep_lock,
+            )
+        )
 
     def release(self, session_key: str, lock_id: int) -> None:
-        self._count(self.sql.release, (self.sid(session_key), lock_id))
+        self.query(self._release_query(session_key, lock_id))
 
     def remove(self, session_key: str, lock_id: int | None = None) -> bool:
-        sid = self.sid(session_key)
-        if lock_id is None:
-            return self._count(self.sql.remove_any, (sid,)) == 1
-        return self._count(self.sql.remove, (sid, lock_id)) == 1
+        return self.query(self._remove_query(session_key, lock_id))
 
     def create_uninitialized(self, session_key: str, timeout: int) -> bool:
-        params = (self.sid(session_key), timeout, timeout, None, None, schema.FLAG_UNINITIALIZED)
-        return self._count(self.sql.insert, params) == 1
+        return self.query(self._create_query(session_key, timeout))
 
     def holds(self, session_key: str, lock_id: int) -> bool:
         """Return True while the item is locked with ``lock_id``."""
-        return self._one(self.sql.holds, (self.sid(session_key), lock_id)) is not None
+        return self.query(self._holds_query(session_key, lock_id))
 
     # Purge: ASP.NET's DeleteExpiredSessions, in short batches (KB 973849's lesson).
 
@@ -289,47 +441,55 @@ class SQLStateProvider(SessionStateProvider):
             return int(row[0])
         size = batch_size or conf.STATEMODES_PURGE_BATCH_SIZE
         cutoff = self.now()
-        with self._purging():
-            return self._purge_batches(cutoff, size, on_expired, on_batch)
+        progress = PurgeProgress()
+
+        def work(conn: Any) -> int:
+            # One connection for the whole purge: its session settings (``_purging``) must
+            # apply to every batch, and be reset on the connection they were set on.
+            with self._purging(conn):
+                return self._purge_batches(conn, cutoff, size, on_expired, on_batch, progress)
+
+        return self.run(work)
 
     @contextmanager
-    def _purging(self) -> Iterator[None]:
-        """Set the connection up for a purge (PostgreSQL: commits that do not wait for WAL)."""
+    def _purging(self, conn: Any) -> Iterator[None]:
+        """Set ``conn`` up for a purge (PostgreSQL: commits that do not wait for WAL)."""
         yield
 
     def _purge_batches(
         self,
+        conn: Any,
         cutoff: Any,
         size: int,
         on_expired: Callable[[ExpiredItem], None] | None,
         on_batch: Callable[[int], None] | None,
+        progress: PurgeProgress,
     ) -> int:
         since = self.lowest
-        total = 0
         pause = self.purge_pause
         while True:
             started = time.monotonic()
             scanned, newest, removed, items = self._purge_step(
-                cutoff, since, size, with_items=on_expired is not None
+                conn, cutoff, since, size, with_items=on_expired is not None
             )
             took = time.monotonic() - started
             if on_expired is not None:
                 for session_id, payload in items:
                     data = None if payload is None else bytes(payload)
                     on_expired(ExpiredItem(session_id[: -len(self.suffix)], data))
-            total += removed
+            progress.total += removed
             if on_batch is not None:
-                on_batch(total)
+                on_batch(progress.total)
             if scanned < size or newest is None or (removed == 0 and newest == since):
-                return total
+                return progress.total
             since = newest  # keyset: the next batch starts where this one ended
             if pause > 0:
                 time.sleep(took * pause)
 
     def _purge_step(
-        self, cutoff: Any, since: Any, size: int, *, with_items: bool
+        self, conn: Any, cutoff: Any, since: Any, size: int, *, with_items: bool
     ) -> tuple[int, Any, int, list[tuple[str, Any]]]:
-        """Delete one batch; return (rows scanned, newest Expires scanned, removed, items)."""
+        """Delete one batch on ``conn``; return (rows scanned, newest Expires, removed, items)."""
         raise NotImplementedError
 
     def _delete_batch(
@@ -347,11 +507,8 @@ class SQLStateProvider(SessionStateProvider):
         return int(self._execute(conn, self.sql.purge_batch, params, prepare=False).rowcount), []
 
     def close(self) -> None:
-        with self._open_mutex:
-            open_, self._open = self._open, set()
-        for conn in open_:
-            try:
-                conn.close()
-            except Exception:
-                pass
-        self._local = threading.local()
+        """Close the pooled connections; the provider opens new ones if used again."""
+        with self._mutex:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()  # idle ones now, lent ones when they come back

@@ -1,23 +1,50 @@
 """SQL mode on PostgreSQL (psycopg 3): the dialect's statements and provider.
 
-Locks are one ``UPDATE ... RETURNING`` each; waiters are woken by ``LISTEN``/``NOTIFY``.
+Locks are one ``UPDATE ... RETURNING`` each; waiters are woken by ``LISTEN``/``NOTIFY``, heard
+by one listener connection per provider (per process) and handed to blocking and async waiters
+alike through ``Wakeups``. Async methods are native (``psycopg.AsyncConnection``, one bounded
+pool per event loop): no thread is taken for a call or a wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import selectors
+import socket
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from django_statemodes.exceptions import SessionStoreUnavailable
 from django_statemodes.providers.base import StateItem
+from django_statemodes.providers.pool import AsyncPool, PerLoop
+from django_statemodes.providers.wakeups import Wakeups
 
-from .base import MAX_NOTIFY_WAIT, SQLStateProvider, _Down, _NotInstalled
+from .base import MAX_NOTIFY_WAIT, Query, Retry, SQLStateProvider, _Down, _NotInstalled
 from .schema import FLAG_UNINITIALIZED, FLAG_WAITERS, PERSISTED, SESSIONS, TEMP, ColumnTypes
 from .statements import CHANNEL, Statements
+
+logger = logging.getLogger("django_statemodes")
+
+T = TypeVar("T")
+
+#: ``application_name`` of the provider's connections (unless the alias's OPTIONS name one):
+#: ``pg_stat_activity`` then tells an operator which connections hold sessions.
+APPLICATION_NAME = "django_statemodes"
+# The listener's housekeeping period: it sweeps idle pooled connections this often.
+LISTEN_TICK = 1.0
+# Pause before the listener connects again after losing its connection.
+RECONNECT_PAUSE = 1.0
+# The listener's states. STARTING: its first connection is under way (a waiter waits for it).
+STARTING, LISTENING, DOWN = "starting", "listening", "down"
+# Wakeups key woken when the listener settles (a session id is never empty).
+SETTLED = ""
 
 
 def statements(q: Callable[[str], str]) -> Statements:
@@ -105,6 +132,116 @@ def statements(q: Callable[[str], str]) -> Statements:
     )
 
 
+@dataclass
+class WaitStats:
+    """How waits ended: for tests and capacity planning (a NOTIFY, a timeout, ...)."""
+
+    woken: int = 0  # by the holder's NOTIFY (or the listener's reconnection)
+    timed_out: int = 0  # at MAX_NOTIFY_WAIT or the caller's timeout, listening
+    unlocked: int = 0  # the mark found the lock already gone
+    fallback: int = 0  # no listener: a short sleep
+
+
+class Listener:
+    """One connection LISTENing on the release channel, read by one daemon thread.
+
+    Every NOTIFY payload (a SessionId) wakes that session's waiters; after (re)connecting it
+    wakes everybody, since notifications sent while it was away are lost (PostgreSQL queues
+    them only for sessions that listen). Started on the first wait, stopped by ``close()``.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        wakeups: Wakeups,
+        housekeeping: Callable[[], None],
+    ) -> None:
+        self.state = STARTING
+        self.settled = threading.Event()  # set once the first connection succeeded or failed
+        self.heard = 0  # notifications received
+        self._connect, self._wakeups, self._housekeeping = connect, wakeups, housekeeping
+        self._stopping = threading.Event()
+        # close() wakes the thread out of its select() through this pair (no polling for it).
+        self._stop_r, self._stop_w = socket.socketpair()
+        self._thread = threading.Thread(
+            target=self._run, name="statemodes-pg-listener", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread and close its connection; wake every waiter (no more NOTIFY)."""
+        self._stopping.set()
+        try:
+            self._stop_w.send(b"x")
+        except OSError:
+            pass
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self._wakeups.wake_all()
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                conn = None
+                try:
+                    conn = self._connect()
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self._settle(LISTENING)
+                    self._read(conn)
+                except Exception as exc:  # the database is down or restarting: try again
+                    if self.state != DOWN and not self._stopping.is_set():
+                        logger.warning(
+                            "Session lock wake-ups stopped (waiters poll until they are back): %s",
+                            exc,
+                        )
+                finally:
+                    if conn is not None:
+                        try:
+                            conn.close()
+                        except Exception:
+                            pass
+                if not self._stopping.is_set():
+                    if self.state != DOWN:  # wake everybody once, not at every attempt
+                        self._settle(DOWN)
+                    self._stopping.wait(RECONNECT_PAUSE)
+        finally:
+            self.state = DOWN
+            self._stop_r.close()
+            self._stop_w.close()
+
+    def _settle(self, state: str) -> None:
+        self.state = state
+        self.settled.set()
+        # Listening now (a NOTIFY sent before was not heard) or down (no NOTIFY will come):
+        # either way every waiter should look at its lock again.
+        self._wakeups.wake_all()
+
+    def _read(self, conn: Any) -> None:
+        # A selector, not select.select(): a busy server's descriptors pass FD_SETSIZE (1024).
+        with selectors.DefaultSelector() as selector:
+            selector.register(conn.fileno(), selectors.EVENT_READ)
+            selector.register(self._stop_r, selectors.EVENT_READ)
+            while not self._stopping.is_set():
+                # notifies(timeout=0) returns what arrived (and what execute() queued) at once.
+                for notify in conn.notifies(timeout=0):
+                    self.heard += 1
+                    self._wakeups.wake(notify.payload)
+                if not selector.select(LISTEN_TICK):
+                    try:
+                        self._housekeeping()
+                    except Exception:
+                        logger.exception("Session connection housekeeping failed")
+
+
+async def _until(future: asyncio.Future[None], seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``future``; return True if it was set."""
+    try:
+        await asyncio.wait_for(future, max(0.0, seconds))
+    except TimeoutError:
+        return False
+    return True
+
+
 class PostgresStateProvider(SQLStateProvider):
     """PostgreSQL through psycopg 3: prepared statements, one statement per call, NOTIFY."""
 
@@ -120,6 +257,11 @@ class PostgresStateProvider(SQLStateProvider):
         self._psycopg = psycopg
         self.driver_errors = (psycopg.Error,)
         super().__init__(alias, app_name)
+        self.wakeups = Wakeups()
+        self.waits = WaitStats()
+        self._stats_mutex = threading.Lock()
+        self._listener: Listener | None = None
+        self._apools: PerLoop[AsyncPool[Any]] = PerLoop(self._new_apool, drop=self._abandon)
 
     @classmethod
     def table_persistence(cls, connection: BaseDatabaseWrapper, table: str) -> str | None:
@@ -137,12 +279,15 @@ class PostgresStateProvider(SQLStateProvider):
     def make_statements(self, q: Callable[[str], str]) -> Statements:
         return statements(q)
 
-    def connect(self, autocommit: bool = True) -> Any:
+    # Connections.
+
+    def connection_params(self, *, asynchronous: bool = False, role: str = "") -> dict[str, Any]:
+        """Return psycopg's connection parameters for the alias."""
         psycopg = self._psycopg
         wrapper = self._new_wrapper()
         params = wrapper.get_connection_params()
         # Server-side binding (Django's default cursor binds on the client): needed to prepare.
-        params["cursor_factory"] = psycopg.Cursor
+        params["cursor_factory"] = psycopg.AsyncCursor if asynchronous else psycopg.Cursor
         # Django disables prepared statements unless OPTIONS name a prepare_threshold (for
         # poolers); ours are prepared explicitly (prepare=True), so enable them, unless the
         # alias's OPTIONS set "prepare_threshold": None on purpose.
@@ -150,8 +295,23 @@ class PostgresStateProvider(SQLStateProvider):
         if options.get("prepare_threshold", 0) is not None:
             params["prepare_threshold"] = options.get("prepare_threshold", 5)
         params.setdefault("connect_timeout", 5)
+        params.setdefault("application_name", f"{APPLICATION_NAME} {role}".strip())
+        return params
+
+    def connect(self, autocommit: bool = True, *, role: str = "") -> Any:
+        psycopg = self._psycopg
         try:
-            return psycopg.connect(autocommit=autocommit, **params)
+            return psycopg.connect(autocommit=autocommit, **self.connection_params(role=role))
+        except psycopg.Error as exc:
+            raise _Down(str(exc)) from exc
+
+    async def aconnect(self) -> Any:
+        """Return a new autocommit ``psycopg.AsyncConnection`` for the alias."""
+        psycopg = self._psycopg
+        try:
+            return await psycopg.AsyncConnection.connect(
+                autocommit=True, **self.connection_params(asynchronous=True)
+            )
         except psycopg.Error as exc:
             raise _Down(str(exc)) from exc
 
@@ -168,88 +328,257 @@ class PostgresStateProvider(SQLStateProvider):
     def _execute(self, conn: Any, sql: str, params: Sequence[Any], *, prepare: bool = True) -> Any:
         return conn.execute(sql, params, prepare=prepare, binary=True)
 
+    # Async connections: one bounded pool per event loop (a psycopg AsyncConnection belongs to
+    # the loop that opened it).
+
+    def _new_apool(self) -> AsyncPool[Any]:
+        return AsyncPool(self._aopen, self._aclose_connection, **self.pool_options())
+
+    async def _aopen(self) -> Any:
+        conn = await self.aconnect()
+        self._fresh.add(id(conn))
+        return conn
+
+    async def _aclose_connection(self, conn: Any) -> None:
+        self._fresh.discard(id(conn))
+        await conn.close()
+
+    def _abandon(self, pool: AsyncPool[Any]) -> None:
+        # Its loop is gone (or not ours to await on): close the sockets without it.
+        for conn in pool.detach():
+            self._fresh.discard(id(conn))
+            conn.pgconn.finish()
+
+    async def arun(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        """``run`` for async code: the same connection bound, errors and retries, on this loop."""
+        retry = Retry()
+        while True:
+            pool = self._apools.get()
+            lent: tuple[Any, int] | None = None
+            reused = False
+            try:
+                lent = await pool.acquire()
+                reused = self._reused(lent[0])
+                if not self._registered:
+                    for registration in self._registration():
+                        await self._aperform(lent[0], registration)
+                result = await work(lent[0])
+            except Exception as exc:
+                if lent is not None:
+                    await pool.release(*lent, broken=True)
+                pause = self._retry_after(exc, reused, retry)
+                if reused:
+                    await pool.aclose()  # the server dropped them all, most likely
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                continue
+            except BaseException:
+                if lent is not None:
+                    await pool.release(*lent, broken=True)
+                raise
+            await pool.release(*lent)
+            return result
+
+    async def _aperform(self, conn: Any, query: Query[T]) -> T:
+        cursor = await conn.execute(query.sql, query.params, prepare=query.prepare, binary=True)
+        return query.then(await cursor.fetchone() if query.fetch else cursor.rowcount)
+
+    async def aquery(self, query: Query[T]) -> T:
+        """``query`` for async code."""
+        return await self.arun(lambda conn: self._aperform(conn, query))
+
+    # The contract's reads (writes are in SQLStateProvider), blocking and async.
+
+    def _get_query(self, session_key: str, exclusive: bool) -> Query[StateItem | None]:
+        sid = self.sid(session_key)
+        sql = self.sql.get_exclusive if exclusive else self.sql.get
+        return Query(sql, (sid, sid), self._item_or_none, fetch=True)
+
     def get(self, session_key: str) -> StateItem | None:
         if not session_key:
             return None  # Django's exists(None)
-        sid = self.sid(session_key)
-        row = self._one(self.sql.get, (sid, sid))
-        return None if row is None else self._item(row)
+        return self.query(self._get_query(session_key, exclusive=False))
 
     def get_exclusive(self, session_key: str) -> StateItem | None:
-        sid = self.sid(session_key)
-        row = self._one(self.sql.get_exclusive, (sid, sid))
-        return None if row is None else self._item(row)
+        return self.query(self._get_query(session_key, exclusive=True))
+
+    async def aget(self, session_key: str) -> StateItem | None:
+        if not session_key:
+            return None
+        return await self.aquery(self._get_query(session_key, exclusive=False))
+
+    async def aget_exclusive(self, session_key: str) -> StateItem | None:
+        return await self.aquery(self._get_query(session_key, exclusive=True))
+
+    async def aset_and_release(
+        self,
+        session_key: str,
+        data: Any,
+        *,
+        lock_id: int | None,
+        timeout: int,
+        new_item: bool = False,
+        keep_lock: bool = False,
+    ) -> bool:
+        return await self.aquery(
+            self._store_query(
+                session_key,
+                data,
+                lock_id=lock_id,
+                timeout=timeout,
+                new_item=new_item,
+                keep_lock=keep_lock,
+            )
+        )
+
+    async def arelease(self, session_key: str, lock_id: int) -> None:
+        await self.aquery(self._release_query(session_key, lock_id))
+
+    async def aremove(self, session_key: str, lock_id: int | None = None) -> bool:
+        return await self.aquery(self._remove_query(session_key, lock_id))
+
+    async def acreate_uninitialized(self, session_key: str, timeout: int) -> bool:
+        return await self.aquery(self._create_query(session_key, timeout))
+
+    async def aholds(self, session_key: str, lock_id: int) -> bool:
+        """``holds`` for async code."""
+        return await self.aquery(self._holds_query(session_key, lock_id))
+
+    # Purge.
 
     def now(self) -> Any:
         return self._one("SELECT now()", ())[0]
 
     @contextmanager
-    def _purging(self) -> Iterator[None]:
+    def _purging(self, conn: Any) -> Iterator[None]:
         # A purge batch need not wait for its WAL to reach the disk: a crash can only bring
         # back expired rows, which the next purge deletes again (and no read serves them).
-        self.run(lambda conn: conn.execute("SET synchronous_commit TO off"))
+        # SET, not SET LOCAL: each batch is its own transaction; RESET on the same connection
+        # before it goes back to the pool.
+        conn.execute("SET synchronous_commit TO off")
         try:
             yield
         finally:
-            conn = getattr(self._local, "conn", None)
-            if conn is not None:
-                try:
-                    conn.execute("RESET synchronous_commit")
-                except self._psycopg.Error:
-                    pass  # a broken connection is replaced on its next use anyway
+            try:
+                conn.execute("RESET synchronous_commit")
+            except self._psycopg.Error:
+                pass  # a broken connection is closed by the pool anyway
 
     def _purge_step(
-        self, cutoff: Any, since: Any, size: int, *, with_items: bool
+        self, conn: Any, cutoff: Any, since: Any, size: int, *, with_items: bool
     ) -> tuple[int, Any, int, list[tuple[str, Any]]]:
-        bound = self._one(self.sql.purge_scan, (cutoff, since, size - 1), prepare=False)
+        scan = self._execute(conn, self.sql.purge_scan, (cutoff, since, size - 1), prepare=False)
+        bound = scan.fetchone()
         upper = cutoff if bound is None else bound[0]
         params = (since, upper, self.suffix)
-        removed, items = self.run(
-            lambda conn: self._delete_batch(conn, params, with_items=with_items)
-        )
+        removed, items = self._delete_batch(conn, params, with_items=with_items)
         # A full batch: go on after its end (the range is exclusive of `since`).
         return (size if bound is not None else 0), upper, removed, items
 
-    # Waiting: LISTEN on a dedicated connection per thread, woken by the holder's NOTIFY.
+    # Waiting: the waiter registers with the listener's Wakeups, then marks the row as awaited
+    # (FLAG_WAITERS) on a pooled connection, then sleeps until the holder's NOTIFY.
 
-    def _listener(self) -> Any:
-        conn = getattr(self._local, "listener", None)
-        if conn is None:
-            conn = self._track(self.connect())
-            self._local.listener = conn
-        return conn
+    def listener(self) -> Listener:
+        """Return the listener, starting it on first use (or after close)."""
+        listener = self._listener
+        if listener is None:
+            with self._mutex:
+                listener = self._listener
+                if listener is None:
+                    listener = self._listener = Listener(
+                        lambda: self.connect(role="listener"), self.wakeups, self._housekeeping
+                    )
+        return listener
+
+    def _housekeeping(self) -> None:
+        pool = self._pool
+        if pool is not None:
+            pool.sweep()
+        self._apools.sweep()
+
+    def _mark_query(self, sid: str, lock_id: int) -> Query[bool]:
+        # Check that lock_id still holds and mark the row as awaited, in one statement: a
+        # release before it finds no mark and sends nothing, but then this finds the lock gone;
+        # a release after it sees the mark (the row lock orders the two) and notifies.
+        return Query(self.sql.wait, (sid, lock_id), lambda row: row is not None, fetch=True)
+
+    def _patience(self, listening: bool, deadline: float) -> float:
+        remaining = max(0.0, deadline - time.monotonic())
+        # No wake-up channel now (the database may be restarting): back off briefly.
+        return remaining if listening else min(remaining, self.poll_interval)
+
+    def _ended(
+        self, *, woken: bool = False, listening: bool = True, unlocked: bool = False
+    ) -> None:
+        """Count how a wait ended (``waits``)."""
+        with self._stats_mutex:
+            if unlocked:
+                self.waits.unlocked += 1
+            elif woken:
+                self.waits.woken += 1
+            elif listening:
+                self.waits.timed_out += 1
+            else:
+                self.waits.fallback += 1
 
     def wait_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:
-        sid = self.sid(session_key)
         deadline = time.monotonic() + max(0.0, min(timeout, MAX_NOTIFY_WAIT))
-        listener = None
-        try:
-            listener = self._listener()
-            listener.execute(f"LISTEN {CHANNEL}")
+        listener = self.listener()
+        if listener.state is STARTING:
+            listener.settled.wait(max(0.0, deadline - time.monotonic()))
+        sid = self.sid(session_key)
+        with self.wakeups.expecting(sid) as event:
+            listening = listener.state is LISTENING  # checked once registered: no race
             try:
-                # Listening now, mark the item as awaited, so that its release sends a NOTIFY,
-                # and look once more: a release that came before the mark sent none (and the
-                # mark then finds the lock gone); one after it sees the mark.
-                still = listener.execute(self.sql.wait, (sid, lock_id), prepare=True).fetchone()
-                while still is not None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    woken = False
-                    for notify in listener.notifies(timeout=remaining, stop_after=1):
-                        woken = woken or notify.payload == sid
-                    if woken:
-                        break
-            finally:
-                listener.execute(f"UNLISTEN {CHANNEL}")
-        except (self._psycopg.Error, _Down):
-            # No wake-up channel now (the database may be restarting): back off briefly.
-            if listener is not None:
-                self._local.listener = None
-                self._discard(listener)
-            time.sleep(max(0.0, min(self.poll_interval, deadline - time.monotonic())))
+                still = self.query(self._mark_query(sid, lock_id))
+            except SessionStoreUnavailable:
+                still, listening = True, False
+            if not still:
+                self._ended(unlocked=True)
+                return
+            woken = event.wait(self._patience(listening, deadline))
+            self._ended(woken=woken, listening=listening)
 
     async def await_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:
-        # The same LISTEN wait, in a worker thread (with that thread's listener connection):
-        # woken by the holder's NOTIFY, never polling, never blocking the event loop.
-        await asyncio.to_thread(self.wait_for_release, session_key, lock_id, timeout)
+        # The same wait on this loop: a future woken through call_soon_threadsafe, the mark
+        # on an async connection. No thread is taken, the loop is never blocked.
+        deadline = time.monotonic() + max(0.0, min(timeout, MAX_NOTIFY_WAIT))
+        listener = self.listener()
+        if listener.state is STARTING:
+            async with self.wakeups.aexpecting(SETTLED) as settled:
+                if listener.state is STARTING:
+                    await _until(settled, deadline - time.monotonic())
+        sid = self.sid(session_key)
+        async with self.wakeups.aexpecting(sid) as future:
+            listening = listener.state is LISTENING
+            try:
+                still = await self.aquery(self._mark_query(sid, lock_id))
+            except SessionStoreUnavailable:
+                still, listening = True, False
+            if not still:
+                self._ended(unlocked=True)
+                return
+            woken = await _until(future, self._patience(listening, deadline))
+            self._ended(woken=woken, listening=listening)
+
+    def close(self) -> None:
+        """Close the listener, every loop's pool and the blocking pool (rebuilt if used again)."""
+        with self._mutex:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, pool in self._apools.clear():
+            if loop.is_running() and loop is not current:
+                try:
+                    # Another thread's loop may be using the pool: close its idle connections
+                    # there; those lent out are closed as they come back (generation).
+                    loop.call_soon_threadsafe(self._abandon, pool)
+                    continue
+                except RuntimeError:
+                    pass  # closed meanwhile
+            self._abandon(pool)
+        super().close()

@@ -1,23 +1,38 @@
 """SQL mode on SQLite (the embedded default): the dialect's statements and provider.
 
 Reads and locks share one ``BEGIN IMMEDIATE`` transaction; waiters re-check with a short back-off.
+sqlite3 has no async interface: the async methods run the blocking ones in a small executor of
+the provider's own (never the event loop's default one, which Django's ``sync_to_async`` and
+every other library share), as many threads as the pool has connections.
+
+On the test runner's in-memory database the provider is a ``SQLiteTestDatabaseProvider``: inside
+a ``TestCase`` it writes in the test's own transaction, as Django's ``db`` session engine does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
+from asgiref.sync import sync_to_async
+from django.db import connections, transaction
+
+from django_statemodes.conf import conf
 from django_statemodes.providers.base import StateItem
+from django_statemodes.test import is_runner_memory_database, testing
 
-from .base import MAX_NOTIFY_WAIT, SQLStateProvider, _Down, _NotInstalled
+from .base import MAX_NOTIFY_WAIT, Retry, SQLStateProvider, _Down, _NotInstalled
 from .schema import FLAG_UNINITIALIZED, SESSIONS, ColumnTypes
 from .statements import Statements
+
+T = TypeVar("T")
 
 # SQLite keeps timestamps as text in Django's format, in UTC, to the millisecond.
 SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
@@ -107,6 +122,22 @@ class SQLiteStateProvider(SQLStateProvider):
     poll_interval = 0.016
     lowest = ""
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> SQLiteStateProvider:
+        # Chosen once, when the provider is built (apps.py closes the providers once the
+        # runner's test database has its tables, and the next use builds them again), so the
+        # production path never asks. Subclasses are built as they are.
+        chosen = cls
+        if cls is SQLiteStateProvider and testing():
+            alias = (args[0] if args else kwargs.get("alias")) or conf.STATEMODES_SQL_DATABASE
+            if is_runner_memory_database(connections[alias].settings_dict.get("NAME")):
+                chosen = SQLiteTestDatabaseProvider
+        provider: SQLiteStateProvider = super().__new__(chosen)
+        return provider
+
+    def __init__(self, alias: str | None = None, app_name: str | None = None) -> None:
+        super().__init__(alias, app_name)
+        self._executor: ThreadPoolExecutor | None = None
+
     def make_statements(self, q: Callable[[str], str]) -> Statements:
         return statements(q)
 
@@ -180,27 +211,135 @@ class SQLiteStateProvider(SQLStateProvider):
                 return
 
     async def await_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:
-        # Sleep on the event loop, check in a worker thread (with that thread's connection):
-        # the loop is never blocked, and no thread is held while the request only waits.
+        # Sleep on the event loop, check in the provider's executor: the loop is never
+        # blocked, and no thread is held while the request only waits.
         for pause in self._pauses(timeout):
             await asyncio.sleep(pause)
-            if not await asyncio.to_thread(self.holds, session_key, lock_id):
+            if not await self._in_executor(self.holds, session_key, lock_id):
                 return
+
+    # Async: the blocking methods, in the provider's executor.
+
+    def executor(self) -> ThreadPoolExecutor:
+        """Return the provider's executor, building it on first use (or after close)."""
+        executor = self._executor
+        if executor is None:
+            with self._mutex:
+                executor = self._executor
+                if executor is None:
+                    # No more threads than pooled connections: an async call never waits for
+                    # a connection that another of these threads holds.
+                    executor = self._executor = ThreadPoolExecutor(
+                        max_workers=max(1, int(conf.STATEMODES_MAX_CONNECTIONS)),
+                        thread_name_prefix="statemodes-sqlite",
+                    )
+        return executor
+
+    async def _in_executor(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.executor(), functools.partial(method, *args, **kwargs)
+        )
+
+    async def aget(self, session_key: str) -> StateItem | None:
+        return await self._in_executor(self.get, session_key)
+
+    async def aget_exclusive(self, session_key: str) -> StateItem | None:
+        return await self._in_executor(self.get_exclusive, session_key)
+
+    async def aset_and_release(
+        self,
+        session_key: str,
+        data: Any,
+        *,
+        lock_id: int | None,
+        timeout: int,
+        new_item: bool = False,
+        keep_lock: bool = False,
+    ) -> bool:
+        return await self._in_executor(
+            self.set_and_release,
+            session_key,
+            data,
+            lock_id=lock_id,
+            timeout=timeout,
+            new_item=new_item,
+            keep_lock=keep_lock,
+        )
+
+    async def arelease(self, session_key: str, lock_id: int) -> None:
+        await self._in_executor(self.release, session_key, lock_id)
+
+    async def aremove(self, session_key: str, lock_id: int | None = None) -> bool:
+        return await self._in_executor(self.remove, session_key, lock_id)
+
+    async def acreate_uninitialized(self, session_key: str, timeout: int) -> bool:
+        return await self._in_executor(self.create_uninitialized, session_key, timeout)
+
+    def close(self) -> None:
+        """Close the connections and stop the executor (both are rebuilt if used again)."""
+        with self._mutex:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            # Calls under way finish (their connections are closed as they come back); close()
+            # may run on one of its threads, which must not wait for itself.
+            executor.shutdown(wait=False)
+        super().close()
 
     def now(self) -> Any:
         return self._one(f"SELECT {SQLITE_NOW}", ())[0]
 
     def _purge_step(
-        self, cutoff: Any, since: Any, size: int, *, with_items: bool
+        self, conn: Any, cutoff: Any, since: Any, size: int, *, with_items: bool
     ) -> tuple[int, Any, int, list[tuple[str, Any]]]:
-        def work(conn: Any) -> tuple[int, Any, int, list[tuple[str, Any]]]:
-            with self._immediate(conn):
-                rows = conn.execute(self.sql.purge_scan, (cutoff, since, size)).fetchall()
-                mine = [row[0] for row in rows if row[2].endswith(self.suffix)]
-                params = (json.dumps(mine), cutoff)
-                removed, items = self._delete_batch(conn, params, with_items=with_items)
-            newest = rows[-1][1] if rows else None
-            return len(rows), newest, removed, items
+        with self._immediate(conn):
+            rows = conn.execute(self.sql.purge_scan, (cutoff, since, size)).fetchall()
+            mine = [row[0] for row in rows if row[2].endswith(self.suffix)]
+            params = (json.dumps(mine), cutoff)
+            removed, items = self._delete_batch(conn, params, with_items=with_items)
+        newest = rows[-1][1] if rows else None
+        return len(rows), newest, removed, items
 
-        result: tuple[int, Any, int, list[tuple[str, Any]]] = self.run(work)
-        return result
+
+class SQLiteTestDatabaseProvider(SQLiteStateProvider):
+    """The provider on the test runner's in-memory database: it joins the test's transaction.
+
+    SQLite has one writer per database. A ``TestCase`` keeps a transaction open on Django's
+    connection around each test, and once the test writes through the ORM that transaction holds
+    the write lock until the test ends: a connection of the provider's own could not write a
+    session ("database table is locked"). So while Django's connection of this thread is inside
+    an atomic block, each call runs on that connection in a savepoint
+    (``transaction.atomic``), and the test's sessions roll back with it, as with Django's ``db``
+    engine. Outside one (``TransactionTestCase``) the pool serves, as in production. The
+    in-memory database lives only in this process, so no other process ever needed to see the
+    locks; async calls run on the thread that owns the test's connection
+    (``sync_to_async(thread_sensitive=True)``, the test's own thread under Django's test client
+    and ``async_to_sync``).
+    """
+
+    def run(self, work: Callable[[Any], T]) -> T:
+        connection = connections[self.alias]
+        if not connection.in_atomic_block:
+            return super().run(work)
+        try:
+            with transaction.atomic(using=self.alias):
+                raw = connection.connection
+                # The application row too: an earlier test's insert was rolled back with it.
+                self._register_application(raw)
+                return work(raw)
+        except Exception as exc:
+            # No retry: waiting cannot free a lock held by this thread's own transaction.
+            self._retry_after(exc, False, Retry(deadline=0.0))
+            raise
+
+    @contextmanager
+    def _immediate(self, conn: Any) -> Iterator[None]:
+        if conn.in_transaction:  # Django's connection, in the savepoint run() opened
+            yield
+            return
+        with super()._immediate(conn):
+            yield
+
+    async def _in_executor(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        call: Callable[[], T] = functools.partial(method, *args, **kwargs)
+        return await sync_to_async(call, thread_sensitive=True)()
