@@ -5,15 +5,12 @@ Uses db 15 of the Redis at 127.0.0.1:6379 (the ``statemodes-redis`` alias of tes
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from io import StringIO
 from typing import Any
 
 import pytest
-import redis
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.test import override_settings
@@ -21,11 +18,10 @@ from django.test import override_settings
 from django_statemodes.backends.custom import SessionStore
 from django_statemodes.exceptions import SessionStoreUnavailable
 from django_statemodes.providers.base import ExpiredItem
-from django_statemodes.providers.redis import MAX_BLOCK, RedisProvider
+from django_statemodes.providers.redis import RedisProvider
 from django_statemodes.signals import session_end
 from django_statemodes.testing import EngineContract, ProviderContract, new_key
 from tests.django_suite import make_django_suite
-from tests.redis_servers import RedisServer, running
 
 ALIAS = "statemodes-redis"
 PROVIDER = "django_statemodes.providers.redis.RedisProvider"
@@ -176,90 +172,6 @@ def test_check_e041_reports_an_alias_that_is_not_django_redis(settings: Any) -> 
 
 
 # Waiting: BLPOP on a wake-up list, never polling.
-
-
-def command_counts(client: redis.Redis) -> dict[str, int]:
-    """Calls per command since the server started, without the INFO calls that read them."""
-    stats = client.info("commandstats")
-    return {
-        name.removeprefix("cmdstat_"): int(value["calls"])
-        for name, value in stats.items()
-        if name != "cmdstat_info"
-    }
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("flavour", ["sync", "async"])
-def test_a_waiter_runs_no_command_while_it_waits_and_wakes_at_once(
-    settings: Any, flavour: str
-) -> None:
-    # A private server: its command counts are this test's alone. A socket timeout past
-    # MAX_BLOCK, so that each BLPOP blocks for the whole MAX_BLOCK before a re-check.
-    assert MAX_BLOCK >= 3  # the fallback re-check is seconds away, so only the wake-up is fast
-    server = RedisServer()
-    with running(server):
-        settings.CACHES = {
-            **settings.CACHES,
-            "private": {
-                "BACKEND": "django_redis.cache.RedisCache",
-                "LOCATION": server.url,
-                "OPTIONS": {"SOCKET_TIMEOUT": MAX_BLOCK + 5},
-            },
-        }
-        settings.SESSION_ENGINE = "django_statemodes.backends.custom"
-        settings.STATEMODES_CUSTOM_PROVIDER = PROVIDER
-        settings.STATEMODES_REDIS_ALIAS = "private"
-        first = SessionStore()
-        first["n"] = 1
-        first.save()
-        key = first.session_key
-        assert key is not None
-        holder = SessionStore(key, access="ReadWrite")
-        assert holder["n"] == 1  # the holder now has the lock
-        acquired_at: list[float] = []
-        errors: list[BaseException] = []
-
-        def waiter() -> None:
-            store = SessionStore(key, access="ReadWrite")
-            try:
-                if flavour == "sync":
-                    value = store.get("n")
-                else:
-                    value = asyncio.run(store.aget("n"))
-                acquired_at.append(time.monotonic())
-                assert value == 2  # the holder's write, read under the lock it released
-                store.release()
-            except BaseException as exc:
-                errors.append(exc)
-
-        thread = threading.Thread(target=waiter)
-        thread.start()
-        try:
-            client = redis.Redis(port=server.port)
-            deadline = time.monotonic() + 5
-            while client.info("clients")["blocked_clients"] != 1:
-                assert time.monotonic() < deadline, "the waiter never blocked"
-                time.sleep(0.01)
-            before = command_counts(client)
-            time.sleep(1.0)
-            after = command_counts(client)
-            # Still blocked in the same BLPOP, having run nothing for a second (a 50 ms poller
-            # runs ~20 scripts here). The counts of a blocked command grow when it returns.
-            assert client.info("clients")["blocked_clients"] == 1
-            ran = {name: after[name] - before.get(name, 0) for name in after}
-            assert sum(ran.values()) == 0, ran
-            holder["n"] = 2
-            released_at = time.monotonic()
-            holder.release()
-        finally:
-            thread.join(timeout=MAX_BLOCK + 5)
-    assert not errors, errors
-    assert acquired_at
-    # Woken by the release: well before the BLPOP's own timeout, seconds away.
-    assert acquired_at[0] - released_at < 0.1
-
-
-# session_end for expired sessions, through the core and the purge_sessions command.
 
 
 @override_settings(SESSION_ENGINE="django_statemodes.backends.custom", **REDIS_SETTINGS)

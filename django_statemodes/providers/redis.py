@@ -13,26 +13,42 @@ served. A sorted set per application, ``<prefix>:<application>:expiry`` (score =
 also carries a Redis TTL of ``timeout + end_grace`` seconds, so Redis frees the memory even if
 nobody purges (a session purged after that is still reported, without its data).
 
-Waiters are woken without polling: a release pushes a token on ``<prefix>:<application>:w:{key}``
-(a list that expires after ``WAKE_TTL_MS``) in the same script, and a waiter blocks on it with
-BLPOP. A release that happens between the waiter's exclusive get and its BLPOP leaves the token
-in the list, so no wake-up is lost.
+Waiters are woken without polling and hold no connection while they sleep: one subscriber
+connection per server and process, read by a daemon thread, listens on
+``<prefix>:<application>:released`` and feeds ``wakeups.Wakeups``. A waiter registers there,
+then looks at the lock once more (``_WATCH``, which also sets the item's ``wt`` flag); a release,
+save-and-release or removal of a flagged item PUBLISHes its session key in the same script. A
+release before the waiter's last look is seen by that look, one after it reaches the waiter
+already registered: no wake-up is lost. A release nobody waits for publishes nothing.
 
-The ``{key}`` hash tags put a session's hash and wake-up list on the same shard of django-redis's
-``ShardClient``; each shard keeps its own expiry set.
+Connections: the blocking path and each event loop's ``redis.asyncio`` path use a bounded
+``BlockingConnectionPool`` of their own (STATEMODES_MAX_CONNECTIONS, STATEMODES_CONNECTION_WAIT),
+built from the django-redis alias's URL(s) and OPTIONS; a full pool is ``SessionPoolExhausted``.
+Sentinel keeps django-redis's pool (only it finds the primary), and its async twins run in a small
+executor of ours. The ``{key}`` hash tags let django-redis's ``ShardClient`` ring pick a
+session's server; each shard keeps its own expiry set and subscriber.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
+import os
+import queue
+import socket
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
-from redis import Redis
+from django_redis.pool import SentinelConnectionFactory
+from redis import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool as AsyncBlockingConnectionPool
+from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -40,20 +56,26 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from django_statemodes.conf import conf
 from django_statemodes.exceptions import SessionStoreUnavailable
 from django_statemodes.providers.base import ExpiredItem, SessionStateProvider, StateItem
+from django_statemodes.providers.pool import PerLoop, exhausted
+from django_statemodes.providers.wakeups import Wakeups
 
 __all__ = ["RedisProvider"]
 
-# How long a release's wake-up token waits for a waiter that has not reached BLPOP yet.
-WAKE_TTL_MS = 5000
-# Longest single BLPOP: a waiter re-checks the lock at least this often, whatever happens.
+# Longest single sleep of a waiter: it looks at the lock at least this often, whatever happens
+# (a lost subscriber, a lock that expired with its item).
 MAX_BLOCK = 5.0
+# A waiter's sleep while the subscriber is not subscribed (starting, or Redis down).
+FALLBACK_SLEEP = 0.1
+# How often the subscriber thread checks whether it should stop; its health-check interval.
+SUBSCRIBER_POLL = 1.0
+SUBSCRIBER_HEALTH_CHECK = 30
 
 # Errors that mean "the store cannot be reached now" (503), not a bug. ReadOnlyError is a
 # replica answering during a Sentinel failover, before the client has found the new primary.
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 
 # Shared Lua: the server's clock in ms, the slide of an item's expiry by its timeout and the
-# wake-up of a waiter. KEYS[1] is always the item hash; @GRACE_MS@ is the provider's end_grace.
+# wake-up of waiters. KEYS[1] is always the item hash; @GRACE_MS@ is the provider's end_grace.
 # A slide only moves the hash's ``ex`` and its Redis TTL: the expiry set's score may lag behind
 # ``ex`` (it is written on insert and when the timeout changes) and purge_expired re-scores a
 # lagging entry when it meets it. Reads stay cheap that way. Arguments are few and short:
@@ -65,10 +87,13 @@ local function slide(to)
   redis.call('PEXPIRE', KEYS[1], to * 1000 + @GRACE_MS@)
   return now + to * 1000
 end
-local function wake(list)
-  redis.call('DEL', list)
-  redis.call('RPUSH', list, '1')
-  redis.call('PEXPIRE', list, @WAKE_TTL_MS@)
+-- A lock ended: if a waiter flagged the item (the 'wt' field, set by _WATCH), tell the
+-- subscribers, on '<namespace>released', the session key. Without waiters: no PUBLISH.
+local function released(waiters)
+  if waiters ~= '1' then return end
+  redis.call('HDEL', KEYS[1], 'wt')
+  local ns, key = string.match(KEYS[1], '^(.*)s:{(.*)}$')
+  redis.call('PUBLISH', ns .. 'released', key)
 end
 """
 
@@ -106,12 +131,12 @@ end
 return string.format('%d %d %d %d %d 0\\n', locked, lid, age, to, init)
 """
 
-# KEYS[2] expiry set, KEYS[3] wake-up list; ARGV[1] session key, ARGV[2] payload, ARGV[3] lock
+# KEYS[2] expiry set; ARGV[1] session key, ARGV[2] payload, ARGV[3] lock
 # id or '', ARGV[4] timeout, ARGV[5] three flags: new item, release, uninitialized (no
 # payload). Returns 1 if written, 0 if refused.
 _SET = """
 local to = tonumber(ARGV[4])
-local f = redis.call('HMGET', KEYS[1], 'ex', 'lk', 'lid', 'to')
+local f = redis.call('HMGET', KEYS[1], 'ex', 'lk', 'lid', 'to', 'wt')
 local live = f[1] and tonumber(f[1]) > now
 if string.sub(ARGV[5], 1, 1) == '1' then
   if live then return 0 end
@@ -135,17 +160,16 @@ if tonumber(f[4]) ~= to then
 end
 if string.sub(ARGV[5], 2, 2) == '1' and ARGV[3] ~= '' then
   redis.call('HSET', KEYS[1], 'd', ARGV[2], 'ex', ex, 'to', to, 'in', '0', 'lk', '0')
-  wake(KEYS[3])
+  released(f[5])
 else
   redis.call('HSET', KEYS[1], 'd', ARGV[2], 'ex', ex, 'to', to, 'in', '0')
 end
 return 1
 """
 
-# KEYS[2] wake-up list; ARGV[1] lock id, or '' to slide the expiry only. Unlocks (if the lock id
-# matches) and slides.
+# ARGV[1] lock id, or '' to slide the expiry only. Unlocks (if the lock id matches) and slides.
 _RELEASE = """
-local f = redis.call('HMGET', KEYS[1], 'ex', 'to', 'lk', 'lid')
+local f = redis.call('HMGET', KEYS[1], 'ex', 'to', 'lk', 'lid', 'wt')
 if not f[1] or tonumber(f[1]) <= now then return 0 end
 if ARGV[1] == '' then
   redis.call('HSET', KEYS[1], 'ex', slide(tonumber(f[2])))
@@ -153,14 +177,14 @@ if ARGV[1] == '' then
 end
 if f[3] ~= '1' or tonumber(f[4]) ~= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'ex', slide(tonumber(f[2])), 'lk', '0')
-wake(KEYS[2])
+released(f[5])
 return 1
 """
 
-# KEYS[2] expiry set, KEYS[3] wake-up list; ARGV[1] session key, ARGV[2] lock id or ''.
+# KEYS[2] expiry set; ARGV[1] session key, ARGV[2] lock id or ''.
 # Deletes the item unless another request holds its lock.
 _REMOVE = """
-local f = redis.call('HMGET', KEYS[1], 'lk', 'lid')
+local f = redis.call('HMGET', KEYS[1], 'lk', 'lid', 'wt')
 if not f[1] then
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 0
@@ -168,11 +192,11 @@ end
 if ARGV[2] ~= '' and f[1] == '1' and tonumber(f[2]) ~= tonumber(ARGV[2]) then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-if f[1] == '1' then wake(KEYS[3]) end
+released(f[3])
 return 1
 """
 
-# KEYS[1] expiry set; ARGV[1] item key prefix, ARGV[2] wake-up key prefix, ARGV[3] batch size,
+# KEYS[1] expiry set; ARGV[1] item key prefix, ARGV[2] wake-up channel, ARGV[3] batch size,
 # ARGV[4] '1' to return payloads, ARGV[5] '1' for a dry run (count only).
 # Returns {session key, payload or nil, ...} for the expired items it removed.
 _PURGE = """
@@ -190,18 +214,23 @@ for _, m in ipairs(members) do
     redis.call('ZREM', KEYS[1], m)
     if f[1] then
       redis.call('DEL', k)
-      if f[2] == '1' then
-        local w = ARGV[2] .. '{' .. m .. '}'
-        redis.call('DEL', w)
-        redis.call('RPUSH', w, '1')
-        redis.call('PEXPIRE', w, @WAKE_TTL_MS@)
-      end
+      if f[2] == '1' then redis.call('PUBLISH', ARGV[2], m) end
     end
     out[#out + 1] = m
     if ARGV[4] == '1' and f[3] then out[#out + 1] = f[3] else out[#out + 1] = false end
   end
 end
 return out
+"""
+
+# A waiter's last look before it sleeps, made after it registered for the wake-up (so a release
+# after this look wakes it, and one before it is seen here). ARGV[1] the lock id it saw.
+# Returns 1 if that lock is still held, and flags the item: its release will PUBLISH.
+_WATCH = """
+local f = redis.call('HMGET', KEYS[1], 'lk', 'lid')
+if f[1] ~= '1' or tonumber(f[2]) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'wt', '1')
+return 1
 """
 
 
@@ -213,11 +242,11 @@ def _compile(end_grace_ms: int) -> dict[str, tuple[str, str]]:
         "release": _PRELUDE + _RELEASE,
         "remove": _PRELUDE + _REMOVE,
         "purge": _PURGE,
+        "watch": _WATCH,
     }
     compiled = {}
     for name, source in scripts.items():
         source = source.replace("@GRACE_MS@", str(end_grace_ms))
-        source = source.replace("@WAKE_TTL_MS@", str(WAKE_TTL_MS))
         compiled[name] = (hashlib.sha1(source.encode()).hexdigest(), source)
     return compiled
 
@@ -244,6 +273,115 @@ def _django_redis_client(alias: str) -> Any:
     return client
 
 
+# Bounded pools. redis-py's BlockingConnectionPool waits up to ``timeout`` for a connection,
+# then raises a ConnectionError; ours raise SessionPoolExhausted instead (503 + Retry-After,
+# with the settings to raise), so that a full pool is not reported as a Redis outage.
+
+
+class _BlockingPool(BlockingConnectionPool):
+    """The blocking path's pool: at most STATEMODES_MAX_CONNECTIONS per server and process."""
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except RedisConnectionError as exc:
+            if isinstance(exc.__context__, queue.Empty):  # the pool's wait ran out
+                raise exhausted(_pool_name(self), self.max_connections, self.timeout or 0) from exc
+            raise
+
+
+class _AsyncBlockingPool(AsyncBlockingConnectionPool):
+    """The async path's pool: as many per server and event loop."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except RedisConnectionError as exc:
+            if isinstance(exc.__cause__, TimeoutError):  # the pool's wait ran out
+                raise exhausted(_pool_name(self), self.max_connections, self.timeout or 0) from exc
+            raise
+
+
+def _pool_name(pool: Any) -> str:
+    kwargs = pool.connection_kwargs
+    return f"Redis at {kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
+
+
+@dataclass
+class _Server:
+    """One Redis server of the alias (its primary, or one shard), as this provider uses it."""
+
+    name: str  # the LOCATION URL (django-redis's shard name)
+    client: Redis  # the blocking path's client, over a bounded pool
+    # redis-py connection kwargs (URL included) for the async path and the subscriber; None
+    # for Sentinel, whose primary only django-redis's Sentinel pool knows how to find.
+    params: dict[str, Any] | None
+    subscriber: _Subscriber
+
+
+class _Subscriber:
+    """The process's one PUBSUB connection to one server, read by a daemon thread.
+
+    It feeds ``Wakeups``: a message on the channel is the key of a session whose lock ended.
+    Started on the first wait of a process (and again in a forked child, which inherits no
+    thread); ``ready`` is set while it is subscribed. After a reconnect it wakes every waiter,
+    since a release may have been published while it was away.
+    """
+
+    def __init__(self, connect: Callable[[], Redis], channel: str, wakeups: Wakeups) -> None:
+        self._connect, self.channel, self._wakeups = connect, channel, wakeups
+        self.ready = threading.Event()
+        self._stop = threading.Event()
+        self._mutex = threading.Lock()
+        self._pid = 0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._pid == os.getpid() and not self._stop.is_set():
+            return
+        with self._mutex:
+            if self._pid == os.getpid() or self._stop.is_set():
+                return
+            self.ready = threading.Event()  # a forked child's copy may say "set"
+            self._thread = threading.Thread(
+                target=self._run, name=f"statemodes-redis-{self.channel}", daemon=True
+            )
+            self._thread.start()
+            self._pid = os.getpid()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        pause = 0.05
+        while not self._stop.is_set():
+            pubsub: Any = None
+            try:
+                pubsub = self._connect().pubsub()
+                pubsub.subscribe(self.channel)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=SUBSCRIBER_POLL)
+                    if message is None:
+                        continue
+                    if message["type"] == "message":
+                        self._wakeups.wake(message["data"].decode())
+                    elif message["type"] == "subscribe":
+                        self.ready.set()
+                        pause = 0.05
+                        self._wakeups.wake_all()  # releases published while away are lost
+            except Exception:  # Redis down or restarting: waiters fall back to re-checking
+                self.ready.clear()
+                self._stop.wait(pause)
+                pause = min(pause * 2, 2.0)
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:
+                        pass
+        self.ready.clear()
+
+
 class RedisProvider(SessionStateProvider):
     """Session state in Redis, reached through a django-redis cache alias.
 
@@ -253,7 +391,13 @@ class RedisProvider(SessionStateProvider):
     """
 
     settings: ClassVar[frozenset[str]] = frozenset(
-        {"CACHES", "STATEMODES_REDIS_ALIAS", "STATEMODES_APPLICATION_NAME"}
+        {
+            "CACHES",
+            "STATEMODES_REDIS_ALIAS",
+            "STATEMODES_APPLICATION_NAME",
+            "STATEMODES_MAX_CONNECTIONS",
+            "STATEMODES_CONNECTION_WAIT",
+        }
     )
 
     def __init__(
@@ -267,40 +411,98 @@ class RedisProvider(SessionStateProvider):
         self.cache_alias = cache_alias or conf.STATEMODES_REDIS_ALIAS
         self.namespace = f"{key_prefix}:{conf.STATEMODES_APPLICATION_NAME}:"
         self.expiry_key = self.namespace + "expiry"
+        self.channel = self.namespace + "released"
+        self.max_connections = conf.STATEMODES_MAX_CONNECTIONS
+        self.connection_wait = conf.STATEMODES_CONNECTION_WAIT
         self._scripts = _compile(int(end_grace) * 1000)
         self._mutex = threading.Lock()
         self._connected = False
-        self._primary: Redis | None = None
-        self._shards: Any = None
+        self._servers: dict[str, _Server] = {}
+        self._primary: _Server | None = None
+        self._shard_of: Callable[[str], str] | None = None  # ShardClient's hash ring
+        # Sentinel only: django-redis's pool finds the primary; these bound our use of it.
+        self._gate: threading.BoundedSemaphore | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._aclients: PerLoop[dict[str, AsyncRedis]] = PerLoop(self._async_clients)
+        self._loop_clients: list[tuple[asyncio.AbstractEventLoop, dict[str, AsyncRedis]]] = []
+        self.wakeups = Wakeups()
 
-    # Connections: resolved once (django-redis shares its pools between threads).
+    # Connections: built once from the alias's settings (see docs/redis.md, "Connections").
 
     def _connect(self) -> None:
         with self._mutex:
             if self._connected:
                 return
             client = _django_redis_client(self.cache_alias)
-            if hasattr(client, "get_server") and hasattr(client, "_serverdict"):
-                self._shards = client  # ShardClient: one server per key, by hash ring
-            else:
-                # write=True: the primary, never a replica (every read slides the expiry).
-                self._primary = client.get_client(write=True)
+            factory = client.connection_factory
+            sentinel = isinstance(factory, SentinelConnectionFactory)
+            sharded = hasattr(client, "get_server_name") and hasattr(client, "_serverdict")
+            if sharded:  # ShardClient: one server per key, by django-redis's hash ring
+                names = list(client._serverdict)
+                self._shard_of = client.get_server_name
+            else:  # the first LOCATION is the primary (django-redis's write=True)
+                names = [client._server[0]]
+            if sentinel:
+                self._gate = threading.BoundedSemaphore(self.max_connections)
+            for name in names:
+                if sentinel:
+                    # write=True: the primary, never a replica (every read slides the expiry).
+                    sync = client._serverdict[name] if sharded else client.get_client(write=True)
+                    params = None
+                    subscriber = _Subscriber(
+                        functools.partial(_same, sync), self.channel, self.wakeups
+                    )
+                else:
+                    params = _connection_params(factory, name)
+                    pool = _BlockingPool.from_url(
+                        **params, max_connections=self.max_connections, timeout=self.connection_wait
+                    )
+                    sync = Redis(connection_pool=pool)
+                    subscriber = _Subscriber(
+                        functools.partial(_subscriber_client, params), self.channel, self.wakeups
+                    )
+                self._servers[name] = _Server(name, sync, params, subscriber)
+            if not sharded:
+                self._primary = self._servers[names[0]]
             self._connected = True
 
-    def _server(self, item_key: str) -> Redis:
+    def _server(self, item_key: str) -> _Server:
         if not self._connected:
             self._connect()
         if self._primary is not None:
             return self._primary
-        server: Redis = self._shards.get_server(item_key)
-        return server
+        assert self._shard_of is not None
+        return self._servers[self._shard_of(item_key)]
 
-    def _servers(self) -> list[Redis]:
-        if not self._connected:
-            self._connect()
-        if self._primary is not None:
-            return [self._primary]
-        return list(self._shards._serverdict.values())
+    def _async_clients(self) -> dict[str, AsyncRedis]:
+        """This event loop's clients (redis.asyncio binds a connection to its loop)."""
+        # asyncio.run() and async_to_sync end their loops without closing our connections, and
+        # a closed loop can never close them: shut their sockets down here, when a new loop
+        # comes, so that Redis drops them now and not whenever the garbage collector runs.
+        for loop, dead in [entry for entry in self._loop_clients if entry[0].is_closed()]:
+            self._loop_clients.remove((loop, dead))
+            for aclient in dead.values():
+                _shut_down(aclient)
+        clients = {}
+        for server in self._servers.values():
+            if server.params is not None:
+                params = {k: v for k, v in server.params.items() if k != "parser_class"}
+                pool = _AsyncBlockingPool.from_url(
+                    **params, max_connections=self.max_connections, timeout=self.connection_wait
+                )
+                clients[server.name] = AsyncRedis(connection_pool=pool)
+        self._loop_clients.append((asyncio.get_running_loop(), clients))
+        return clients
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        # Sentinel's async path: a small executor of our own, never the loop's default one
+        # (which Django's sync_to_async and every other library share).
+        with self._mutex:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    self.max_connections, thread_name_prefix="statemodes-redis"
+                )
+            return self._executor
 
     @contextmanager
     def _unavailable(self) -> Iterator[None]:
@@ -314,34 +516,70 @@ class RedisProvider(SessionStateProvider):
                 setting="STATEMODES_REDIS_ALIAS",
             ) from exc
 
-    def _eval(self, server: Any, name: str, keys: list[str], args: list[Any]) -> Any:
-        # EVALSHA, one round trip; the script is loaded only when the server lacks it (first
-        # use, or after a restart or failover emptied its script cache).
-        sha, source = self._scripts[name]
-        try:
-            return server.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-        except NoScriptError:
-            server.script_load(source)
-            return server.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+    # One script call, in three steps: _call builds it (keys and arguments, shared), _eval or
+    # _aeval runs it, the caller reads the reply (shared). EVALSHA, one round trip; the script
+    # is loaded only when the server lacks it (first use, or after a restart or failover
+    # emptied its script cache).
 
-    def _run(self, name: str, session_key: str | None, *args: Any) -> Any:
+    def _call(
+        self, name: str, session_key: str | None, args: tuple[Any, ...]
+    ) -> tuple[str, list[str], list[Any]] | None:
         if not isinstance(session_key, str):
             return None  # exists(None) and friends: Django asks about keys not made yet
-        tag = "{" + session_key + "}"
-        item = f"{self.namespace}s:{tag}"
-        if name == "get":
-            keys = [item]
-        elif name == "release":
-            keys = [item, f"{self.namespace}w:{tag}"]
-        else:  # set and remove also index the item in the expiry set
-            keys = [item, self.expiry_key, f"{self.namespace}w:{tag}"]
-            args = (session_key, *args)
+        item = f"{self.namespace}s:{{{session_key}}}"
+        if name in ("set", "remove"):  # they also index the item in the expiry set
+            return item, [item, self.expiry_key], [session_key, *args]
+        return item, [item], list(args)
+
+    def _eval(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+        sha, source = self._scripts[name]
+        if self._gate is not None and not self._gate.acquire(timeout=self.connection_wait):
+            raise exhausted(
+                f"Redis ({self.cache_alias})", self.max_connections, self.connection_wait
+            )
+        try:
+            try:
+                return client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+            except NoScriptError:
+                client.script_load(source)
+                return client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+        finally:
+            if self._gate is not None:
+                self._gate.release()
+
+    async def _aeval(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+        sha, source = self._scripts[name]
+        try:
+            return await client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.script_load(source)
+            return await client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+
+    def _run(self, name: str, session_key: str | None, *args: Any) -> Any:
+        call = self._call(name, session_key, args)
+        if call is None:
+            return None
+        item, keys, argv = call
         with self._unavailable():
-            return self._eval(self._server(item), name, keys, list(args))
+            return self._eval(self._server(item).client, name, keys, argv)
 
-    # The contract.
+    async def _arun(self, name: str, session_key: str | None, *args: Any) -> Any:
+        call = self._call(name, session_key, args)
+        if call is None:
+            return None
+        item, keys, argv = call
+        server = self._server(item)
+        if server.params is None:  # Sentinel: the blocking client, in our own threads
+            loop = asyncio.get_running_loop()
+            run = functools.partial(self._run, name, session_key, *args)
+            return await loop.run_in_executor(self._thread_pool(), run)
+        with self._unavailable():
+            return await self._aeval(self._aclients.get()[server.name], name, keys, argv)
 
-    def _item(self, reply: bytes | None) -> StateItem | None:
+    # Arguments and replies, shared by the sync and async twins.
+
+    @staticmethod
+    def _item(reply: bytes | None) -> StateItem | None:
         if reply is None:
             return None
         head, _, data = reply.partition(b"\n")
@@ -353,6 +591,22 @@ class RedisProvider(SessionStateProvider):
             lock_age=age / 1000,
             initialize=bool(initialize),
         )
+
+    @staticmethod
+    def _set_args(
+        data: Any, lock_id: int | None, timeout: int, new_item: bool, keep_lock: bool
+    ) -> tuple[Any, ...]:
+        if not isinstance(data, bytes):
+            raise TypeError(f"RedisProvider stores bytes payloads, not {type(data).__name__}")
+        lock = "" if lock_id is None else str(int(lock_id))
+        flags = ("1" if new_item else "0") + ("0" if keep_lock else "1") + "0"
+        return data, lock, str(int(timeout)), flags
+
+    @staticmethod
+    def _lock_arg(lock_id: int | None) -> str:
+        return "" if lock_id is None else str(int(lock_id))
+
+    # The contract.
 
     def get(self, session_key: str) -> StateItem | None:
         return self._item(self._run("get", session_key, "0"))
@@ -370,18 +624,14 @@ class RedisProvider(SessionStateProvider):
         new_item: bool = False,
         keep_lock: bool = False,
     ) -> bool:
-        if not isinstance(data, bytes):
-            raise TypeError(f"RedisProvider stores bytes payloads, not {type(data).__name__}")
-        lock = "" if lock_id is None else str(int(lock_id))
-        flags = ("1" if new_item else "0") + ("0" if keep_lock else "1") + "0"
-        return bool(self._run("set", session_key, data, lock, str(int(timeout)), flags))
+        args = self._set_args(data, lock_id, timeout, new_item, keep_lock)
+        return bool(self._run("set", session_key, *args))
 
     def release(self, session_key: str, lock_id: int) -> None:
-        self._run("release", session_key, str(int(lock_id)))
+        self._run("release", session_key, self._lock_arg(lock_id))
 
     def remove(self, session_key: str, lock_id: int | None = None) -> bool:
-        lock = "" if lock_id is None else str(int(lock_id))
-        return bool(self._run("remove", session_key, lock))
+        return bool(self._run("remove", session_key, self._lock_arg(lock_id)))
 
     def create_uninitialized(self, session_key: str, timeout: int) -> bool:
         return bool(self._run("set", session_key, b"", "", str(int(timeout)), "101"))
@@ -396,15 +646,18 @@ class RedisProvider(SessionStateProvider):
     ) -> int:
         batch = batch_size or conf.STATEMODES_PURGE_BATCH_SIZE
         want_data = "1" if on_expired is not None else "0"
-        args = [self.namespace + "s:", self.namespace + "w:", str(batch), want_data]
+        args = [self.namespace + "s:", self.channel, str(batch), want_data]
         total = 0
+        if not self._connected:
+            self._connect()
         with self._unavailable():
-            for server in self._servers():
+            for server in self._servers.values():
                 if dry_run:
-                    total += int(self._eval(server, "purge", [self.expiry_key], [*args, "1"]))
+                    reply = self._eval(server.client, "purge", [self.expiry_key], [*args, "1"])
+                    total += int(reply)
                     continue
                 while True:  # one batch per script run: Redis is never blocked for long
-                    reply = self._eval(server, "purge", [self.expiry_key], [*args, "0"])
+                    reply = self._eval(server.client, "purge", [self.expiry_key], [*args, "0"])
                     pairs = list(zip(reply[::2], reply[1::2], strict=True))
                     total += len(pairs)
                     if on_expired is not None:
@@ -416,35 +669,120 @@ class RedisProvider(SessionStateProvider):
                         break
         return total
 
-    # Waiting: BLPOP on the session's wake-up list (see the module docstring).
+    # Waiting: PUBLISH on release, heard by one subscriber thread per server and process.
+    # A waiter registers with Wakeups first, then looks at the lock once more (_WATCH, which
+    # also flags the item so that its release publishes): a release before that look is seen
+    # by it, one after it is published and reaches the registered waiter. No wake-up is lost,
+    # and a waiter holds no connection while it sleeps.
 
-    def _block_limit(self, server: Redis) -> float:
-        # A BLPOP longer than the socket timeout would fail as a timeout, not return.
-        socket_timeout = server.connection_pool.connection_kwargs.get("socket_timeout")
-        limit = MAX_BLOCK
-        if socket_timeout:
-            limit = min(limit, max(0.05, float(socket_timeout) - 0.5))
-        return limit
+    def _subscribed(self, session_key: str) -> _Subscriber:
+        subscriber = self._server(f"{self.namespace}s:{{{session_key}}}").subscriber
+        subscriber.start()
+        return subscriber
 
     def wait_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:
-        tag = "{" + session_key + "}"
-        with self._unavailable():
-            server = self._server(f"{self.namespace}s:{tag}")
-            seconds = min(timeout, self._block_limit(server))
-            if seconds <= 0:
-                return
-            server.blpop([f"{self.namespace}w:{tag}"], timeout=max(seconds, 0.01))
+        if timeout <= 0:
+            return
+        subscriber = self._subscribed(session_key)
+        with self.wakeups.expecting(session_key) as woken:
+            if not subscriber.ready.wait(min(timeout, FALLBACK_SLEEP)):
+                return  # not subscribed (starting, or Redis down): the core looks again
+            if self._run("watch", session_key, str(int(lock_id))):
+                woken.wait(min(timeout, MAX_BLOCK))
 
     async def await_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:
-        # A blocking BLPOP in a worker thread of its own: woken at once, never polling, and
-        # never holding the request's thread-sensitive executor.
-        await sync_to_async(self.wait_for_release, thread_sensitive=False)(
-            session_key, lock_id, timeout
-        )
+        if timeout <= 0:
+            return
+        subscriber = self._subscribed(session_key)
+        async with self.wakeups.aexpecting(session_key) as woken:
+            if not subscriber.ready.is_set():
+                await asyncio.sleep(min(timeout, FALLBACK_SLEEP))
+                return
+            if await self._arun("watch", session_key, str(int(lock_id))):
+                await asyncio.wait([woken], timeout=min(timeout, MAX_BLOCK))
+
+    # Async twins: redis.asyncio on this loop's bounded pool (see _arun).
+
+    async def aget(self, session_key: str) -> StateItem | None:
+        return self._item(await self._arun("get", session_key, "0"))
+
+    async def aget_exclusive(self, session_key: str) -> StateItem | None:
+        return self._item(await self._arun("get", session_key, "1"))
+
+    async def aset_and_release(
+        self,
+        session_key: str,
+        data: Any,
+        *,
+        lock_id: int | None,
+        timeout: int,
+        new_item: bool = False,
+        keep_lock: bool = False,
+    ) -> bool:
+        args = self._set_args(data, lock_id, timeout, new_item, keep_lock)
+        return bool(await self._arun("set", session_key, *args))
+
+    async def arelease(self, session_key: str, lock_id: int) -> None:
+        await self._arun("release", session_key, self._lock_arg(lock_id))
+
+    async def aremove(self, session_key: str, lock_id: int | None = None) -> bool:
+        return bool(await self._arun("remove", session_key, self._lock_arg(lock_id)))
 
     def close(self) -> None:
-        # django-redis owns the connection pools; forget the clients so settings changes apply.
+        # Our pools and threads; django-redis keeps its own (Sentinel's) pools.
         with self._mutex:
+            servers, self._servers = list(self._servers.values()), {}
             self._connected = False
             self._primary = None
-            self._shards = None
+            self._shard_of = None
+            executor, self._executor = self._executor, None
+        for server in servers:
+            server.subscriber.stop()
+            if server.params is not None:
+                server.client.connection_pool.disconnect()
+        self._aclients.clear()
+        loops, self._loop_clients = self._loop_clients, []
+        for _, clients in loops:
+            for aclient in clients.values():
+                _shut_down(aclient)
+        if executor is not None:
+            executor.shutdown(wait=False)
+        self.wakeups.wake_all()
+
+
+def _connection_params(factory: Any, url: str) -> dict[str, Any]:
+    """redis-py's connection kwargs for ``url`` as django-redis builds them for the alias.
+
+    ``make_connection_params`` gives the URL (its scheme picks TCP, TLS or a Unix socket),
+    USERNAME, PASSWORD, SOCKET_TIMEOUT, SOCKET_CONNECT_TIMEOUT and the parser;
+    CONNECTION_POOL_KWARGS adds the rest, except the pool's own size and wait, which
+    STATEMODES_MAX_CONNECTIONS and STATEMODES_CONNECTION_WAIT set.
+    """
+    params: dict[str, Any] = dict(factory.make_connection_params(url))
+    for key, value in factory.pool_cls_kwargs.items():
+        if key not in ("max_connections", "timeout", "connection_class"):
+            params[key] = value
+    return params
+
+
+def _shut_down(client: AsyncRedis) -> None:
+    """Shut down the sockets of an async client whose loop may be gone (no await needed)."""
+    pool: Any = client.connection_pool
+    for connection in [*pool._available_connections, *pool._in_use_connections]:
+        writer = getattr(connection, "_writer", None)
+        sock = writer.get_extra_info("socket") if writer is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # the fd itself goes with the transport
+            except OSError:
+                pass
+
+
+def _same(client: Redis) -> Redis:
+    return client
+
+
+def _subscriber_client(params: dict[str, Any]) -> Redis:
+    # A client of its own, outside the bounded pool: one connection, held for good. The
+    # health check PINGs a silent connection, so a dead server is noticed within it.
+    return Redis.from_url(**params, health_check_interval=SUBSCRIBER_HEALTH_CHECK)

@@ -94,7 +94,9 @@ class StateServerProvider(SessionStateProvider):
 
     Options default to the settings: ``connection`` (STATEMODES_STATE_CONNECTION), ``timeout``
     (STATEMODES_STATE_NETWORK_TIMEOUT), ``application`` (STATEMODES_APPLICATION_NAME), ``secret``
-    (STATEMODES_STATE_SECRET), ``resolver`` (STATEMODES_PARTITION_RESOLVER).
+    (STATEMODES_STATE_SECRET), ``resolver`` (STATEMODES_PARTITION_RESOLVER). The blocking
+    clients' pools follow STATEMODES_MAX_CONNECTIONS, STATEMODES_CONNECTION_WAIT and
+    STATEMODES_CONNECTION_IDLE_TIMEOUT; the asyncio client pipelines one connection per loop.
     """
 
     settings: ClassVar[frozenset[str]] = frozenset(
@@ -104,6 +106,9 @@ class StateServerProvider(SessionStateProvider):
             "STATEMODES_APPLICATION_NAME",
             "STATEMODES_STATE_SECRET",
             "STATEMODES_PARTITION_RESOLVER",
+            "STATEMODES_MAX_CONNECTIONS",
+            "STATEMODES_CONNECTION_WAIT",
+            "STATEMODES_CONNECTION_IDLE_TIMEOUT",
         }
     )
 
@@ -141,9 +146,18 @@ class StateServerProvider(SessionStateProvider):
         client = self._clients.get(address)
         if client is None:
             with self._mutex:
-                client = self._clients.setdefault(
-                    address, StateServerClient(address, **self._options())
-                )
+                client = self._clients.get(address)
+                if client is None:
+                    # A bounded pool per server: the process holds at most
+                    # STATEMODES_MAX_CONNECTIONS blocking connections to each (a WAIT holds
+                    # one for its wait); past STATEMODES_CONNECTION_WAIT, a 503.
+                    client = self._clients[address] = StateServerClient(
+                        address,
+                        **self._options(),
+                        pool_size=conf.STATEMODES_MAX_CONNECTIONS,
+                        pool_wait=conf.STATEMODES_CONNECTION_WAIT,
+                        idle_timeout=conf.STATEMODES_CONNECTION_IDLE_TIMEOUT,
+                    )
         return client
 
     def aclient(self, session_key: str) -> AsyncStateServerClient:
@@ -218,7 +232,8 @@ class StateServerProvider(SessionStateProvider):
         return total
 
     def wait_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:
-        # The server answers WAIT when the lock ends: an immediate hand-off, no polling.
+        # The server answers WAIT when the lock ends: an immediate hand-off, no polling. The
+        # wait holds one pooled connection; the core bounds a session's waiting threads.
         self.client(session_key).wait(session_key, lock_id, timeout)
 
     def stats(self) -> dict[str, dict[str, Any]]:

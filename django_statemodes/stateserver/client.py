@@ -1,4 +1,4 @@
-"""Clients of the state server: blocking (one persistent connection per thread) and asyncio.
+"""Clients of the state server: blocking (a bounded pool of connections) and asyncio.
 
 Both only move bytes: every request they send, every reply check, every error message and the
 handshake come from ``operations`` (one copy, so the two cannot drift). Each is a thin adapter over
@@ -8,6 +8,12 @@ handshake come from ``operations`` (one copy, so the two cannot drift). Each is 
 broken (the server restarted between two requests). Anything else raises
 ``StateServerUnavailable`` naming the address and the setting to check, which the middleware
 answers with a 503 (ASP.NET's "Unable to make the session state request...").
+
+The blocking client lends one connection of a bounded ``pool.Pool`` to each call, so a process
+holds at most ``pool_size`` connections whatever the number of threads that ever served it
+(``runserver`` and ASGI's ``sync_to_async`` start new ones all the time); a call that finds them
+all busy for ``pool_wait`` seconds gets ``SessionPoolExhausted`` (503). A WAIT holds its
+connection for the wait. Settings-free: the provider passes the sizes in.
 """
 
 from __future__ import annotations
@@ -19,11 +25,14 @@ import socket
 import struct
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
+from django_statemodes.exceptions import StateServerError
 from django_statemodes.items import ExpiredItem, StateItem
+from django_statemodes.providers.pool import Pool, PoolStats
 
 from . import operations as ops
 from . import protocol as p
@@ -33,6 +42,8 @@ from .operations import MORE, Broken, Op
 __all__ = ["AsyncStateServerClient", "StateServerClient"]
 
 RECV_SIZE = 256 * 1024
+# How long a waiter that found every wait slot taken sleeps before it looks at the lock again.
+WAIT_SLOT_PAUSE = 0.05
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -81,14 +92,23 @@ class _Client:
 
 
 class _Link:
-    """One blocking connection, used by one thread.
+    """One blocking connection, lent to one thread at a time by the client's pool.
 
     The socket stays in blocking mode and its timeouts are the kernel's (SO_RCVTIMEO,
     SO_SNDTIMEO): a Python socket timeout would add a poll() before every send and every
     receive, two system calls per round trip. Replies are read into one buffer kept per link.
     """
 
-    __slots__ = ("buffer", "conn", "generation", "kernel_timeouts", "next_id", "sock", "view")
+    __slots__ = (
+        "buffer",
+        "closed",
+        "conn",
+        "generation",
+        "kernel_timeouts",
+        "next_id",
+        "sock",
+        "view",
+    )
 
     def __init__(self, sock: socket.socket, conn: p.Connection) -> None:
         self.sock = sock
@@ -98,6 +118,7 @@ class _Link:
         self.buffer = bytearray(RECV_SIZE)
         self.view = memoryview(self.buffer)
         self.kernel_timeouts = False
+        self.closed = False
 
     def set_timeout(self, seconds: float) -> None:
         """Bound every later send and receive by ``seconds``."""
@@ -143,6 +164,7 @@ class _Link:
             return event
 
     def close(self) -> None:
+        self.closed = True
         try:
             self.sock.close()
         except OSError:
@@ -169,6 +191,10 @@ class StateServerClient(_Client):
         application: the namespace (STATEMODES_APPLICATION_NAME).
         secret: the shared secret (STATEMODES_STATE_SECRET), if the server needs one.
         socket_factory: opens the TCP connection (tests may inject one).
+        pool_size: most connections open at once (STATEMODES_MAX_CONNECTIONS).
+        pool_wait: seconds a call waits for a free connection (STATEMODES_CONNECTION_WAIT).
+        idle_timeout: an idle connection older than this is closed
+            (STATEMODES_CONNECTION_IDLE_TIMEOUT).
     """
 
     def __init__(
@@ -180,6 +206,9 @@ class StateServerClient(_Client):
         secret: str | bytes | None = None,
         max_frame_size: int = p.DEFAULT_MAX_FRAME_SIZE,
         socket_factory: Callable[..., socket.socket] = socket.create_connection,
+        pool_size: int = 10,
+        pool_wait: float = 5.0,
+        idle_timeout: float = 60.0,
     ) -> None:
         super().__init__(
             address,
@@ -189,8 +218,47 @@ class StateServerClient(_Client):
             max_frame_size=max_frame_size,
         )
         self.socket_factory = socket_factory
-        self._local = threading.local()
+        self.pool_size, self.pool_wait, self.idle_timeout = pool_size, pool_wait, idle_timeout
+        self._pool = self._new_pool()
+        self._pool_generation = _generation
+        # A WAIT holds its connection until the lock ends. Waits may hold all but one of the
+        # pool's connections, so a lock's holder always finds one to save and release with:
+        # otherwise the waiters fill the pool, the holder's release waits for a connection, and
+        # nothing moves until the lock timeout breaks the lock.
+        self._wait_slots = threading.BoundedSemaphore(max(1, pool_size - 1))
+        self._wait_for_slot = pool_size > 1
+        # Every socket opened, lent or idle, for close(): a socket of a closed client must not
+        # outlive it in a thread that holds it (a WAIT, say).
         self._links: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def _new_pool(self) -> Pool[_Link]:
+        return Pool(
+            self._connect,
+            _Link.close,
+            size=self.pool_size,
+            wait=self.pool_wait,
+            idle_timeout=self.idle_timeout,
+            name=f"the state server at {self.address}",
+        )
+
+    @property
+    def pool(self) -> Pool[_Link]:
+        """The pool of this process's connections to the server."""
+        return self._current_pool()
+
+    def _current_pool(self) -> Pool[_Link]:
+        pool = self._pool
+        if self._pool_generation != _generation:
+            # A forked child (a gunicorn worker): its parent's sockets, idle or lent out at the
+            # fork, are the parent's. A new pool; the old one is dropped without a word on them.
+            pool = self._pool = self._new_pool()
+            self._pool_generation = _generation
+        return pool
+
+    @property
+    def pool_stats(self) -> PoolStats:
+        """What the connection pool did (opened, closed, waited, exhausted)."""
+        return self._current_pool().stats
 
     # Connections
 
@@ -222,18 +290,16 @@ class StateServerClient(_Client):
         return link
 
     def close(self) -> None:
-        """Close every connection of every thread."""
+        """Close every connection, idle or lent out (a call in flight on one fails)."""
+        self._current_pool().close()
         for sock in list(self._links):
             try:
                 sock.close()
             except OSError:
                 pass
-        self._local = threading.local()
 
     def _drop(self, link: _Link) -> None:
-        link.close()
-        if getattr(self._local, "link", None) is link:
-            self._local.link = None
+        link.close()  # the pool discards a closed link when it comes back
 
     def _exchange(
         self, link: _Link, event: p.Request | None, read_timeout: float | None
@@ -261,11 +327,31 @@ class StateServerClient(_Client):
 
     def run(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Send ``op``'s request (built from ``args``) and return its result."""
-        link: _Link | None = getattr(self._local, "link", None)
-        reused = link is not None and link.generation == _generation
-        if not reused:
-            link = self._local.link = self._connect()
-        assert link is not None
+        pool = self._current_pool()
+        link, slot = pool.acquire()
+        held = [link]  # the link the call ends on: a reconnect replaces it in the same slot
+        try:
+            result = self._run(held, op, *args, **kwargs)
+        except StateServerError:
+            # An answer read in full (an error reply) leaves the link in step; the failures
+            # that do not have dropped (closed) it already.
+            pool.release(held[0], slot, broken=held[0].closed)
+            raise
+        except BaseException:
+            # Anything else (an on_expired callback's error, KeyboardInterrupt) may leave a
+            # reply half read: that link is never lent again.
+            pool.release(held[0], slot, broken=True)
+            raise
+        pool.release(held[0], slot, broken=held[0].closed)
+        return result
+
+    def _run(self, held: list[_Link], op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        link = held[0]
+        if link.generation != _generation:  # opened before a fork: the parent's socket
+            link.closed = True
+            link = held[0] = self._connect()
+        # A link that served a request before may have broken while idle in the pool.
+        reused = link.next_id != 0
         read_timeout = self.timeout + op.hold if op.hold else None
         for attempt in (1, 2):
             link.next_id = request_id = ops.next_request_id(link.next_id)
@@ -277,7 +363,7 @@ class StateServerClient(_Client):
                 if attempt == 2 or not reused:
                     raise ops.lost(self.address, exc) from exc
                 # One transparent reconnect: a kept connection broke while idle.
-                link = self._local.link = self._connect()
+                link = held[0] = self._connect()
         else:
             raise AssertionError("unreachable")
         while True:
@@ -338,8 +424,18 @@ class StateServerClient(_Client):
         return self.run(ops.purge_expired(on_expired, dry_run))
 
     def wait(self, key: str, lock_id: int, timeout: float) -> bool:
-        """Block until the server says lock ``lock_id`` ended (True) or ``timeout`` passed."""
-        return self.run(ops.wait(key, lock_id, timeout))
+        """Block until the server says lock ``lock_id`` ended (True) or ``timeout`` passed.
+
+        Returns False at once after a short sleep when every wait slot is taken (see
+        ``__init__``); the caller then looks at the lock again.
+        """
+        if not self._wait_for_slot or not self._wait_slots.acquire(blocking=False):
+            time.sleep(min(timeout, WAIT_SLOT_PAUSE))
+            return False
+        try:
+            return self.run(ops.wait(key, lock_id, timeout))
+        finally:
+            self._wait_slots.release()
 
     def ping(self, payload: bytes = b"") -> bytes:
         return self.run(ops.PING, payload)
@@ -457,12 +553,15 @@ class AsyncStateServerClient(_Client):
         # One link per event loop. Not a WeakKeyDictionary: a link refers to its loop through its
         # transport, so the key would never die; links of closed loops are swept instead.
         self._links: dict[asyncio.AbstractEventLoop, _AsyncLink] = {}
+        # The WAIT in flight per loop (so per link) and key: (lock id, its task).
+        self._waits: dict[asyncio.AbstractEventLoop, dict[str, tuple[int, asyncio.Task[bool]]]] = {}
 
     async def _connect(self) -> _AsyncLink:
         for loop in [loop for loop in self._links if loop.is_closed()]:
             # asyncio.run() or async_to_sync ended that loop; dropping the link lets the garbage
             # collector close its socket.
             del self._links[loop]
+            self._waits.pop(loop, None)
         host, port = self.address
         try:
             reader, writer = await asyncio.wait_for(
@@ -591,8 +690,28 @@ class AsyncStateServerClient(_Client):
         return await self.run(ops.purge_expired(on_expired, dry_run))
 
     async def wait(self, key: str, lock_id: int, timeout: float) -> bool:
-        """Wait until the server says lock ``lock_id`` ended (True) or ``timeout`` passed."""
-        return await self.run(ops.wait(key, lock_id, timeout))
+        """Wait until the server says lock ``lock_id`` ended (True) or ``timeout`` passed.
+
+        The protocol allows one WAIT per key on a connection (a second one ends the first with
+        ``released = 0``), and the tasks of a loop share one connection: tasks waiting for the
+        same lock share one WAIT. A task that saw another lock id returns at once (allowed:
+        the caller looks at the lock again), since one of the two ids is stale.
+        """
+        loop = asyncio.get_running_loop()
+        waits = self._waits.setdefault(loop, {})
+        shared = waits.get(key)
+        if shared is not None and shared[0] != lock_id:
+            return True
+        if shared is None:
+            task = loop.create_task(self.run(ops.wait(key, lock_id, timeout)))
+            waits[key] = shared = (lock_id, task)
+            task.add_done_callback(functools.partial(_wait_done, waits, key))
+        try:
+            # Shielded: a waiter that is cancelled or gives up early leaves the shared WAIT to
+            # the others; it ends by itself within its own timeout.
+            return await asyncio.wait_for(asyncio.shield(shared[1]), timeout)
+        except TimeoutError:
+            return False
 
     async def ping(self, payload: bytes = b"") -> bytes:
         return await self.run(ops.PING, payload)
@@ -610,3 +729,15 @@ class AsyncStateServerClient(_Client):
             if link.task is not None:
                 link.task.cancel()
         self._links.clear()
+        self._waits.clear()
+
+
+def _wait_done(
+    waits: dict[str, tuple[int, asyncio.Task[bool]]], key: str, task: asyncio.Task[bool]
+) -> None:
+    """Forget a shared WAIT that ended; read its error, which its waiters may all have left."""
+    shared = waits.get(key)
+    if shared is not None and shared[1] is task:
+        del waits[key]
+    if not task.cancelled():
+        task.exception()
