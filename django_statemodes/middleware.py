@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from importlib import import_module
+from threading import get_ident
 from typing import Any, Protocol, TypeGuard, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -48,6 +49,7 @@ from django_statemodes.backends.off import SessionStore as OffSessionStore
 from django_statemodes.conf import conf
 from django_statemodes.cookieless import KEY_ALPHABET
 from django_statemodes.cookieless_handler import AsyncRespond, Respond, UriTransport
+from django_statemodes.core import locking
 from django_statemodes.core.calls import NO_KEYWORDS, Op, Steps, arun, run
 from django_statemodes.core.session import StateModeSessionBase
 from django_statemodes.decorators import view_mode
@@ -238,6 +240,12 @@ def _abandon(session: StateModeSessionBase) -> Steps[None]:
         logger.exception("Could not release the session lock after an error.")
 
 
+#: ``SERVER_SOFTWARE`` of servers that start a thread per request (Django's ``runserver``, on
+#: wsgiref's ``WSGIServer``): their waiting requests take no thread from anyone, so the limit
+#: on a session's waiting threads (``STATEMODES_LOCK_WAITING_THREADS``) does not apply there.
+THREAD_PER_REQUEST = ("WSGIServer/",)
+
+
 class SessionStateMiddleware(SessionMiddleware):
     """Load sessions lazily with the view's mode; save and unlock them with the response."""
 
@@ -265,7 +273,20 @@ class SessionStateMiddleware(SessionMiddleware):
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
-        return self.transport.wrap(request, self._respond)
+        if request.META.get("SERVER_SOFTWARE", "").startswith(THREAD_PER_REQUEST):
+            # runserver starts a thread per request: there is no pool for one session to drain.
+            return self.transport.wrap(request, self._respond)
+        # This thread serves a request until it returns: the waiters of one session may hold
+        # only a share of such threads (core.locking), derived from the most seen at once.
+        thread = get_ident()
+        serving = locking.serving
+        serving.add(thread)
+        if len(serving) > locking.lock_stats.peak_serving:
+            locking.lock_stats.peak_serving = len(serving)  # a max: a lost race changes nothing
+        try:
+            return self.transport.wrap(request, self._respond)
+        finally:
+            serving.discard(thread)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         return await self.transport.awrap(request, self._arespond)
@@ -288,6 +309,9 @@ class SessionStateMiddleware(SessionMiddleware):
             response = await cast(Awaitable[HttpResponseBase], self.get_response(request))
             self.transport.before_save(request)
         except BaseException:
+            # CancelledError included (a client that went away): the cancellation is delivered
+            # once, so this await still runs, and the release it sends is shielded from a
+            # second one (core.cancellation).
             session = getattr(request, "session", None)
             if isinstance(session, StateModeSessionBase):
                 await arun(_abandon(session), session)

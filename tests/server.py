@@ -109,15 +109,59 @@ def hammer(
     status, headers, body = get(port, "/increment/")
     assert status == 200, body
     key = session_cookie(headers)
+    increment_concurrently(
+        port,
+        "/increment/",
+        key,
+        clients=clients,
+        increments=increments,
+        work_ms=work_ms,
+        served=served,
+        served_header=served_header,
+    )
+    _, _, body = get(port, "/read/", key)
+    return 1 + clients * increments, json.loads(body)["counter"]
+
+
+def increment_concurrently(
+    port: int,
+    path: str,
+    key: str,
+    *,
+    clients: int,
+    increments: int,
+    work_ms: int = 2,
+    served: set[str] | None = None,
+    served_header: str = "x-worker-pid",
+) -> int:
+    """Send ``clients`` x ``increments`` requests to ``path`` for session ``key``, concurrently.
+
+    A 503 with Retry-After (a session's waiters past their share of the process's threads, a
+    pool that stayed busy) is backpressure, not a lost update: the view did not run, so the
+    client sends the increment again, as a browser or a proxy honouring Retry-After does; 20
+    tries at most. Returns how many such answers were retried; any other failure fails.
+    """
     failures: list[str] = []
+    refused = [0]
 
     def client() -> None:
         for _ in range(increments):
-            status, headers, body = get(port, f"/increment/?work={work_ms}", key)
-            if served is not None:
-                served.add(headers[served_header])
+            for _attempt in range(20):
+                try:
+                    status, headers, body = get(port, f"{path}?work={work_ms}", key)
+                except OSError as exc:  # a timeout: the server froze or lost the request
+                    failures.append(repr(exc))
+                    return
+                if served is not None and served_header in headers:
+                    served.add(headers[served_header])
+                if status == 503 and "retry-after" in headers:
+                    refused[0] += 1
+                    time.sleep(0.05)
+                    continue
+                break
             if status != 200:
-                failures.append(f"{status}: {body[:200]!r}")
+                failures.append(f"{status}: {body[:300]!r}")
+                return
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for thread in threads:
@@ -125,5 +169,4 @@ def hammer(
     for thread in threads:
         thread.join(timeout=300)
     assert not failures, failures[:3]
-    _, _, body = get(port, "/read/", key)
-    return 1 + clients * increments, json.loads(body)["counter"]
+    return refused[0]

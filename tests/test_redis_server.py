@@ -80,10 +80,14 @@ def test_a_redis_restart_gives_clear_503s_then_recovers_without_restarting_worke
             assert status == 200 and b'"counter": 1' in body
             last_pid = headers[PID]
 
+    # 4 clients on one session, 4 threads a worker: a waiter past the session's share of the
+    # threads gets 503 "Too many requests" at once (STATEMODES_LOCK_WAITING_THREADS), which is
+    # backpressure, not the outage this test is about: those answers are set aside.
+    outage = [r for r in results if b"Too many requests" not in r[3]]
     # Windows by the order of events, not by guessed durations: "before" ended before the kill
     # began; "during" ran entirely while Redis was down.
-    before = [r for r in results if r[1] < killing]
-    during = [r for r in results if r[0] > killed and r[1] < restarting]
+    before = [r for r in outage if r[1] < killing]
+    during = [r for r in outage if r[0] > killed and r[1] < restarting]
     assert before and {r[2] for r in before} == {200}
     assert during and {r[2] for r in during} == {503}
     # DEBUG is off: the page names no setting (the log does); Retry-After stays.
@@ -91,8 +95,8 @@ def test_a_redis_restart_gives_clear_503s_then_recovers_without_restarting_worke
     assert all(r[4] == "5" for r in during)
     # Recovered: once a request started after the restart has succeeded, every request started
     # after that succeeds too (the old session is gone with Redis's data).
-    recovered_at = min(r[1] for r in results if r[0] > restarted and r[2] == 200)
-    after = [r for r in results if r[0] >= recovered_at]
+    recovered_at = min(r[1] for r in outage if r[0] > restarted and r[2] == 200)
+    after = [r for r in outage if r[0] >= recovered_at]
     assert after and {r[2] for r in after} == {200}
     assert {r[2] for r in results} <= {200, 503}
     # The same two worker processes served before, during and after the outage: recovery

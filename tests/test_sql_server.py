@@ -143,7 +143,9 @@ def site_on_private_cluster(**extra: str) -> Iterator[tuple[int, Callable[[], No
 
 def assert_clear_503(headers: dict[str, str], body: bytes) -> None:
     assert headers.get("retry-after", "").isdigit() and int(headers["retry-after"]) > 0, headers
-    assert b"Session state is unavailable" in body, body
+    # The store is down, or (4 clients on one session, 4 threads a worker) the session's
+    # waiters already hold their share of a worker's threads (STATEMODES_LOCK_WAITING_THREADS).
+    assert b"Session state is unavailable" in body or b"Too many requests" in body, body
     # DEBUG is off: which store is down, and where, goes to the log, not to visitors.
     assert b"SQL session-state database" not in body, body
 
@@ -209,7 +211,9 @@ def test_a_database_restart_gives_503s_loses_nothing_and_recovers(sql_tables: li
     # Recovered: once one increment started after the restart has succeeded, every request
     # started after that succeeds too.
     recovered_at = min(r[1] for r in results if r[0] > up_at and r[2] == 200)
-    later = [r[2] for r in results if r[0] >= recovered_at]
+    # (A 503 "Too many requests" is the session's waiters past their share of the threads:
+    # backpressure that says nothing about the database.)
+    later = [r[2] for r in results if r[0] >= recovered_at and b"Too many requests" not in r[4]]
     assert len(later) >= 10 and set(later) == {200}, sorted(set(later))
     # The same two workers throughout, none restarted: the 503s came from them too.
     assert pids_after == pids_before

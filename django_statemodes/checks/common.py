@@ -1,4 +1,4 @@
-"""Checks of the settings every mode reads: E001-E004, E010-E012."""
+"""Checks of the settings every mode reads: E001-E004, E010-E012, E014-E017."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def positive_int(value: Any) -> bool:
 
 def check_common() -> list[CheckMessage]:
     """Check the locking settings and the store-wide ones."""
-    return [*_check_locking(), *_check_store()]
+    return [*_check_locking(), *_check_store(), *_check_capacity()]
 
 
 def _check_locking() -> list[CheckMessage]:
@@ -83,5 +83,43 @@ def _check_store() -> list[CheckMessage]:
     if not isinstance(compression, bool):
         errors.append(
             Error("STATEMODES_COMPRESSION should be a bool.", id="django_statemodes.E012")
+        )
+    return errors
+
+
+def _check_capacity() -> list[CheckMessage]:
+    """The bounds of a process: store connections and the threads one session's waiters hold."""
+    errors: list[CheckMessage] = []
+    if not positive_int(conf.STATEMODES_MAX_CONNECTIONS):
+        errors.append(
+            Error(
+                "STATEMODES_MAX_CONNECTIONS should be a positive integer.",
+                hint="Store connections per process and store; the default is 10.",
+                id="django_statemodes.E014",
+            )
+        )
+    if not positive_number(conf.STATEMODES_CONNECTION_WAIT):
+        errors.append(
+            Error(
+                "STATEMODES_CONNECTION_WAIT should be a positive number of seconds.",
+                hint="How long a request waits for a free store connection before its 503.",
+                id="django_statemodes.E015",
+            )
+        )
+    if not positive_number(conf.STATEMODES_CONNECTION_IDLE_TIMEOUT):
+        errors.append(
+            Error(
+                "STATEMODES_CONNECTION_IDLE_TIMEOUT should be a positive number of seconds.",
+                id="django_statemodes.E016",
+            )
+        )
+    threads: object = conf.STATEMODES_LOCK_WAITING_THREADS
+    if threads is not None and not positive_int(threads):
+        errors.append(
+            Error(
+                "STATEMODES_LOCK_WAITING_THREADS should be None or a positive integer.",
+                hint="None derives it: half of the most requests a process has served at once.",
+                id="django_statemodes.E017",
+            )
         )
     return errors

@@ -14,14 +14,20 @@ one of them (the sans-IO idea of h11, applied to a session).
   receives their answers; the drivers throw failures into it, so its ``finally`` and ``with``
   blocks run. ``steps_of`` turns an op into steps, so steps can use ops.
 
+``run`` refuses to call the store from a thread that runs an event loop and ``arun`` shields
+the lock-changing calls from cancellation (``core.cancellation``).
+
 An op's result is never a tuple or a generator: those are its next step.
 """
 
 from __future__ import annotations
 
+from asyncio.events import _get_running_loop
 from collections.abc import Generator
 from types import GeneratorType
 from typing import Any, TypeVar
+
+from .cancellation import call, refuse_sync
 
 __all__ = ["NO_KEYWORDS", "Call", "Op", "Steps", "arun", "run", "steps_of"]
 
@@ -54,6 +60,8 @@ def run(op: Op, provider: object) -> Any:
     while True:
         kind = type(op)
         if kind is tuple:
+            if _get_running_loop() is not None:  # C-level; the call only in a loop's thread
+                refuse_sync()
             name, args, kwargs, then = op
             op = then(getattr(provider, name)(*args, **kwargs))
         elif kind is GeneratorType:
@@ -68,7 +76,7 @@ async def arun(op: Op, provider: object) -> Any:
         kind = type(op)
         if kind is tuple:
             name, args, kwargs, then = op
-            op = then(await getattr(provider, "a" + name)(*args, **kwargs))
+            op = then(await call(provider, name, args, kwargs))
         elif kind is GeneratorType:
             op = await _adrive(op, provider)
         else:
@@ -90,31 +98,32 @@ def steps_of(op: Op) -> Steps[Any]:
 
 def _drive(steps: Steps[T], provider: object) -> T:
     try:
-        call = next(steps)
+        step = next(steps)
         while True:
-            name, args, kwargs = call
+            name, args, kwargs = step
             try:
+                refuse_sync()
                 result = getattr(provider, name)(*args, **kwargs)
             except BaseException as exc:
                 # Into the generator, so its ``finally`` and ``with`` blocks see the failure.
-                call = steps.throw(exc)
+                step = steps.throw(exc)
             else:
-                call = steps.send(result)
+                step = steps.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 
 
 async def _adrive(steps: Steps[T], provider: object) -> T:
     try:
-        call = next(steps)
+        step = next(steps)
         while True:
-            name, args, kwargs = call
+            name, args, kwargs = step
             try:
-                result = await getattr(provider, "a" + name)(*args, **kwargs)
+                result = await call(provider, name, args, kwargs)
             except BaseException as exc:
                 # Cancellation included: the generator's cleanup runs before it propagates.
-                call = steps.throw(exc)
+                step = steps.throw(exc)
             else:
-                call = steps.send(result)
+                step = steps.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]

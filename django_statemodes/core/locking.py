@@ -6,6 +6,12 @@ process's queue for the session (at most ``STATEMODES_LOCK_QUEUE_LIMIT`` waiters
 request queue limit) until the provider says the lock may have ended, then asks again. A lock
 held longer than ``STATEMODES_LOCK_TIMEOUT`` (ASP.NET's executionTimeout) is broken: released
 with its holder's lock id, so the holder's later write no longer matches and is refused.
+
+A blocking waiter holds one of the server's threads for its whole wait: the waiters of one
+session may hold at most ``STATEMODES_LOCK_WAITING_THREADS`` threads of the process (by default
+half of the most requests it has served at once, ``serving``), or one user's parallel requests
+would leave no thread for anyone else (beyond it: ``SessionQueueFull``, a 503). An async waiter holds no thread and counts only against
+``STATEMODES_LOCK_QUEUE_LIMIT``.
 """
 
 from __future__ import annotations
@@ -23,7 +29,16 @@ from django_statemodes.providers.base import StateItem
 
 from .calls import NO_KEYWORDS, Steps
 
-__all__ = ["LockStats", "lock_stats", "refused", "wait", "waiting"]
+__all__ = [
+    "LockStats",
+    "lock_stats",
+    "refused",
+    "serving",
+    "wait",
+    "waiting",
+    "waiting_threads",
+    "waiting_threads_limit",
+]
 
 logger = logging.getLogger("django_statemodes")
 
@@ -42,6 +57,8 @@ class LockStats:
     stolen: int = 0
     refused_writes: int = 0
     queue_full: int = 0
+    #: The most blocking requests the process has served at once (SessionStateMiddleware).
+    peak_serving: int = 0
 
     def as_dict(self) -> dict[str, float]:
         return dict(vars(self))
@@ -49,8 +66,16 @@ class LockStats:
 
 lock_stats = LockStats()
 
-# Requests of this process waiting per session key (ASP.NET counts per app domain too).
+#: The threads (``threading.get_ident()``) serving a request through SessionStateMiddleware's
+#: blocking path now. A set, not a counter: add and discard are atomic under the GIL, ``+= 1``
+#: on a global is not. Only these waiters are bounded: an async waiter holds no thread, and a
+#: script's or a test's own threads are no server's.
+serving: set[int] = set()
+
+# Requests of this process waiting per session key (ASP.NET counts per app domain too), and
+# those of them that hold a thread while they wait.
 _waiting: dict[str, int] = {}
+_waiting_threads: dict[str, int] = {}
 _waiting_mutex = threading.Lock()
 
 
@@ -59,27 +84,66 @@ def waiting(session_key: str) -> int:
     return _waiting.get(session_key, 0)
 
 
+def waiting_threads(session_key: str) -> int:
+    """Return how many threads of this process wait for the session's lock now."""
+    return _waiting_threads.get(session_key, 0)
+
+
+def waiting_threads_limit() -> int:
+    """How many threads the waiters of one session may hold (``STATEMODES_LOCK_WAITING_THREADS``).
+
+    Derived when unset: half of the most requests the process has served at once, at least 1.
+    A threaded server's capacity is its thread count (gunicorn ``--threads``, runserver's
+    unbounded threads), which Django cannot ask for; the peak it has served is what it showed.
+    """
+    limit: int | None = conf.STATEMODES_LOCK_WAITING_THREADS
+    if limit is not None:
+        return limit
+    return max(1, lock_stats.peak_serving // 2)
+
+
+def _full(message: str) -> SessionQueueFull:
+    lock_stats.queue_full += 1
+    return SessionQueueFull(message)
+
+
 @contextmanager
 def _queued(session_key: str) -> Iterator[None]:
     limit = conf.STATEMODES_LOCK_QUEUE_LIMIT
+    blocking = threading.get_ident() in serving
+    threads = waiting_threads_limit() if blocking else 0
     with _waiting_mutex:
         count = _waiting.get(session_key, 0)
         if count >= limit:
-            lock_stats.queue_full += 1
-            raise SessionQueueFull(
+            raise _full(
                 f"The request queue limit of the session is exceeded ({limit} requests are "
                 f"already waiting; STATEMODES_LOCK_QUEUE_LIMIT)."
             )
+        if blocking:
+            held = _waiting_threads.get(session_key, 0)
+            if held >= threads:
+                raise _full(
+                    f"{held} threads of this process already wait for this session's lock "
+                    f"(STATEMODES_LOCK_WAITING_THREADS: {threads}); more would leave other "
+                    "users' requests without a thread."
+                )
+            _waiting_threads[session_key] = held + 1
         _waiting[session_key] = count + 1
     try:
         yield
     finally:
         with _waiting_mutex:
-            left = _waiting[session_key] - 1
-            if left:
-                _waiting[session_key] = left
-            else:
-                del _waiting[session_key]
+            _leave(_waiting, session_key)
+            if blocking:
+                _leave(_waiting_threads, session_key)
+
+
+def _leave(counts: dict[str, int], session_key: str) -> None:
+    left = counts[session_key] - 1
+    if left:
+        counts[session_key] = left
+    else:
+        del counts[session_key]
 
 
 def wait(session_key: str, held: StateItem) -> Steps[StateItem | None]:

@@ -13,15 +13,20 @@ so every mode behaves the same:
   does): Django's own semantics, no lock, last write wins.
 
 Every operation that reaches the store is one generator of provider calls (``core.calls``),
-run by the sync method and by its ``a``-prefixed twin alike.
+run by the sync method and by its ``a``-prefixed twin alike. Every ``a``-method Django's
+``SessionBase`` defines is native here: none runs the blocking method in a thread. The blocking
+methods refuse to reach the store from a running event loop (``SessionStateSyncInAsync``, naming
+the twin to await); a session already loaded is read without the store, so without error.
 """
 
 from __future__ import annotations
 
+from asyncio.events import _get_running_loop
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, ClassVar
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.sessions.backends.base import (
     VALID_KEY_CHARS,
@@ -45,6 +50,7 @@ from django_statemodes.signals import session_end, session_start
 
 from . import locking, registry
 from .calls import NO_KEYWORDS, Op, Steps, arun, run, steps_of
+from .cancellation import refuse_sync
 from .codec import OBJECTS, Codec, codec_for, codec_named
 
 __all__ = ["StateModeSessionBase"]
@@ -226,6 +232,8 @@ class StateModeSessionBase(SessionBase):
     def load(self) -> dict[str, Any]:
         op = self._load_op()
         if type(op) is tuple:  # run()'s first step, inlined: one call loads nearly every session
+            if _get_running_loop() is not None:  # C-level; the call only in a loop's thread
+                refuse_sync()
             name, args, kwargs, then = op
             op = then(getattr(self._provider, name)(*args, **kwargs))
             if type(op) is dict:
@@ -270,6 +278,13 @@ class StateModeSessionBase(SessionBase):
         if locked:
             self._lock_id, self._locked_key = item.lock_id, key
             locking.lock_stats.acquired += 1
+            if self._released:
+                # The request ended while this load was in flight: a sync view under ASGI runs
+                # on in its thread after its client left and the async middleware released
+                # (``_finish``). The id is published before the flag is read, and there the
+                # flag is set before the id is read: one of the two always releases the lock.
+                self._lock_id = self._locked_key = None
+                return ("release", (key, item.lock_id), NO_KEYWORDS, _nothing_loaded)
         if item.initialize:
             self._initializing = True
         data = (self._codec or self._serializing_codec()).decode(item.data)
@@ -317,6 +332,13 @@ class StateModeSessionBase(SessionBase):
         self._check_update(dict_)
         await super().aupdate(dict_)
 
+    async def adelete_test_cookie(self) -> None:
+        # Django's twin deletes from the dict without setting ``modified`` (its sync
+        # delete_test_cookie does, through __delitem__): ours marks it, as the sync method does,
+        # so a ReadOnly request is refused alike and the change is saved.
+        del (await self._aget_session())[self.TEST_COOKIE_NAME]
+        self.modified = True
+
     def _check_update(self, dict_: Any) -> None:
         self._check_writable()
         for key, value in dict(dict_).items():
@@ -357,6 +379,9 @@ class StateModeSessionBase(SessionBase):
     def _save(self, *, must_create: bool, release: bool) -> Steps[None]:
         if self._session_key is None:
             return (yield from self._create())
+        if not must_create and not self.loaded:
+            # Read as steps, not by _store's _get_session(): asave() must not block the loop.
+            yield from self._session_data()
         yield from steps_of(self._store(must_create, release))
 
     def _store(self, must_create: bool, release: bool) -> Op:
@@ -421,6 +446,8 @@ class StateModeSessionBase(SessionBase):
         """
         op = self._finish(save)
         if type(op) is tuple:  # run()'s first step, inlined: one call ends nearly every request
+            if _get_running_loop() is not None:  # C-level; the call only in a loop's thread
+                refuse_sync()
             name, args, kwargs, then = op
             op = then(getattr(self._provider, name)(*args, **kwargs))
         if op is not None:
@@ -435,16 +462,25 @@ class StateModeSessionBase(SessionBase):
         if save and self.access != READ_ONLY:
             if self._session_key is None:
                 return self._finish_new()
+            if not self.loaded:
+                return self._finish_unread()
             op = self._store(False, True)
             # The request's end, whatever the store answers, or if it cannot be reached.
             self._lock_id = self._locked_key = None
             self._released = True
             return op
+        self._released = True  # before reading the lock: see _loaded
         lock_id, locked_key = self._lock_id, self._locked_key
-        self._end_request()
+        self._lock_id = self._locked_key = None
         if lock_id is not None and locked_key is not None:
             return ("release", (locked_key, lock_id), NO_KEYWORDS, _nothing)
         return None
+
+    def _finish_unread(self) -> Steps[None]:
+        # finish(True) before any read (the middleware never does: an unread session is
+        # empty to it): read as steps, so afinish() never reads through the blocking load().
+        yield from self._session_data()
+        yield from steps_of(self._finish(True))
 
     def _finish_new(self) -> Steps[None]:
         try:
@@ -562,6 +598,15 @@ class StateModeSessionBase(SessionBase):
         return cls.get_provider().purge_expired(
             on_expired=on_expired, dry_run=dry_run, batch_size=batch_size, on_batch=on_batch
         )
+
+    @classmethod
+    async def aclear_expired(cls) -> None:
+        if cls.get_provider().stores_objects:
+            cls.purge()  # the process's own memory: no I/O to wait for, no thread
+            return
+        # A batch job over the whole store, not a request's call; providers have no async
+        # purge yet, so it runs in a thread, as Django's SessionBase.aclear_expired does.
+        await sync_to_async(cls.purge, thread_sensitive=False)()
 
     @classmethod
     def _expired(cls, item: ExpiredItem, reason: str = "expired") -> None:
