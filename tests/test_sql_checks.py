@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.core import mail
+from django.db import connections
 
 from django_statemodes.checks import check_settings
 
@@ -26,8 +28,30 @@ def test_a_good_configuration_has_no_sql_errors(sql: Any) -> None:
     assert not {i for i in ids() if i.startswith("django_statemodes.E03")}
 
 
-def test_an_in_memory_sqlite_database_is_refused(sql: Any) -> None:
-    sql.STATEMODES_SQL_DATABASE = "default"  # tests.settings: SQLite in memory
+RUNNER_MEMORY_DB = "file:memorydb_statesqlite?mode=memory&cache=shared"
+
+
+@pytest.mark.parametrize("name", [":memory:", "file:sessions?mode=memory"])
+def test_an_in_memory_sqlite_database_is_refused(
+    sql: Any, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setitem(connections["statesqlite"].settings_dict, "NAME", name)
+    assert "django_statemodes.E031" in ids()
+
+
+def test_the_test_runners_in_memory_database_is_allowed(
+    sql: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Django's runner gives ':memory:' this shared-cache URI; the check runs after that.
+    monkeypatch.setitem(connections["statesqlite"].settings_dict, "NAME", RUNNER_MEMORY_DB)
+    assert "django_statemodes.E031" not in ids()
+
+
+def test_the_runners_name_is_refused_outside_a_test_run(
+    sql: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(connections["statesqlite"].settings_dict, "NAME", RUNNER_MEMORY_DB)
+    monkeypatch.delattr(mail, "outbox")  # as after teardown_test_environment()
     assert "django_statemodes.E031" in ids()
 
 

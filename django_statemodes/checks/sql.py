@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.core.checks import CheckMessage, Error
 from django.db import connections
 
 from django_statemodes.conf import conf
 from django_statemodes.providers.sql.schema import VENDORS
+from django_statemodes.test import is_runner_memory_database, testing
 
 from .common import ENGINE_PREFIX
 
@@ -40,7 +43,7 @@ def _check_database() -> list[CheckMessage]:
                 id="django_statemodes.E030",
             )
         ]
-    if connection.vendor == "sqlite" and connection.is_in_memory_db():  # type: ignore[attr-defined]
+    if connection.vendor == "sqlite" and _in_memory_outside_tests(connection):
         return [
             Error(
                 f"STATEMODES_SQL_DATABASE {alias!r} is an in-memory SQLite database.",
@@ -49,6 +52,16 @@ def _check_database() -> list[CheckMessage]:
             )
         ]
     return []
+
+
+def _in_memory_outside_tests(connection: Any) -> bool:
+    # The test runner's in-memory database is a shared-cache URI: every connection of the one
+    # test process sees it, so the providers' connections and the test's agree. ':memory:' (or
+    # that URI outside a test run) is a private or throw-away database per connection.
+    if not connection.is_in_memory_db():
+        return False
+    name = connection.settings_dict["NAME"]
+    return not (testing() and is_runner_memory_database(name))
 
 
 def _check_numbers() -> list[CheckMessage]:

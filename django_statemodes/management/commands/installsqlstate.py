@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connections, transaction
+from django.db import connections
 
 from django_statemodes.conf import conf
 from django_statemodes.providers.sql import commands, ddl, schema
@@ -49,10 +49,7 @@ class Command(BaseCommand):
                 self.stdout.write(sql + ";")
             return
         if statements:
-            atomic = transaction.atomic(using=alias, savepoint=connection.features.can_rollback_ddl)
-            with atomic, connection.cursor() as cursor:
-                for sql in statements:
-                    cursor.execute(sql)
+            commands.install(alias, type_)
             if verbose:
                 kind = "UNLOGGED (temp)" if "UNLOGGED" in statements[0] else "ordinary"
                 self.stdout.write(

@@ -1,15 +1,15 @@
-"""What ``installsqlstate`` and ``uninstallsqlstate`` share: their options and the target."""
+"""What ``installsqlstate``, ``uninstallsqlstate`` and test databases share."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from django_statemodes.conf import conf
-from django_statemodes.providers.sql import schema
+from django_statemodes.providers.sql import ddl, schema
 
 
 def add_common_arguments(parser: CommandParser, verb: str) -> None:
@@ -36,3 +36,17 @@ def target(options: dict[str, Any]) -> tuple[str, BaseDatabaseWrapper]:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     return alias, connection
+
+
+def install(alias: str, type_: str = schema.TEMP) -> list[str]:
+    """Create the tables missing from ``alias`` in one transaction; return their names."""
+    connection = connections[alias]
+    missing = [table for table in schema.TABLES if table not in ddl.existing_tables(connection)]
+    statements = ddl.install_statements(connection, type_, missing)
+    if statements:
+        # Both tables or neither: PostgreSQL and SQLite roll DDL back with the transaction.
+        atomic = transaction.atomic(using=alias, savepoint=connection.features.can_rollback_ddl)
+        with atomic, connection.cursor() as cursor:
+            for sql in statements:
+                cursor.execute(sql)
+    return missing
