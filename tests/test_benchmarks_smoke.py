@@ -33,3 +33,12 @@ def test_cycle_harness_rejects_an_unknown_engine_by_name() -> None:
 
     assert result.returncode != 0
     assert "unknown engine 'nosuch'" in result.stderr
+
+
+def test_asgi_harness_serves_an_engine_under_uvicorn() -> None:
+    result = run_benchmark(
+        "asgi", "--engines", "inproc", "--baselines", "none", "--no-floor",
+        "--requests", "50", "--rounds", "1", "--no-save",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^inproc\s+[0-9,]+ \(", result.stdout, re.M), result.stdout
