@@ -110,7 +110,9 @@ def test_manage_py_test_on_postgresql_drops_the_test_database(pg_test_name: str)
     assert passed(result)
     # RollbackTests are SQLite's: on PostgreSQL sessions are committed by the providers' own
     # connections, outside the test's transaction.
-    assert "Ran 8 tests" in result.stderr and "OK (skipped=2)" in result.stderr
+    # Python 3.12's unittest no longer counts skipped tests in "Ran N tests".
+    ran = 8 if sys.version_info < (3, 12) else 6
+    assert f"Ran {ran} tests" in result.stderr and "OK (skipped=2)" in result.stderr
     assert pg_databases(pg_test_name) == []
 
 
