@@ -104,3 +104,26 @@ def test_max_memory_64m_bounds_sessions_keys_placeholders_and_applications() -> 
         stats = main.stats()
         assert stats["bytes"] <= stats["max_memory"] == BUDGET
         assert server.proc is not None and server.proc.poll() is None
+
+
+def machine_memory() -> int:
+    """This machine's memory, or its container's limit if lower, read as a user would."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            total = int(line.split()[1]) * 1024
+            break
+    else:
+        raise AssertionError("no MemTotal line")
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        path = Path(limit)
+        if path.exists() and path.read_text().strip().isdigit():
+            total = min(total, int(path.read_text()))
+    return total
+
+
+def test_without_max_memory_the_budget_is_half_the_machine_and_is_printed_at_start() -> None:
+    with StateServerProcess("--purge-interval", "0") as server:
+        stats = client(server).stats()
+        assert stats["max_memory"] == machine_memory() // 2
+        log = server.log.read_text()
+    assert f"at most {machine_memory() // 2} bytes (default: half of this machine's memory)" in log

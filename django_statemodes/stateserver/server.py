@@ -103,6 +103,30 @@ def default_max_connections() -> int:
     return max(1, min(DEFAULT_MAX_CONNECTIONS, soft - NOFILE_MARGIN))
 
 
+#: Where a container's memory limit is read (cgroup v2, then v1); "max" or a huge v1 value
+#: means none.
+CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def default_max_memory() -> int:
+    """``--max-memory``'s default: half of the memory of this machine or of its container.
+
+    Half leaves room for the interpreter, a snapshot's serialized copy and the kernel: a state
+    server that the kernel's OOM killer ends loses every session, where one that refuses writes
+    (STORE_FULL, the clients' 503) loses none.
+    """
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for path in CGROUP_MEMORY_LIMITS:
+        try:
+            with open(path) as limit:
+                text = limit.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return max(1, total // 2)
+
+
 def is_loopback(host: str) -> bool:
     """Return True for localhost and loopback addresses (the only default-allowed binds)."""
     if host.lower() == "localhost":
@@ -789,8 +813,10 @@ class StateServer:
     def __init__(self, config: ServerConfig) -> None:
         config.validate()
         self.config = config
+        #: --max-memory, or its default derived from the machine (printed at start).
+        self.max_memory = config.max_memory or default_max_memory()
         self.state = ServerState(
-            max_memory=config.max_memory, max_applications=config.max_applications
+            max_memory=self.max_memory, max_applications=config.max_applications
         )
         self.peers: set[_Peer] = set()
         self._server: asyncio.Server | None = None
@@ -840,14 +866,15 @@ class StateServer:
             "State server listening on %s (secret: %s, max memory: %s, snapshot: %s, loop: %s)",
             names,
             "required" if self.config.secret else "none",
-            self.config.max_memory or "unbounded",
+            self.max_memory,
             self.config.snapshot or "off",
             _loop_name(loop),
         )
         logger.info(
             "Memory: at most %s (keys and overhead included), %d application(s), "
             "timeouts capped at %d s",
-            f"{self.config.max_memory} bytes" if self.config.max_memory else "unbounded",
+            f"{self.max_memory} bytes"
+            + ("" if self.config.max_memory else " (default: half of this machine's memory)"),
             self.config.max_applications,
             self.config.max_timeout,
         )
