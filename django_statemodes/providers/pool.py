@@ -70,7 +70,46 @@ class _Idle(Generic[C]):
         return stale
 
 
-class Pool(Generic[C]):
+class _Slots(Generic[C]):
+    """What both pools count, and the steps of an acquire they share; the caller holds its lock."""
+
+    def __init__(self, *, size: int, wait: float, idle_timeout: float, name: str) -> None:
+        self.size, self.wait, self.idle_timeout, self.name = max(1, size), wait, idle_timeout, name
+        self._idle: _Idle[C] = _Idle()
+        self._busy = 0  # connections lent out or being opened
+        self._generation = 0  # bumped by close(): connections lent before it are not kept
+        self.stats = PoolStats()
+
+    @property
+    def in_use(self) -> int:
+        """How many connections are lent out (or being opened) now."""
+        return self._busy
+
+    def _claim(self, stale: list[C]) -> tuple[bool, C | None, int]:
+        """Claim an idle connection, or a slot to open one below the bound; add the stale ones.
+
+        Returns (claimed, the idle connection or None for a new one, the pool's generation).
+        """
+        conn, expired = self._idle.take(time.monotonic(), self.idle_timeout)
+        stale += expired
+        claimed = conn is not None or self._busy + len(self._idle.items) < self.size
+        if claimed:
+            self._busy += 1
+        return claimed, conn, self._generation
+
+    def _deadline(self, deadline: float | None) -> float:
+        """Start the wait on the first call; raise SessionPoolExhausted once it has run out."""
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + self.wait
+            self.stats.waited += 1
+        if now >= deadline:
+            self.stats.exhausted += 1
+            raise exhausted(self.name, self.size, self.wait)
+        return deadline
+
+
+class Pool(_Slots[C]):
     """A bounded LIFO pool of blocking connections, shared by the threads of a process."""
 
     def __init__(
@@ -83,18 +122,9 @@ class Pool(Generic[C]):
         idle_timeout: float,
         name: str,
     ) -> None:
+        super().__init__(size=size, wait=wait, idle_timeout=idle_timeout, name=name)
         self._connect, self._close = connect, close
-        self.size, self.wait, self.idle_timeout, self.name = max(1, size), wait, idle_timeout, name
-        self._idle: _Idle[C] = _Idle()
-        self._busy = 0  # connections lent out or being opened
-        self._generation = 0  # bumped by close(): connections lent before it are not kept
         self._cond = threading.Condition()
-        self.stats = PoolStats()
-
-    @property
-    def in_use(self) -> int:
-        """How many connections are lent out (or being opened) now."""
-        return self._busy
 
     @contextmanager
     def connection(self) -> Iterator[C]:
@@ -113,24 +143,11 @@ class Pool(Generic[C]):
         with self._cond:
             deadline: float | None = None
             while True:
-                now = time.monotonic()
-                conn, expired = self._idle.take(now, self.idle_timeout)
-                stale += expired
-                if conn is not None:
-                    self._busy += 1
-                    generation = self._generation
+                claimed, conn, generation = self._claim(stale)
+                if claimed:
                     break
-                if self._busy + len(self._idle.items) < self.size:
-                    self._busy += 1
-                    conn, generation = None, self._generation
-                    break
-                if deadline is None:
-                    deadline = now + self.wait
-                    self.stats.waited += 1
-                if now >= deadline:
-                    self.stats.exhausted += 1
-                    raise exhausted(self.name, self.size, self.wait)
-                self._cond.wait(deadline - now)
+                deadline = self._deadline(deadline)
+                self._cond.wait(deadline - time.monotonic())
         self._close_all(stale)
         if conn is None:
             try:
@@ -186,7 +203,7 @@ class Pool(Generic[C]):
                 pass
 
 
-class AsyncPool(Generic[C]):
+class AsyncPool(_Slots[C]):
     """``Pool`` for one event loop: waiting for a connection never blocks the loop."""
 
     def __init__(
@@ -199,13 +216,9 @@ class AsyncPool(Generic[C]):
         idle_timeout: float,
         name: str,
     ) -> None:
+        super().__init__(size=size, wait=wait, idle_timeout=idle_timeout, name=name)
         self._connect, self._close = connect, close
-        self.size, self.wait, self.idle_timeout, self.name = max(1, size), wait, idle_timeout, name
-        self._idle: _Idle[C] = _Idle()
-        self._busy = 0
-        self._generation = 0
         self._freed = asyncio.Condition()
-        self.stats = PoolStats()
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[C]:
@@ -223,26 +236,13 @@ class AsyncPool(Generic[C]):
         stale: list[C] = []
         deadline: float | None = None
         while True:
-            now = time.monotonic()
-            conn, expired = self._idle.take(now, self.idle_timeout)
-            stale += expired
-            if conn is not None:
-                self._busy += 1
-                generation = self._generation
+            claimed, conn, generation = self._claim(stale)
+            if claimed:
                 break
-            if self._busy + len(self._idle.items) < self.size:
-                self._busy += 1
-                conn, generation = None, self._generation
-                break
-            if deadline is None:
-                deadline = now + self.wait
-                self.stats.waited += 1
-            if now >= deadline:
-                self.stats.exhausted += 1
-                raise exhausted(self.name, self.size, self.wait)
+            deadline = self._deadline(deadline)
             async with self._freed:
                 try:
-                    await asyncio.wait_for(self._freed.wait(), deadline - now)
+                    await asyncio.wait_for(self._freed.wait(), deadline - time.monotonic())
                 except TimeoutError:
                     pass
         await self._close_all(stale)
