@@ -17,7 +17,8 @@ alternate, round after round, so drift on a shared machine hits them alike. Repo
 median over rounds of the microseconds per request, and the range.
 
 Run: ``python -m benchmarks.middleware [--baseline /other/checkout ...] [--tree PATH]
-[--iterations N] [--rounds R]``. Each worker runs this file with ``PYTHONPATH`` set to its tree
+[--iterations N] [--rounds R] [--routes N]``; ``--routes 300`` puts 300 other routes before
+the scenarios', as a larger site's URLconf has, so that a resolve costs what it costs there. Each worker runs this file with ``PYTHONPATH`` set to its tree
 (and checks which ``django_statemodes`` it imported): ``PYTHONPATH=/other/checkout python -m
 benchmarks.middleware`` run from this checkout would measure this checkout, since ``-m`` puts
 the current directory first on ``sys.path``.
@@ -48,12 +49,20 @@ SCENARIOS = {
     "async read-write": ("/async-read-write/", True),
 }
 MIDDLEWARE = "django_statemodes.middleware.SessionStateMiddleware"
+# Django's own pair, for the same ReadWrite view: its middleware on its cache engine, on
+# LocMemCache (the default cache), the in-process engine nearest to InProc.
+DJANGO_MIDDLEWARE = "django.contrib.sessions.middleware.SessionMiddleware"
+DJANGO_ENGINE = "django.contrib.sessions.backends.cache"
+DJANGO = "django read-write"
+FLOOR = "floor"
+#: What a worker reports besides the scenarios: Django's pair, and the handler alone.
+MEASURED = [*SCENARIOS, DJANGO, FLOOR]
 
 
 # The worker: one tree, one interpreter.
 
 
-def configure() -> None:
+def configure(routes: int = 0) -> None:
     from django.conf import settings
 
     settings.configure(
@@ -70,10 +79,11 @@ def configure() -> None:
     import django
 
     django.setup()
-    sys.modules["statemodes_bench_urls"] = urls()
+    sys.modules["statemodes_bench_urls"] = urls(routes)
 
 
-def urls() -> types.ModuleType:
+def urls(routes: int = 0) -> types.ModuleType:
+    """The scenarios' URLconf, after ``routes`` other routes that every resolve walks past."""
     from django.http import HttpRequest, HttpResponse
     from django.urls import path
 
@@ -103,7 +113,9 @@ def urls() -> types.ModuleType:
         return HttpResponse("ok")
 
     module = types.ModuleType("statemodes_bench_urls")
+    padding = [path(f"page-{n}/<int:pk>/", untouched) for n in range(routes)]
     module.urlpatterns = [  # type: ignore[attr-defined]
+        *padding,
         path("read-write/", read_write),
         path("read-only/", read_only),
         path("untouched/", untouched),
@@ -122,6 +134,28 @@ def handler(middleware: list[str], *, is_async: bool = False) -> Any:
     built = BaseHandler()
     built.load_middleware(is_async=is_async)
     return built
+
+
+def django_handler() -> Any:
+    """The handler with Django's middleware on its cache engine (read at the middleware's init)."""
+    from django.conf import settings
+
+    ours = settings.SESSION_ENGINE
+    settings.SESSION_ENGINE = DJANGO_ENGINE
+    try:
+        return handler([DJANGO_MIDDLEWARE])
+    finally:
+        settings.SESSION_ENGINE = ours
+
+
+def django_session_key() -> str:
+    from django.contrib.sessions.backends.cache import SessionStore
+
+    session = SessionStore()
+    session["counter"] = 0
+    session.save()
+    assert session.session_key is not None
+    return session.session_key
 
 
 def stored_session_key() -> str:
@@ -162,9 +196,9 @@ def async_ns(handler_: Any, url: str, key: str, iterations: int) -> float:
     return asyncio.run(requests())
 
 
-def worker(iterations: int) -> dict[str, Any]:
+def worker(iterations: int, routes: int) -> dict[str, Any]:
     """Time every scenario once in this interpreter; return microseconds per request."""
-    configure()
+    configure(routes)
     import django_statemodes
 
     key = stored_session_key()
@@ -182,18 +216,30 @@ def worker(iterations: int) -> dict[str, Any]:
             with_mw = sync_ns(ours, url, key, iterations)
             without = sync_ns(floor, "/untouched/", key, iterations)
         results[name] = (with_mw - without) / iterations / 1000
+    with_django = sync_ns(django_handler(), "/read-write/", django_session_key(), iterations)
+    without = sync_ns(floor, "/untouched/", key, iterations)
+    results[DJANGO] = (with_django - without) / iterations / 1000
+    results[FLOOR] = without / iterations / 1000
     return {"package": str(Path(django_statemodes.__file__).parent), "us": results}
 
 
 # The coordinator: alternate the trees' workers, round after round.
 
 
-def run_worker(tree: Path, iterations: int) -> dict[str, Any]:
+def run_worker(tree: Path, iterations: int, routes: int) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(tree))
     env.pop("DJANGO_SETTINGS_MODULE", None)
     # Run as a file, not with -m: sys.path[0] is then this script's folder, not a checkout.
     result = subprocess.run(
-        [sys.executable, str(HERE), "--worker", "--iterations", str(iterations)],
+        [
+            sys.executable,
+            str(HERE),
+            "--worker",
+            "--iterations",
+            str(iterations),
+            "--routes",
+            str(routes),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -228,22 +274,28 @@ def main() -> None:
     )
     parser.add_argument("--iterations", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--routes",
+        type=int,
+        default=0,
+        help="other routes before the scenarios' in the URLconf (a larger site's resolve)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         # This script's folder holds modules (settings, engines) that must not shadow others.
         sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE.parent]
-        print(json.dumps(worker(args.iterations)))
+        print(json.dumps(worker(args.iterations, args.routes)))
         return
 
     trees = {label(path): path for path in [*args.baseline, args.tree]}
-    samples: dict[str, dict[str, list[float]]] = {t: {s: [] for s in SCENARIOS} for t in trees}
+    samples: dict[str, dict[str, list[float]]] = {t: {s: [] for s in MEASURED} for t in trees}
     for round_ in range(args.rounds):
         # Alternate which tree goes first, so neither always runs on a warmer machine.
         order = list(trees) if round_ % 2 == 0 else list(reversed(trees))
         for tree in order:
-            report = run_worker(trees[tree], args.iterations)
-            for name in SCENARIOS:
+            report = run_worker(trees[tree], args.iterations, args.routes)
+            for name in MEASURED:
                 samples[tree][name].append(report["us"][name])
         print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr, flush=True)
 
@@ -253,15 +305,33 @@ def main() -> None:
         header += f"{'last/first':>12}"
     print(
         f"SessionStateMiddleware on InProc: µs per request, handler with it minus without it; "
-        f"median (min-max) of {args.rounds} rounds of {args.iterations} requests"
+        f"median (min-max) of {args.rounds} rounds of {args.iterations} requests, "
+        f"{args.routes} other routes"
     )
     print(header)
-    for name in SCENARIOS:
+    for name in MEASURED:
         line = f"{name:<20}" + "".join(f"{spread(samples[t][name]):>24}" for t in labels)
         if len(labels) > 1:
             first, last = (statistics.median(samples[t][name]) for t in (labels[0], labels[-1]))
             line += f"{last / first:12.2f}"
         print(line)
+
+    # The whole request, handler included, against Django's pair on the same view and round:
+    # what a site sees when it swaps SessionMiddleware for ours on an in-process store.
+    print(
+        "\nread-write, whole request (handler + middleware): ours / Django's cache on LocMemCache"
+    )
+    for tree in labels:
+        ratios = [
+            (floor + ours) / (floor + django)
+            for ours, django, floor in zip(
+                samples[tree]["read-write"],
+                samples[tree][DJANGO],
+                samples[tree][FLOOR],
+                strict=True,
+            )
+        ]
+        print(f"{tree:<20}{spread(ratios):>24}")
 
 
 if __name__ == "__main__":

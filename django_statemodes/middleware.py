@@ -13,8 +13,9 @@ sessions, ``SESSION_SAVE_EVERY_REQUEST``, no save on 5xx, ``SessionInterrupted``
 
 A request runs, in order: the key transport (``CookieTransport``, or the cookieless
 ``UriTransport`` that ``STATEMODES_COOKIELESS`` chooses) wraps the whole cycle;
-``process_request`` resolves the URL once to learn the view's mode and builds the lazy session;
-``process_view`` confirms the view Django resolved and switches the session to that mode; the
+``process_request`` builds the lazy session; ``process_view`` gives it the mode of the view
+Django resolved (the URL is resolved a second time only for a session another middleware
+touched before, to learn the mode it is read with), switching it if it was already read; the
 response side saves and releases the session, then sends its key. The response side is written
 once, as an op on the session (``core.calls``: a session call and its continuation), run by
 ``run`` (sync) or ``arun`` (async, awaiting ``afinish`` for ``finish``), as the session core
@@ -169,16 +170,6 @@ class CookieTransport:
 
 
 @dataclass(slots=True)
-class Route:
-    """What ``process_request`` learned from the URL, kept on the request for ``process_view``."""
-
-    #: The view the URL resolved to (None: no view, the 404 page).
-    view: ViewFunc | None
-    #: Its marked mode (None: unmarked).
-    mode: SessionStateMode | None
-
-
-@dataclass(slots=True)
 class SaveDecision:
     """What the end of the request does with the session and its cookie."""
 
@@ -199,8 +190,13 @@ def _session_to_finish(request: HttpRequest) -> SessionBase | None:
     session: SessionBase | None = getattr(request, "session", None)
     if session is None or getattr(session, "disabled", False):
         return None  # Off engine, or a Disabled view on Django's engines
-    if isinstance(session, StateModeSessionBase) and session.access == DISABLED:
-        return None  # a Disabled view: no I/O, no cookie
+    if isinstance(session, StateModeSessionBase):
+        if session.mode_pending and not settings.SESSION_SAVE_EVERY_REQUEST:
+            # No view ran (a 404, a middleware's own answer) and nothing touched the session:
+            # nothing to save or release, and no reason to resolve the URL to learn its mode.
+            return None
+        if session.access == DISABLED:
+            return None  # a Disabled view: no I/O, no cookie
     return session
 
 
@@ -238,6 +234,29 @@ def _abandon(session: StateModeSessionBase) -> Steps[None]:
         yield ("finish", (False,), NO_KEYWORDS)
     except Exception:
         logger.exception("Could not release the session lock after an error.")
+
+
+def _default_mode() -> SessionStateMode:
+    # One of the modes: a system check says so at startup.
+    return cast(SessionStateMode, conf.STATEMODES_DEFAULT_ACCESS)
+
+
+def _mode_before_view(request: HttpRequest) -> SessionStateMode:
+    """The mode of a session touched before ``process_view``: resolve the URL to learn it.
+
+    Django resolves the URL again in its handler: it sets ``request.resolver_match`` only
+    after the request phase of every middleware, and never reuses one.
+    """
+    try:
+        match = resolve(request.path_info, getattr(request, "urlconf", None))
+    except Http404:
+        mode = None  # no view: the 404 page gets the default mode
+    else:
+        mode = view_mode(match.func)
+    mode = mode or _default_mode()
+    # Until the view runs, other middleware may still read the session (CSRF with
+    # CSRF_USE_SESSIONS) without locking; process_view then disables it.
+    return READ_ONLY if mode == DISABLED else mode
 
 
 #: ``SERVER_SOFTWARE`` of servers that start a thread per request (Django's ``runserver``, on
@@ -343,32 +362,13 @@ class SessionStateMiddleware(SessionMiddleware):
         if not self.locking:
             request.session = self.SessionStore(session_key)
             return
-        # The view's mode is known before any other middleware can touch the session
-        # (CsrfViewMiddleware does, in its request phase, with CSRF_USE_SESSIONS): resolve
-        # the URL now, as ASP.NET knows the handler before AcquireRequestState. (The default
-        # is one of the modes: a system check says so at startup.)
-        mode = self._resolve(request).mode or cast(SessionStateMode, conf.STATEMODES_DEFAULT_ACCESS)
-        if mode == DISABLED:
-            # Until the view runs, other middleware may still read the session (CSRF with
-            # CSRF_USE_SESSIONS) without locking; process_view then disables it.
-            mode = READ_ONLY
+        # The view's mode is learned from the view Django resolves, in process_view: no I/O
+        # happens before, so nothing needs it sooner. Only if another middleware touches the
+        # session first (CsrfViewMiddleware does, in its request phase, with
+        # CSRF_USE_SESSIONS) does the session ask _mode_before_view, which resolves the URL
+        # then, as ASP.NET knows the handler before AcquireRequestState.
         store = cast(type[StateModeSessionBase], self.SessionStore)
-        request.session = store(session_key, access=mode)
-
-    def _resolve(self, request: HttpRequest) -> Route:
-        """Resolve the URL (our only resolve of the request) and keep what it says.
-
-        Django resolves the URL again in its handler: it sets ``request.resolver_match`` only
-        after the request phase of every middleware, and never reuses one.
-        """
-        try:
-            match = resolve(request.path_info, getattr(request, "urlconf", None))
-        except Http404:
-            route = Route(None, None)  # no view: the 404 page gets the default mode
-        else:
-            route = Route(match.func, view_mode(match.func))
-        request._statemodes_route = route  # type: ignore[attr-defined]
-        return route
+        request.session = store(session_key, mode_source=partial(_mode_before_view, request))
 
     @property
     def process_view(self) -> ProcessView:
@@ -403,25 +403,23 @@ class SessionStateMiddleware(SessionMiddleware):
         ``set_access`` unlocks a session read locked before a ReadOnly or Disabled view, and
         drops one read unlocked before a ReadWrite view, so that it is read again with the lock.
         """
-        mode = self._view_mode(request, view_func)
-        if mode is None:
-            return None  # unmarked: the session keeps the default mode process_request gave it
+        mode = view_mode(view_func)
         session = request.session
         if isinstance(session, StateModeSessionBase):
             session.view_name = _view_name(view_func)
+            if session.mode_pending:
+                # Untouched so far: nothing was read, so taking the mode is all there is to do.
+                session.access = mode or _default_mode()
+                return None
+            if mode is None:
+                return None  # unmarked: the session keeps the default mode it was read with
             return session, mode
+        if mode is None:
+            return None
         if mode == DISABLED:
             # Django's own engines: replace the session with one that refuses every use.
             request.session = OffSessionStore()
         return None
-
-    def _view_mode(self, request: HttpRequest, view_func: ViewFunc) -> SessionStateMode | None:
-        route: Route | None = getattr(request, "_statemodes_route", None)
-        if route is not None and route.view is view_func:
-            return route.mode  # read in process_request; Django resolved the same view
-        # Django's own engines (process_request did not resolve), or a middleware after ours
-        # that set request.urlconf: the view Django resolved is the one that runs.
-        return view_mode(view_func)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if isinstance(exception, (SessionStoreUnavailable, SessionQueueFull)):

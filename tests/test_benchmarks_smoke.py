@@ -42,3 +42,14 @@ def test_asgi_harness_serves_an_engine_under_uvicorn() -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert re.search(r"^inproc\s+[0-9,]+ \(", result.stdout, re.M), result.stdout
+
+
+def test_middleware_harness_compares_with_djangos_pair_on_a_larger_urlconf() -> None:
+    result = run_benchmark(
+        "middleware", "--routes", "50", "--iterations", "200", "--rounds", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "50 other routes" in result.stdout
+    for row in ("read-write", "django read-write", "floor"):
+        assert re.search(rf"^{row}\s+-?[0-9.]+ \(", result.stdout, re.M), result.stdout
+    assert re.search(r"^this tree\s+[0-9.]+ \(", result.stdout, re.M), result.stdout

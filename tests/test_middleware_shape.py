@@ -102,18 +102,60 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
 @pytest.mark.parametrize(
     "url", ["/increment/", "/read-only/", "/disabled/", "/cbv-read-only/", "/no-such-page/"]
 )
-def test_our_code_resolves_each_request_once_and_reads_its_mode_once(
+def test_our_code_resolves_nothing_and_reads_the_mode_once(
     counted: dict[str, int], url: str
 ) -> None:
-    response = Client().get(url)
+    # The mode comes from the view Django resolved (process_view): no second resolve. A stored
+    # session's cookie is sent, so there is a session to read.
+    client = Client()
+    client.get("/increment/")
+    counted.update(resolve=0, view_mode=0)
+    response = client.get(url)
     assert response.status_code in (200, 404)
-    assert counted == {"resolve": 1, "view_mode": 0 if url == "/no-such-page/" else 1}
+    assert counted == {"resolve": 0, "view_mode": 0 if url == "/no-such-page/" else 1}
 
 
-def test_the_async_path_resolves_once_and_reads_the_mode_once(counted: dict[str, int]) -> None:
+def test_the_async_path_resolves_nothing_and_reads_the_mode_once(counted: dict[str, int]) -> None:
     response = asyncio.run(AsyncClient().get("/async-read-only/"))
     assert response.status_code == 200
-    assert counted == {"resolve": 1, "view_mode": 1}
+    assert counted == {"resolve": 0, "view_mode": 1}
+
+
+class TouchSession:
+    """Read the session in the request phase, before the view's mode is known (as Django's
+    CsrfViewMiddleware does with CSRF_USE_SESSIONS)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        request.session.get("counter")
+        return self.get_response(request)
+
+
+@override_settings(
+    MIDDLEWARE=[
+        "django_statemodes.middleware.SessionStateMiddleware",
+        f"{__name__}.TouchSession",
+    ]
+)
+@pytest.mark.parametrize(("url", "locked"), [("/increment/", True), ("/read-only/", False)])
+def test_a_session_touched_before_the_view_resolves_the_url_once_for_its_mode(
+    counted: dict[str, int], url: str, locked: bool
+) -> None:
+    with override_settings(SESSION_ENGINE="tests.engine_counting"):
+        engines.empty_counting_store()
+        client = Client()
+        client.get("/increment/")
+        engines.calls.clear()
+        counted.update(resolve=0, view_mode=0)
+        assert client.get(url).status_code == 200
+        calls = dict(engines.calls)
+    assert counted["resolve"] == 1
+    # Read with the lock before a ReadWrite view, without it before a ReadOnly one: the mode
+    # the touch needed was the view's, learned from the URL.
+    assert ("get_exclusive" in calls) is locked
+    assert ("get" in calls) is not locked
 
 
 @override_settings(SESSION_ENGINE="django.contrib.sessions.backends.cache")
@@ -156,7 +198,7 @@ def test_the_view_django_resolves_decides_when_a_later_middleware_switches_the_u
 ) -> None:
     with pytest.raises(SessionStateReadOnly, match="increment_read_only"):
         Client().get("/increment/")
-    assert counted == {"resolve": 1, "view_mode": 2}  # the second for the view that runs
+    assert counted == {"resolve": 0, "view_mode": 1}  # the view that runs, nothing resolved
 
 
 # One body for both paths: the same request makes the same store calls, sync or async.

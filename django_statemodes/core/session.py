@@ -68,14 +68,25 @@ class StateModeSessionBase(SessionBase):
     #: that __init__, run on every request, sets nothing more.
     _released_by_view: bool = False
     _storing: tuple[str, dict[str, Any]]  # the key and keywords of the store call in flight
+    #: Gives the mode when it is first needed, if the middleware could not know it yet (see
+    #: ``access``); None once the mode is known. A class default: most requests never set it.
+    _mode_source: Callable[[], SessionStateMode] | None = None
 
-    def __init__(self, session_key: str | None = None, access: SessionStateMode | None = None):
+    def __init__(
+        self,
+        session_key: str | None = None,
+        access: SessionStateMode | None = None,
+        *,
+        mode_source: Callable[[], SessionStateMode] | None = None,
+    ):
         # SessionBase.__init__ without its import_string(SESSION_SERIALIZER) on every request:
         # the codec is looked up only where something is serialized.
         self._session_key = session_key
         self.accessed = False
         self._modified = False
-        self.access: SessionStateMode | None = access
+        self._access: SessionStateMode | None = access
+        if mode_source is not None:
+            self._mode_source = mode_source
         #: The view being served, named in ReadOnly and Disabled errors (set by the middleware).
         self.view_name: str | None = None
         provider = registry.providers.get(type(self)) or registry.provider_for(type(self))
@@ -118,6 +129,28 @@ class StateModeSessionBase(SessionBase):
         return self._codec
 
     # Access modes.
+
+    @property
+    def access(self) -> SessionStateMode | None:
+        """The session's mode in this request (None: direct use, Django's semantics)."""
+        source = self._mode_source
+        if source is not None:
+            # Touched before the view's mode was known (another middleware read the session
+            # before process_view): ask now, once. The middleware resolves the URL only here,
+            # so a request whose session waits for its view is resolved once, by Django.
+            self._mode_source = None
+            self._access = source()
+        return self._access
+
+    @access.setter
+    def access(self, mode: SessionStateMode | None) -> None:
+        self._mode_source = None
+        self._access = mode
+
+    @property
+    def mode_pending(self) -> bool:
+        """Say whether the mode is still to be learned (nothing has asked for it yet)."""
+        return self._mode_source is not None
 
     @property
     def modified(self) -> bool:
