@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-SCRIPTS = ("cycle", "handoff", "lost_updates", "throughput", "asgi", "report")
+SCRIPTS = ("cycle", "handoff", "lost_updates", "throughput", "asgi", "serializers", "report")
 
 if __name__ == "__main__":
     for name in SCRIPTS:

@@ -53,3 +53,11 @@ def test_middleware_harness_compares_with_djangos_pair_on_a_larger_urlconf() -> 
     for row in ("read-write", "django read-write", "floor"):
         assert re.search(rf"^{row}\s+-?[0-9.]+ \(", result.stdout, re.M), result.stdout
     assert re.search(r"^this tree\s+[0-9.]+ \(", result.stdout, re.M), result.stdout
+
+
+def test_serializers_harness_compares_djangos_json_with_the_fast_one() -> None:
+    result = run_benchmark("serializers", "--rounds", "1", "--sizes", "100,1000")
+    assert result.returncode == 0, result.stderr
+    assert re.search(
+        r"^\s+1000 B\s+[0-9.]+ \(.*\)\s+[0-9.]+ \(.*\)\s+[0-9.]+$", result.stdout, re.M
+    )
