@@ -25,6 +25,7 @@ __all__ = [
     "ProviderNotFound",
     "RemoteProtocolError",
     "SQLStateNotInstalled",
+    "SessionImportError",
     "SessionLockLost",
     "SessionPoolExhausted",
     "SessionQueueFull",
@@ -142,6 +143,10 @@ class SQLStateNotInstalled(SessionStoreUnavailable):
     """Raised when the session-state tables are missing from the database."""
 
     setting = "STATEMODES_SQL_DATABASE"
+
+
+class SessionImportError(StateModesError):
+    """Sessions cannot be imported from, or into, the engines named (the message says why)."""
 
 
 class ProviderNotFound(ImproperlyConfigured):
