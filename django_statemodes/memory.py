@@ -47,6 +47,9 @@ FRESH, RETURNING, VALUED = 0, 1, 2
 RANKS = (FRESH, RETURNING, VALUED)
 #: A queue's key is ``timeout * RANK_SLOTS + rank``: one int, as cheap to hash as the timeout.
 RANK_SLOTS = 4
+#: What ``purge_expired(batch_bytes=...)`` counts per item beyond its payload and key, so that a
+#: batch of empty placeholders is bounded too.
+BATCH_ITEM_BYTES = 64
 
 
 def _queue_of(timeout: int, rank: int) -> int:
@@ -408,8 +411,16 @@ class MemoryStore:
         on_expired: Callable[[ExpiredItem], None] | None = None,
         dry_run: bool = False,
         batch_size: int | None = None,
+        batch_bytes: int | None = None,
     ) -> int:
+        """Remove expired items (all of them, or a batch); return how many.
+
+        ``batch_bytes`` stops once the removed items reach about that many bytes (payload and key,
+        plus BATCH_ITEM_BYTES each; one item at least), so that a caller sending them somewhere
+        can pace itself: call again until it returns 0. ``batch_size`` is the provider contract's, and unused: all at once.
+        """
         expired: list[ExpiredItem] = []
+        taken = 0
         with self._mutex:
             now = self._clock()
             for queue_key in list(self._queues):
@@ -421,6 +432,12 @@ class MemoryStore:
                     expired.append(ExpiredItem(key, item.data))
                     if not dry_run:
                         self._drop(key, item)
+                    if batch_bytes is not None:
+                        taken += _sizeof(item.data) + len(key) + BATCH_ITEM_BYTES
+                        if taken >= batch_bytes:
+                            break
+                if batch_bytes is not None and taken >= batch_bytes:
+                    break
         if on_expired is not None and not dry_run:
             for item_ in expired:
                 on_expired(item_)

@@ -96,6 +96,8 @@ class Browser:
         self.port = port
         self.cookie = cookie
         self.timeout = timeout
+        #: The last response's headers.
+        self.headers: dict[str, str] = {}
 
     def get(self, path: str, port: int | None = None) -> tuple[int, str]:
         conn = http.client.HTTPConnection("127.0.0.1", port or self.port, timeout=self.timeout)
@@ -104,6 +106,7 @@ class Browser:
             conn.request("GET", path, headers=headers)
             response = conn.getresponse()
             body = response.read().decode()
+            self.headers = dict(response.headers.items())
             for header in response.headers.get_all("Set-Cookie") or []:
                 name, _, rest = header.partition("=")
                 if name == COOKIE:

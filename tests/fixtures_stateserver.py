@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from django_statemodes.stateserver.addresses import Address
+from django_statemodes.stateserver.client import StateServerClient
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,3 +117,9 @@ def stateserver() -> Iterator[StateServerProcess]:
     """A state server shared by one test module."""
     with StateServerProcess() as server:
         yield server
+
+
+def client_for(server: StateServerProcess, **options: Any) -> StateServerClient:
+    """A blocking client of ``server`` (5 s timeout unless given), as the engine builds one."""
+    options.setdefault("timeout", 5)
+    return StateServerClient(Address("127.0.0.1", server.port), **options)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from django_statemodes.stateserver.addresses import parse_address
+from django_statemodes.stateserver.client import StateServerClient
 from tests.farm import Browser, WebServer
 from tests.fixtures_stateserver import StateServerProcess
 
@@ -115,3 +117,30 @@ def _quietly(user: Browser, path: str) -> None:
         user.get(path)
     except OSError:
         pass  # the worker serving it was killed
+
+
+def test_web_servers_spelling_the_farm_differently_share_every_session() -> None:
+    """``localhost`` here, ``127.0.0.1`` there: each key is placed on the same state server."""
+    with StateServerProcess() as a, StateServerProcess() as b, StateServerProcess() as c:
+        ports = (a.port, b.port, c.port)
+        one = "tcpip=localhost:{};tcpip=127.0.0.1:{};127.0.0.1:{}".format(*ports)
+        other = "127.0.0.1:{};tcpip=LOCALHOST:{};tcpip=localhost:{}".format(*ports)
+        with WebServer(one) as web_a, WebServer(other) as web_b:
+            users = [Browser(web_a.port) for _ in range(12)]
+            for turn in range(1, 7):
+                for user in users:
+                    port = web_a.port if turn % 2 else web_b.port
+                    assert user.counter("/incr", port) == turn  # one session, never a fresh one
+        clients = _clients(a, b, c)
+        held = [client.stats()["sessions"] for client in clients]
+        for client in clients:
+            client.close()
+        assert sum(held) == len(users)
+        assert len([count for count in held if count]) > 1  # spread over the farm
+
+
+def _clients(*servers: StateServerProcess) -> list[StateServerClient]:
+    return [
+        StateServerClient(parse_address(server.connection), application="farm")
+        for server in servers
+    ]

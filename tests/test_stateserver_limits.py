@@ -24,9 +24,9 @@ import pytest
 
 from django_statemodes.stateserver import protocol as p
 from django_statemodes.stateserver.addresses import Address
-from django_statemodes.stateserver.client import AsyncStateServerClient, StateServerClient
+from django_statemodes.stateserver.client import AsyncStateServerClient
 from django_statemodes.stateserver.server import NOFILE_MARGIN
-from tests.fixtures_stateserver import ROOT, StateServerProcess, wait_for_port
+from tests.fixtures_stateserver import ROOT, StateServerProcess, client_for, wait_for_port
 
 pytestmark = [pytest.mark.stateserver]
 
@@ -41,11 +41,6 @@ def rss(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS line")
-
-
-def client_for(server: StateServerProcess, **options: Any) -> StateServerClient:
-    options.setdefault("timeout", 5)
-    return StateServerClient(Address("127.0.0.1", server.port), **options)
 
 
 def handshaken(port: int) -> tuple[socket.socket, p.Connection]:

@@ -8,7 +8,7 @@ import pytest
 
 from django_statemodes.exceptions import StateServerUnavailable
 from django_statemodes.providers.stateserver import RendezvousResolver, StateServerProvider
-from django_statemodes.stateserver.addresses import parse_address
+from django_statemodes.stateserver.addresses import parse_address, placement
 from tests.fixtures_stateserver import StateServerProcess
 
 pytestmark = [pytest.mark.stateserver]
@@ -101,3 +101,41 @@ def test_a_partition_that_is_down_fails_only_its_own_sessions(
     finally:
         provider.remove(up_key)
         provider.close()
+
+
+# Placement: every web server places a key on the same server, however it spells the address.
+
+PLACEMENT_KEYS = [f"placement-key-{index:05d}" for index in range(1000)]
+
+
+def _placements(connection: str) -> list[str]:
+    resolver = RendezvousResolver(connection)
+    return [placement(resolver.resolve(key)) for key in PLACEMENT_KEYS]
+
+
+def test_localhost_and_the_loopback_ip_place_every_key_on_the_same_server() -> None:
+    one = _placements("tcpip=localhost:4001;tcpip=127.0.0.1:4002;tcpip=127.0.0.1:4003")
+    other = _placements("127.0.0.1:4001;LOCALHOST.:4002;tcpip=localhost:4003")
+    assert one == other
+    assert len(set(one)) == 3  # the keys spread over all three
+
+
+def test_hostnames_ports_and_ipv6_literals_are_normalised() -> None:
+    assert _placements("State-A.example:42424;[::1]:7") == _placements(
+        "tcpip=state-a.example;[0:0::1]:7"
+    )
+    assert placement(parse_address("tls=[::FFFF:7f00:1]:9")) == "[::ffff:7f00:1]:9"
+
+
+def test_named_servers_place_keys_by_name_whatever_their_addresses() -> None:
+    one = _placements("tcpip=10.0.0.5:42424#s1;tcpip=10.0.0.6:42424#s2;tcpip=10.0.0.7#s3")
+    other = _placements("state-a:1#s1;state-b:2#s2;tcpip=state-c:3#s3")
+    assert one == other
+    assert set(one) == {"s1", "s2", "s3"}
+    assert parse_address("tcpip=10.0.0.5:42424#s1") == ("10.0.0.5", 42424, False, "s1")
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:1#", "127.0.0.1:1# x", "127.0.0.1:1#\x00"])
+def test_an_empty_or_unprintable_server_id_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="server id"):
+        parse_address(text)

@@ -18,18 +18,11 @@ from django.core.management import call_command
 
 from django_statemodes.exceptions import StateServerFull, StateServerUnavailable
 from django_statemodes.stateserver import protocol as p
-from django_statemodes.stateserver.addresses import Address
-from django_statemodes.stateserver.client import StateServerClient
 from django_statemodes.stateserver.server import ITEM_OVERHEAD
 from tests.conftest import free_port
-from tests.fixtures_stateserver import ROOT, StateServerProcess
+from tests.fixtures_stateserver import ROOT, StateServerProcess, client_for
 
 pytestmark = [pytest.mark.stateserver]
-
-
-def client_for(server: StateServerProcess, **options: Any) -> StateServerClient:
-    options.setdefault("timeout", 5)
-    return StateServerClient(Address("127.0.0.1", server.port), **options)
 
 
 def raw_connection(server: StateServerProcess) -> socket.socket:

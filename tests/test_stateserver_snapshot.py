@@ -17,17 +17,11 @@ from pathlib import Path
 import pytest
 
 from django_statemodes.exceptions import SnapshotError
-from django_statemodes.stateserver.addresses import Address
-from django_statemodes.stateserver.client import StateServerClient
 from django_statemodes.stateserver.snapshot import MAGIC, read_snapshot
 from tests.conftest import free_port
-from tests.fixtures_stateserver import ROOT, StateServerProcess
+from tests.fixtures_stateserver import ROOT, StateServerProcess, client_for
 
 pytestmark = [pytest.mark.stateserver]
-
-
-def client_for(server: StateServerProcess) -> StateServerClient:
-    return StateServerClient(Address("127.0.0.1", server.port), timeout=5)
 
 
 def keys_in(path: Path) -> set[str]:

@@ -1,4 +1,4 @@
-"""Checks of StateServer mode's settings: E006, E020-E023.
+"""Checks of StateServer mode's settings: E006, E020-E027.
 
 They live here, not in ``django_statemodes/stateserver/``: that package is the state server's
 own code too, which must import neither Django nor asgiref.
@@ -6,6 +6,7 @@ own code too, which must import neither Django nor asgiref.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from django.conf import settings
@@ -16,6 +17,7 @@ from django_statemodes.conf import conf
 from django_statemodes.stateserver.addresses import Address, parse_connection
 from django_statemodes.stateserver.options import MIN_SECRET_BYTES, SECRET_HINT
 from django_statemodes.stateserver.server import is_loopback
+from django_statemodes.stateserver.tls import client_context
 
 from .common import ENGINE_PREFIX
 
@@ -69,6 +71,73 @@ def check_stateserver() -> list[CheckMessage]:
         errors.extend(_check_resolver(path))
     else:
         errors.extend(_check_remote(addresses, secret))
+    errors.extend(_check_tls(addresses, resolver=bool(path)))
+    return errors
+
+
+TLS_SETTINGS = ("STATEMODES_STATE_TLS_CA", "STATEMODES_STATE_TLS_CERT", "STATEMODES_STATE_TLS_KEY")
+TLS_HINT = "See 'TLS and per-application secrets' in the state server documentation."
+
+
+def _check_tls(addresses: list[Address], *, resolver: bool) -> list[CheckMessage]:
+    """E024-E027: the TLS files exist and load, and match the tls= addresses."""
+    values: dict[str, Any] = {name: getattr(conf, name) for name in TLS_SETTINGS}
+    errors: list[CheckMessage] = []
+    for name, value in values.items():
+        if value is None:
+            continue
+        if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+            problem = "should be None or the path of a PEM file"
+        else:
+            try:
+                with open(value, "rb"):
+                    continue
+            except OSError as exc:
+                problem = f"names {os.fspath(value)!r}, which cannot be read ({exc.strerror})"
+        errors.append(Error(f"{name} {problem}.", hint=TLS_HINT, id="django_statemodes.E024"))
+    tls = [str(a) for a in addresses if a.tls]
+    ca, cert, key = (values[name] for name in TLS_SETTINGS)
+    if tls and ca is None:
+        errors.append(
+            Error(
+                f"STATEMODES_STATE_CONNECTION names TLS state servers ({', '.join(tls)}) but "
+                "STATEMODES_STATE_TLS_CA is not set.",
+                hint="Set it to the CA file (PEM) that signed the servers' --tls-cert; only that "
+                "CA is trusted, never the system's public ones.",
+                id="django_statemodes.E025",
+            )
+        )
+    if key is not None and cert is None:
+        errors.append(
+            Error(
+                "STATEMODES_STATE_TLS_KEY is set but STATEMODES_STATE_TLS_CERT is not.",
+                hint="Set the client certificate too, or remove the key.",
+                id="django_statemodes.E026",
+            )
+        )
+    elif not tls and not resolver and any(v is not None for v in values.values()):
+        # The user believes the link is encrypted; it is not.
+        errors.append(
+            Error(
+                "STATEMODES_STATE_TLS_* settings are set but no address in "
+                "STATEMODES_STATE_CONNECTION uses TLS: sessions cross the network in clear.",
+                hint="Write the addresses as 'tls=host:port', or remove the TLS settings.",
+                id="django_statemodes.E026",
+            )
+        )
+    if not errors and isinstance(ca, (str, os.PathLike)):
+        try:
+            client_context(os.fspath(ca), cert, key)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            errors.append(
+                Error(
+                    f"The state server TLS files do not load: {exc}.",
+                    hint="STATEMODES_STATE_TLS_CA must hold PEM certificates, "
+                    "STATEMODES_STATE_TLS_CERT a PEM certificate and STATEMODES_STATE_TLS_KEY "
+                    "its matching private key (unencrypted).",
+                    id="django_statemodes.E027",
+                )
+            )
     return errors
 
 

@@ -22,6 +22,7 @@ import asyncio
 import functools
 import os
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -77,12 +78,17 @@ class _Client:
         application: str = "default",
         secret: str | bytes | None = None,
         max_frame_size: int = p.DEFAULT_MAX_FRAME_SIZE,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        if address.tls and ssl_context is None:
+            raise ValueError(f"{address} is a tls= address: pass its ssl_context")
         self.address = address
         self.timeout = timeout
         self.application = application
         self.secret = _secret_bytes(secret)
         self.max_frame_size = max_frame_size
+        #: TLS for the link (``tls=host:port``; ``stateserver.tls.client_context``), or None.
+        self.ssl_context = ssl_context
 
     def _handshake(self) -> ops.Handshake:
         return ops.handshake(self.address, self.application, self.secret)
@@ -122,7 +128,9 @@ class _Link:
 
     def set_timeout(self, seconds: float) -> None:
         """Bound every later send and receive by ``seconds``."""
-        if _KERNEL_TIMEOUTS:
+        # Not under TLS: the ssl module does not report an expired SO_RCVTIMEO as a timeout (it
+        # retries the read, or raises SSLWantReadError), so TLS links keep Python's timeouts.
+        if _KERNEL_TIMEOUTS and not isinstance(self.sock, ssl.SSLSocket):
             value = _timeval(seconds)
             try:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
@@ -190,6 +198,7 @@ class StateServerClient(_Client):
         timeout: connect and read timeout in seconds (STATEMODES_STATE_NETWORK_TIMEOUT).
         application: the namespace (STATEMODES_APPLICATION_NAME).
         secret: the shared secret (STATEMODES_STATE_SECRET), if the server needs one.
+        ssl_context: TLS for a ``tls=`` address (``stateserver.tls.client_context``).
         socket_factory: opens the TCP connection (tests may inject one).
         pool_size: most connections open at once (STATEMODES_MAX_CONNECTIONS).
         pool_wait: seconds a call waits for a free connection (STATEMODES_CONNECTION_WAIT).
@@ -205,6 +214,7 @@ class StateServerClient(_Client):
         application: str = "default",
         secret: str | bytes | None = None,
         max_frame_size: int = p.DEFAULT_MAX_FRAME_SIZE,
+        ssl_context: ssl.SSLContext | None = None,
         socket_factory: Callable[..., socket.socket] = socket.create_connection,
         pool_size: int = 10,
         pool_wait: float = 5.0,
@@ -216,6 +226,7 @@ class StateServerClient(_Client):
             application=application,
             secret=secret,
             max_frame_size=max_frame_size,
+            ssl_context=ssl_context,
         )
         self.socket_factory = socket_factory
         self.pool_size, self.pool_wait, self.idle_timeout = pool_size, pool_wait, idle_timeout
@@ -268,6 +279,12 @@ class StateServerClient(_Client):
         except OSError as exc:
             raise ops.unavailable(self.address, f"cannot connect ({exc})") from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context is not None:
+            try:  # the TLS handshake, bounded by the connect timeout already set on the socket
+                sock = self.ssl_context.wrap_socket(sock, server_hostname=self.address.host)
+            except OSError as exc:  # ssl.SSLError, a timeout, a reset
+                sock.close()
+                raise ops.tls_failed(self.address, exc) from exc
         link = _Link(sock, p.Connection(p.CLIENT, max_frame_size=self.max_frame_size))
         try:
             link.set_timeout(self.timeout)
@@ -282,7 +299,7 @@ class StateServerClient(_Client):
                     break
         except (OSError, Broken, p.ProtocolError) as exc:
             link.close()
-            raise ops.unavailable(self.address, f"handshake failed ({exc})") from exc
+            raise ops.handshake_failed(self.address, exc) from exc
         except BaseException:
             link.close()
             raise
@@ -542,6 +559,7 @@ class AsyncStateServerClient(_Client):
         application: str = "default",
         secret: str | bytes | None = None,
         max_frame_size: int = p.DEFAULT_MAX_FRAME_SIZE,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(
             address,
@@ -549,6 +567,7 @@ class AsyncStateServerClient(_Client):
             application=application,
             secret=secret,
             max_frame_size=max_frame_size,
+            ssl_context=ssl_context,
         )
         # One link per event loop. Not a WeakKeyDictionary: a link refers to its loop through its
         # transport, so the key would never die; links of closed loops are swept instead.
@@ -562,11 +581,22 @@ class AsyncStateServerClient(_Client):
             # collector close its socket.
             del self._links[loop]
             self._waits.pop(loop, None)
-        host, port = self.address
+        host, port = self.address.host, self.address.port
+        tls = self.ssl_context
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, limit=RECV_SIZE), self.timeout
+                asyncio.open_connection(
+                    host,
+                    port,
+                    limit=RECV_SIZE,
+                    ssl=tls,
+                    server_hostname=host if tls is not None else None,
+                    ssl_handshake_timeout=self.timeout if tls is not None else None,
+                ),
+                self.timeout,
             )
+        except ssl.SSLError as exc:
+            raise ops.tls_failed(self.address, exc) from exc
         except (OSError, TimeoutError) as exc:
             raise ops.unavailable(self.address, f"cannot connect ({exc})") from exc
         link = _AsyncLink(
@@ -588,7 +618,7 @@ class AsyncStateServerClient(_Client):
                     break
         except (OSError, TimeoutError, Broken, p.ProtocolError) as exc:
             writer.close()
-            raise ops.unavailable(self.address, f"handshake failed ({exc})") from exc
+            raise ops.handshake_failed(self.address, exc) from exc
         except BaseException:
             writer.close()
             raise

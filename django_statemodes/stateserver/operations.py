@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import hmac
 import secrets
+import ssl
 from collections.abc import Callable, Generator
 from typing import Any, Concatenate, Final, Generic, Literal, ParamSpec, TypeVar
 
@@ -47,9 +48,11 @@ __all__ = [
     "closed_by_server",
     "error",
     "handshake",
+    "handshake_failed",
     "lost",
     "next_request_id",
     "no_answer",
+    "tls_failed",
     "purge_expired",
     "unavailable",
     "wait",
@@ -61,6 +64,8 @@ E = TypeVar("E", bound=p.Event)
 
 SETTING = "STATEMODES_STATE_CONNECTION"
 SECRET_SETTING = "STATEMODES_STATE_SECRET"
+TLS_CA_SETTING = "STATEMODES_STATE_TLS_CA"
+TLS_CERT_SETTING = "STATEMODES_STATE_TLS_CERT"
 
 
 class Broken(Exception):
@@ -79,6 +84,38 @@ def unavailable(address: Address, reason: str) -> StateServerUnavailable:
         "another machine must run with --allow-remote and the same STATEMODES_STATE_SECRET.",
         setting=SETTING,
     )
+
+
+def tls_failed(address: Address, exc: BaseException) -> StateServerUnavailable:
+    """The TLS handshake of a ``tls=`` address failed: name the settings that decide it."""
+    return StateServerUnavailable(
+        f"Unable to make the session state request to the state server at {address}: the TLS "
+        f"handshake failed ({exc}). Check that {TLS_CA_SETTING} names the CA that signed the "
+        f"server's certificate (--tls-cert), that the host in {SETTING} is one of the "
+        f"certificate's names, and, for a server started with --tls-client-ca, that "
+        f"{TLS_CERT_SETTING} and STATEMODES_STATE_TLS_KEY hold a client certificate that CA "
+        "signed; a server without --tls-cert needs a tcpip= address.",
+        setting=TLS_CA_SETTING,
+    )
+
+
+def handshake_failed(address: Address, exc: BaseException) -> StateServerUnavailable:
+    """A connection failed before READY. An SSL error there is TLS's (a TLS 1.3 server refuses
+    a client certificate after the client's side of the TLS handshake is done)."""
+    if isinstance(exc, ssl.SSLError):
+        return tls_failed(address, exc)
+    if address.tls and isinstance(exc, Broken):
+        # Under TLS 1.3 a client learns that its certificate was refused only as a closed
+        # connection, on its first read.
+        failure = unavailable(
+            address,
+            f"handshake failed ({exc}); a server started with --tls-client-ca closes a client "
+            f"whose certificate ({TLS_CERT_SETTING}, STATEMODES_STATE_TLS_KEY) is missing or "
+            "not signed by that CA",
+        )
+        failure.setting = TLS_CERT_SETTING
+        return failure
+    return unavailable(address, f"handshake failed ({exc})")
 
 
 def no_answer(address: Address, seconds: float) -> StateServerUnavailable:
@@ -101,7 +138,8 @@ def error(address: Address, event: p.Error) -> StateServerError:
         return StateServerUnavailable(
             f"The state server at {address} refused the connection: {event.message}. Check "
             "that STATEMODES_STATE_SECRET matches the server's --secret-file or "
-            "STATEMODES_STATE_SECRET.",
+            "STATEMODES_STATE_SECRET, or, on a server with --app-secrets, the secret of "
+            "STATEMODES_APPLICATION_NAME there.",
             setting=SECRET_SETTING,
         )
     if event.code == p.ErrorCode.SHUTTING_DOWN:

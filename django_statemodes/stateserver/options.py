@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 from typing import Any
 
+from .appendonly import DEFAULT_REWRITE_SIZE
 from .server import DEFAULT_MAX_APPLICATIONS, DEFAULT_MAX_TIMEOUT, LOOPS, ServerConfig
 
 __all__ = [
@@ -50,15 +52,45 @@ def add_arguments(parser: Any, *, with_address: bool = True) -> None:
     parser.add_argument(
         "--allow-remote",
         action="store_true",
-        help="allow a non-loopback address (ASP.NET AllowRemoteConnection); needs a secret",
+        help="allow a non-loopback address (ASP.NET AllowRemoteConnection); needs a secret, "
+        "and --tls-cert unless --insecure-allow-plaintext",
     )
     parser.add_argument(
         "--secret-file",
         help=f"file holding the shared secret (else the {SECRET_ENV} environment variable)",
     )
+    parser.add_argument(
+        "--app-secrets",
+        help="file of 'application:secret' lines: a client proving an application's secret may "
+        "use that application only (not readable by other users)",
+    )
+    parser.add_argument("--tls-cert", help="serve TLS with this certificate chain (PEM)")
+    parser.add_argument("--tls-key", help="the certificate's private key (PEM), if not in it")
+    parser.add_argument(
+        "--tls-client-ca",
+        help="require client certificates signed by this CA (PEM): mutual TLS",
+    )
+    parser.add_argument(
+        "--insecure-allow-plaintext",
+        action="store_true",
+        help="allow a non-loopback address without TLS (sessions then cross the network in clear)",
+    )
     parser.add_argument("--snapshot", help="keep sessions in this file over restarts")
     parser.add_argument(
         "--snapshot-interval", type=float, default=60.0, help="seconds between snapshots (60)"
+    )
+    parser.add_argument(
+        "--appendonly",
+        action="store_true",
+        help="also log every write to PATH.aof beside --snapshot PATH before answering it, "
+        "fsynced every second (Redis's appendonly yes, appendfsync everysec)",
+    )
+    parser.add_argument(
+        "--appendonly-rewrite-size",
+        type=parse_size,
+        default=DEFAULT_REWRITE_SIZE,
+        help="rewrite the log into the snapshot once it is this large and larger than the "
+        "snapshot (64M)",
     )
     parser.add_argument(
         "--max-memory",
@@ -146,6 +178,48 @@ def strong_secret(secret: bytes | None) -> bytes | None:
     return secret
 
 
+def read_app_secrets(path: str | None) -> dict[str, bytes]:
+    """Read ``--app-secrets``: ``application:secret`` lines, ``#`` comments and blank lines.
+
+    Refused (ValueError): a file other users may read or write (ssh's rule for its keys), a
+    line without ``:``, an application named twice, a secret shorter than MIN_SECRET_BYTES.
+    """
+    if not path:
+        return {}
+    mode = os.stat(path).st_mode
+    if mode & (stat.S_IROTH | stat.S_IWOTH):
+        raise ValueError(
+            f"--app-secrets {path} is readable or writable by every user (mode "
+            f"{stat.S_IMODE(mode):o}): chmod 600 {path}"
+        )
+    secrets: dict[str, bytes] = {}
+    with open(path, "rb") as stream:
+        for number, raw in enumerate(stream, 1):
+            line = raw.strip()
+            if not line or line.startswith(b"#"):
+                continue
+            name, sep, secret = line.partition(b":")
+            application = name.strip().decode("utf-8", "replace")
+            if not sep or not application:
+                raise ValueError(
+                    f"--app-secrets {path}, line {number}: expected 'application:secret'"
+                )
+            if application in secrets:
+                raise ValueError(
+                    f"--app-secrets {path}, line {number}: {application!r} named twice"
+                )
+            try:
+                secrets[application] = strong_secret(secret.strip()) or b""
+            except ValueError:
+                raise ValueError(
+                    f"--app-secrets {path}, line {number}: the secret of {application!r} is "
+                    f"shorter than {MIN_SECRET_BYTES} bytes: {SECRET_HINT}"
+                ) from None
+    if not secrets:
+        raise ValueError(f"--app-secrets {path} names no application")
+    return secrets
+
+
 def build_config(options: dict[str, Any], host: str, port: int) -> ServerConfig:
     """Build a ServerConfig from parsed options; raise ValueError with a clear message."""
     return ServerConfig(
@@ -163,7 +237,14 @@ def build_config(options: dict[str, Any], host: str, port: int) -> ServerConfig:
         handshake_timeout=options.get("handshake_timeout", 5.0),
         max_connections=options.get("max_connections"),
         idle_timeout=options.get("idle_timeout", 300.0),
+        appendonly=options.get("appendonly", False),
+        appendonly_rewrite_size=options.get("appendonly_rewrite_size", DEFAULT_REWRITE_SIZE),
         loop=options.get("loop") or "auto",
+        tls_cert=options.get("tls_cert"),
+        tls_key=options.get("tls_key"),
+        tls_client_ca=options.get("tls_client_ca"),
+        insecure_allow_plaintext=options.get("insecure_allow_plaintext", False),
+        app_secrets=read_app_secrets(options.get("app_secrets")),
     )
 
 
@@ -180,6 +261,7 @@ def format_stats(stats: dict[str, Any]) -> str:
         f"operations:            {stats['operations']}",
         f"uptime (s):            {stats['uptime']}",
         f"snapshot:              {stats.get('snapshot') or 'off'}",
+        f"append-only log:       {stats.get('appendonly') or 'off'}",
         "applications:          " + json.dumps(stats.get("applications", {})),
     ]
     return "\n".join(lines)

@@ -24,17 +24,30 @@ import os
 import resource
 import secrets
 import signal
+import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from django_statemodes.items import ExpiredItem, StateItem
 from django_statemodes.memory import Budget, MemoryStore
 
 from . import protocol as p
+from .appendonly import (
+    DEFAULT_REWRITE_SIZE,
+    FSYNC_INTERVAL,
+    AppendOnlyLog,
+    log_path,
+    next_log_path,
+    restorable,
+    rewrite,
+    switch,
+)
+from .appendonly import load as load_appendonly
 from .errors import StoreFull
 from .snapshot import Record, check_snapshot_path, read_snapshot, write_snapshot
+from .tls import server_context
 
 __all__ = [
     "LOOPS",
@@ -88,6 +101,15 @@ ITEM_OVERHEAD = 800
 # grew RSS by 1,383 bytes per application, of which about 540 is the item: about 850 for the
 # MemoryStore, its dicts, mutex and on_unlock closure and its entry in ``stores``, rounded up.
 APPLICATION_OVERHEAD = 1536
+# WAITER_OVERHEAD, measured the same way: 5,000 WAITs queued on 5,000 locked sessions grew RSS by
+# 969 bytes each under uvloop (704 under asyncio): the _Waiter, its timer, its entries in the
+# queue and in the peer's ``waiting``; rounded up. A WAIT past --max-memory is refused.
+WAITER_OVERHEAD = 1024
+# Each connection is charged what its buffers hold at the moment (unparsed input, unsent
+# output), as Redis counts client buffers in used_memory; a connection is never refused for it
+# (--max-connections bounds them), writes are. Its fixed cost (1,000 idle authenticated
+# connections grew RSS by 1,872 bytes each under uvloop, 2,986 under asyncio) is not charged:
+# --max-connections bounds it, and a budget of a few KB would otherwise be taken by one client.
 # --max-timeout's default: longer sliding timeouts from a client are capped to it, so a
 # placeholder cannot be kept for 136 years (the protocol's u32 maximum).
 DEFAULT_MAX_TIMEOUT = 7 * 24 * 3600
@@ -157,6 +179,35 @@ class ServerConfig:
     loop: str = "auto"
     max_connections: int | None = None  # None: default_max_connections()
     idle_timeout: float = 300.0  # 0: never
+    #: --appendonly: every acknowledged write logged to SNAPSHOT.aof (Redis's appendonly yes).
+    appendonly: bool = False
+    appendonly_rewrite_size: int = DEFAULT_REWRITE_SIZE
+    # TLS (--tls-cert, --tls-key, --tls-client-ca) and --insecure-allow-plaintext.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    insecure_allow_plaintext: bool = False
+    #: --app-secrets: an application's own secret. A connection proving one may use that
+    #: application only (Redis ACL users, one per site); other names need the global secret.
+    app_secrets: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def auth_required(self) -> bool:
+        return self.secret is not None or bool(self.app_secrets)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of ``--tls-cert``, or None; ValueError naming the flag if it fails."""
+        if not self.tls_cert:
+            return None
+        try:
+            return server_context(self.tls_cert, self.tls_key, self.tls_client_ca)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise ValueError(
+                f"cannot load the TLS files (--tls-cert {self.tls_cert}"
+                + (f", --tls-key {self.tls_key}" if self.tls_key else "")
+                + (f", --tls-client-ca {self.tls_client_ca}" if self.tls_client_ca else "")
+                + f"): {exc}"
+            ) from None
 
     def validate(self) -> None:
         """Raise ValueError with the flag to use when the configuration is unsafe or wrong."""
@@ -165,7 +216,7 @@ class ServerConfig:
                 f"refusing to listen on {self.host}: only loopback addresses are allowed "
                 "without --allow-remote (ASP.NET AllowRemoteConnection)"
             )
-        if self.allow_remote and not self.secret:
+        if self.allow_remote and not self.auth_required:
             raise ValueError(
                 "--allow-remote needs a shared secret: pass --secret-file PATH or set "
                 "STATEMODES_STATE_SECRET in the environment"
@@ -183,6 +234,26 @@ class ServerConfig:
         if self.idle_timeout < 0:
             raise ValueError("--idle-timeout must be 0 (never) or a positive number of seconds")
         loop_factory(self.loop)  # raises for an unknown loop or a missing uvloop
+        if self.appendonly and not self.snapshot:
+            raise ValueError(
+                "--appendonly needs --snapshot PATH: the log is kept beside it, as PATH.aof, "
+                "and rewritten into it"
+            )
+        if self.appendonly_rewrite_size <= 0:
+            raise ValueError("--appendonly-rewrite-size must be a positive number of bytes")
+        if (self.tls_key or self.tls_client_ca) and not self.tls_cert:
+            raise ValueError(
+                "--tls-key and --tls-client-ca need --tls-cert (the server's certificate)"
+            )
+        if not is_loopback(self.host) and not self.tls_cert and not self.insecure_allow_plaintext:
+            # Sessions, PURGE and the handshake would cross the network in clear: a relay reads
+            # and rewrites them (Redis's tls-port, PostgreSQL's hostssl for the same reason).
+            raise ValueError(
+                f"refusing to listen on {self.host} without TLS: session data would cross the "
+                "network in clear text. Give --tls-cert and --tls-key (see the state server "
+                "documentation, 'TLS and per-application secrets'), or pass "
+                "--insecure-allow-plaintext on a network you trust"
+            )
 
 
 LOOPS = ("auto", "asyncio", "uvloop")
@@ -207,6 +278,15 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
             ) from None
         return None
     return uvloop.new_event_loop
+
+
+@dataclass(slots=True)
+class _Purging:
+    """A PURGE_EXPIRED with data in progress: its store, request and count so far."""
+
+    store: MemoryStore
+    request_id: int
+    count: int = 0
 
 
 class _Waiter:
@@ -315,6 +395,7 @@ class ServerState:
             owner.held.pop(slot, None)
         waiters = self.waiters.pop(slot, None)
         if waiters:
+            self.budget.used -= WAITER_OVERHEAD * len(waiters)
             for waiter in waiters:
                 if waiter.handle is not None:
                     waiter.handle.cancel()
@@ -328,12 +409,16 @@ class ServerState:
         peer.held[slot] = local
 
     def add_waiter(self, slot: tuple[str, str], waiter: _Waiter) -> None:
+        """Queue ``waiter``, charged WAITER_OVERHEAD; StoreFull past --max-memory."""
+        self.budget.check(WAITER_OVERHEAD)
+        self.budget.used += WAITER_OVERHEAD
         self.waiters.setdefault(slot, []).append(waiter)
 
     def drop_waiter(self, slot: tuple[str, str], waiter: _Waiter) -> None:
         waiters = self.waiters.get(slot)
         if waiters and waiter in waiters:
             waiters.remove(waiter)
+            self.budget.used -= WAITER_OVERHEAD
             if not waiters:
                 del self.waiters[slot]
 
@@ -399,6 +484,8 @@ class _Peer(asyncio.Protocol):
         self.conn = p.Connection(p.SERVER, max_frame_size=server.config.max_frame_size)
         self.transport: asyncio.Transport | None = None
         self.application = ""
+        # Authenticated with an --app-secrets secret: STATS shows its application only.
+        self.tenant = False
         self.nonce = secrets.token_bytes(p.NONCE_SIZE)
         self.held: dict[tuple[str, str], int] = {}
         self.waiting: dict[tuple[str, str], _Waiter] = {}
@@ -412,6 +499,14 @@ class _Peer(asyncio.Protocol):
         self._refused = False  # closed at once: over --max-connections
         self._idle: asyncio.TimerHandle | None = None
         self._last_read = 0.0
+        # Bytes charged to --max-memory for this connection's buffers.
+        self._charged = 0
+        # A PURGE_EXPIRED streaming its sessions: later requests wait for its RESULT.
+        self._purging: _Purging | None = None
+        # Replies produced while paused outside a read (a WAIT's RELEASED, sent when another
+        # connection releases the lock or the WAIT's timer fires): sent on resume_writing.
+        # At most one per WAIT this connection has queued.
+        self._deferred: list[bytes] = []
 
     # asyncio.Protocol
 
@@ -432,8 +527,9 @@ class _Peer(asyncio.Protocol):
             return
         server.peers.add(self)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
-        welcome = p.Welcome(nonce=self.nonce, auth_required=self.config.secret is not None)
+        welcome = p.Welcome(nonce=self.nonce, auth_required=self.config.auth_required)
         transport.write(self.conn.send(welcome))
+        self._charge()
         self._timer = asyncio.get_running_loop().call_later(
             self.config.handshake_timeout, self._timed_out, "no handshake"
         )
@@ -442,6 +538,9 @@ class _Peer(asyncio.Protocol):
         if self._refused:
             return
         self.server.peers.discard(self)
+        self.state.budget.used -= self._charged
+        self._charged = 0
+        self._purging = None
         if self._timer is not None:
             self._timer.cancel()
         if self._idle is not None:
@@ -462,6 +561,16 @@ class _Peer(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._paused = False
         if self.transport is not None and not self.transport.is_closing():
+            if self._deferred:
+                self.transport.write(b"".join(self._deferred))
+                self._deferred.clear()
+            self._charge()
+            if self._paused:
+                return  # the deferred replies filled the buffer again
+            if self._purging is not None:
+                # The next batch of a PURGE_EXPIRED; reading resumes once it is done.
+                asyncio.get_running_loop().call_soon(self._purge_batches)
+                return
             self.transport.resume_reading()
             if self.conn.buffered:
                 # Requests received before the pause; parsed on the next loop pass, not inside
@@ -484,7 +593,7 @@ class _Peer(asyncio.Protocol):
         self._out = out
         self._out_size = 0
         try:
-            while not self._paused:
+            while not self._paused and self._purging is None:
                 event = conn.next_event()
                 if event is p.NEED_DATA or event is p.CLOSED:
                     break
@@ -495,6 +604,7 @@ class _Peer(asyncio.Protocol):
             self._out = None
             if out and self.transport is not None:
                 self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        self._charge()
         if self._paused:
             return  # not a slow sender: the frame timer waits for the resume
         if conn.buffered or self._timer is not None:
@@ -502,6 +612,15 @@ class _Peer(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
+
+    def _charge(self) -> None:
+        """Charge --max-memory what this connection holds now (Redis's client buffers)."""
+        transport = self.transport
+        held = self.conn.buffered + sum(map(len, self._deferred))
+        if transport is not None:
+            held += transport.get_write_buffer_size()
+        self.state.budget.used += held - self._charged
+        self._charged = held
 
     # Output
 
@@ -517,6 +636,11 @@ class _Peer(asyncio.Protocol):
             )
         out = self._out
         if out is None:
+            if self._paused:
+                # Another connection's unlock, or a timer, answers a WAIT of this one: a client
+                # that does not read gets nothing more in its buffer until it drains.
+                self._deferred.append(frame)
+                return
             self.transport.write(frame)
             return
         out.append(frame)
@@ -602,23 +726,51 @@ class _Peer(asyncio.Protocol):
                 f"{p.MIN_PROTOCOL_VERSION} to {p.PROTOCOL_VERSION}",
             )
             return
-        secret = self.config.secret
         proof = b""
-        if secret is not None:
-            if not hello.proof:
-                self._refuse(p.ErrorCode.AUTH_REQUIRED, "this state server needs a shared secret")
+        if self.config.auth_required:
+            proof = self._authenticate(hello)
+            if not proof:
                 return
-            expected = p.client_proof(secret, self.nonce, hello.client_nonce, hello.application)
-            if not hmac.compare_digest(expected, hello.proof):
-                self._refuse(p.ErrorCode.AUTH_FAILED, "wrong shared secret")
-                return
-            proof = p.server_proof(secret, self.nonce, hello.client_nonce)
         self.application = hello.application
         self.answer(p.Ready(proof))
         if self.config.idle_timeout > 0:
             self._idle = asyncio.get_running_loop().call_later(
                 self.config.idle_timeout, self._idle_check
             )
+
+    def _authenticate(self, hello: p.Hello) -> bytes:
+        """Check HELLO's proof; return READY's proof, or b"" once the connection is refused.
+
+        An application listed in --app-secrets proves its own secret, and no other secret opens
+        it (the global one included): the proof covers the application name, so a connection
+        is bound to the one application its secret belongs to. Other names use the global secret.
+        """
+        application = hello.application
+        own = self.config.app_secrets.get(application)
+        secret = own if own is not None else self.config.secret
+        if not hello.proof:
+            self._refuse(p.ErrorCode.AUTH_REQUIRED, "this state server needs a shared secret")
+            return b""
+        if secret is None:
+            self._refuse(
+                p.ErrorCode.AUTH_FAILED,
+                f"application {application[:64]!r} has no secret on this state server "
+                "(it is not in --app-secrets and there is no global secret)",
+            )
+            return b""
+        expected = p.client_proof(secret, self.nonce, hello.client_nonce, application)
+        if not hmac.compare_digest(expected, hello.proof):
+            why = "wrong shared secret"
+            if own is not None:
+                why = (
+                    f"wrong secret for application {application[:64]!r}: it has its own secret "
+                    "(--app-secrets), and a connection may only use the application whose "
+                    "secret it proves"
+                )
+            self._refuse(p.ErrorCode.AUTH_FAILED, why)
+            return b""
+        self.tenant = own is not None
+        return p.server_proof(secret, self.nonce, hello.client_nonce)
 
     def _idle_check(self) -> None:
         # Redis's timeout: an authenticated connection silent for --idle-timeout is closed
@@ -655,9 +807,16 @@ class _Peer(asyncio.Protocol):
         self.answer(_item(event.request_id, item, self.state))
 
     def _write(
-        self, store: MemoryStore, request_id: int, size: int, write: Callable[[MemoryStore], bool]
+        self,
+        store: MemoryStore,
+        request_id: int,
+        size: int,
+        write: Callable[[MemoryStore], bool],
+        journal: Callable[[], None] | None = None,
     ) -> None:
         """Run ``write`` within --max-memory and --max-applications, or answer STORE_FULL.
+
+        ``journal`` appends a write that succeeded to ``--appendonly``'s log, before the reply.
 
         Policy (Redis's ``noeviction``): sweep expired sessions once, then refuse; never evict
         a live session. The client raises StateServerFull, the site answers 503.
@@ -683,7 +842,29 @@ class _Peer(asyncio.Protocol):
             self.answer(p.Error(request_id, p.ErrorCode.STORE_FULL, message))
             state.free_if_empty(self.application)
             return
+        if ok and journal is not None and not self._journaled(request_id, journal):
+            return
         self.answer(p.Result(request_id, ok))
+
+    def _journaled(self, request_id: int, journal: Callable[[], None]) -> bool:
+        """Append an acknowledged write to ``--appendonly``'s log; False: answered an error.
+
+        Redis refuses writes it cannot append to its AOF (MISCONF); so do we, with STORE_FULL
+        (the client's 503): the write is kept in memory but not acknowledged, since a crash
+        would lose it. The log is left without a torn record, so later appends may succeed.
+        """
+        try:
+            journal()
+        except OSError as exc:
+            self.server.log_limited(
+                "appendonly",
+                "Refused %d write(s): the append-only log could not be written: %s",
+                exc.strerror or exc,
+            )
+            message = f"the state server could not append the write to its log: {exc}"
+            self.answer(p.Error(request_id, p.ErrorCode.STORE_FULL, message))
+            return False
+        return True
 
     def _set(self, store: MemoryStore, event: p.SetAndRelease) -> None:
         lock_id = self.state.local_lock(event.lock_id)
@@ -702,6 +883,14 @@ class _Peer(asyncio.Protocol):
             except StoreFull:
                 pass
             else:
+                aof = self.server.aof
+                if ok and aof is not None:
+                    append = aof.set
+                    if not self._journaled(
+                        event.request_id,
+                        lambda: append(self.application, event.key, event.data, timeout),
+                    ):
+                        return
                 self.answer(p.Result(event.request_id, ok))
                 return
 
@@ -710,7 +899,15 @@ class _Peer(asyncio.Protocol):
                 event.key, event.data, lock_id, timeout, event.new_item, event.release
             )
 
-        self._write(store, event.request_id, len(event.data or b""), write)
+        aof = self.server.aof
+        journal = None
+        if aof is not None:
+            append = aof.set
+
+            def journal() -> None:
+                append(self.application, event.key, event.data, timeout)
+
+        self._write(store, event.request_id, len(event.data or b""), write, journal)
 
     def _release(self, store: MemoryStore, event: p.Release) -> None:
         local = self.state.local_lock(event.lock_id)
@@ -720,6 +917,11 @@ class _Peer(asyncio.Protocol):
 
     def _remove(self, store: MemoryStore, event: p.Remove) -> None:
         ok = store.remove(event.key, self.state.local_lock(event.lock_id))
+        aof = self.server.aof
+        if ok and aof is not None:
+            remove = aof.remove
+            if not self._journaled(event.request_id, lambda: remove(self.application, event.key)):
+                return
         self.answer(p.Result(event.request_id, ok))
 
     def _reset(self, store: MemoryStore, event: p.ResetTimeout) -> None:
@@ -735,23 +937,43 @@ class _Peer(asyncio.Protocol):
         self._write(store, event.request_id, 0, write)
 
     def _purge_expired(self, store: MemoryStore, event: p.PurgeExpired) -> None:
-        batch: list[tuple[str, bytes | None]] = []
-        size = 0
+        if not event.with_data or event.dry_run:
+            count = store.purge_expired(dry_run=event.dry_run)  # a count: one small reply
+            self.answer(p.Result(event.request_id, count))
+            return
+        # The expired sessions with their data (purge_sessions feeding session_end): taken from
+        # the store one batch of about EXPIRED_BATCH_BYTES at a time, the next only while the
+        # connection's output is below its high-water mark, so a million expired sessions never
+        # sit in the output buffer at once. The connection's later requests wait for the RESULT.
+        self._purging = _Purging(store, event.request_id)
+        if self.transport is not None:
+            self.transport.pause_reading()  # until the RESULT: its requests would pile up
+        self._purge_batches()
 
-        def collect(item: ExpiredItem) -> None:
-            nonlocal size
-            batch.append((item.session_key, item.data))
-            size += len(item.data or b"") + 40
-            if size >= EXPIRED_BATCH_BYTES:
-                self.answer(p.ExpiredBatch(event.request_id, tuple(batch)))
-                batch.clear()
-                size = 0
-
-        on_expired = collect if event.with_data else None
-        count = store.purge_expired(on_expired=on_expired, dry_run=event.dry_run)
-        if batch:
-            self.answer(p.ExpiredBatch(event.request_id, tuple(batch)))
-        self.answer(p.Result(event.request_id, count))
+    def _purge_batches(self) -> None:
+        job = self._purging
+        items: list[ExpiredItem] = []
+        while job is not None and not self._paused:
+            if self.transport is None or self.transport.is_closing():
+                self._purging = None
+                return
+            items.clear()
+            count = job.store.purge_expired(
+                on_expired=items.append, batch_bytes=EXPIRED_BATCH_BYTES
+            )
+            if count:
+                job.count += count
+                batch = tuple((item.session_key, item.data) for item in items)
+                self.answer(p.ExpiredBatch(job.request_id, batch))
+                continue
+            self._purging = None
+            self.state.free_if_empty(self.application)
+            self.answer(p.Result(job.request_id, job.count))
+            self.transport.resume_reading()
+            if self._out is None and self.conn.buffered:
+                # Requests that came behind it (outside _process, which goes on by itself).
+                asyncio.get_running_loop().call_soon(self._process)
+            return
 
     def _wait(self, store: MemoryStore, event: p.Wait) -> None:
         local = self.state.local_lock(event.lock_id)
@@ -764,11 +986,16 @@ class _Peer(asyncio.Protocol):
         if previous is not None:  # a client waits once per key at a time
             self._wait_over(slot, previous)
         waiter = _Waiter(self, event.request_id)
+        try:
+            self.state.add_waiter(slot, waiter)
+        except StoreFull as exc:
+            message = f"the state server is full (--max-memory {self.state.max_memory}): {exc}"
+            self.answer(p.Error(event.request_id, p.ErrorCode.STORE_FULL, message))
+            return
         waiter.handle = asyncio.get_running_loop().call_later(
             event.timeout, self._wait_over, slot, waiter
         )
         self.waiting[slot] = waiter
-        self.state.add_waiter(slot, waiter)
 
     def _wait_over(self, slot: tuple[str, str], waiter: _Waiter) -> None:
         if waiter.handle is not None:
@@ -782,12 +1009,20 @@ class _Peer(asyncio.Protocol):
         self.answer(p.Pong(event.request_id, event.payload))
 
     def _stats(self, store: MemoryStore, event: p.Stats) -> None:
+        if self.tenant:  # an application's secret lists that application only
+            self.answer(p.StatsReply(event.request_id, self.server.tenant_stats(self.application)))
+            return
         self.answer(p.StatsReply(event.request_id, self.server.stats()))
 
     def _purge(self, store: MemoryStore, event: p.Purge) -> None:
         count = store.purge_expired()
         for key, *_ in store.snapshot():
             count += store.remove(key)
+        aof = self.server.aof
+        if aof is not None:
+            purge = aof.purge
+            if not self._journaled(event.request_id, lambda: purge(self.application)):
+                return
         self.answer(p.Result(event.request_id, count))
 
 
@@ -813,6 +1048,8 @@ class StateServer:
     def __init__(self, config: ServerConfig) -> None:
         config.validate()
         self.config = config
+        #: --tls-cert's context, loaded now: a bad file stops the start, not the first client.
+        self.ssl_context = config.ssl_context()
         #: --max-memory, or its default derived from the machine (printed at start).
         self.max_memory = config.max_memory or default_max_memory()
         self.state = ServerState(
@@ -824,6 +1061,12 @@ class StateServer:
         self._stopping: asyncio.Event | None = None
         self._rates: collections.deque[tuple[float, int]] = collections.deque(maxlen=RATE_WINDOW)
         self.last_snapshot: float | None = None
+        #: --appendonly's open log (None without it); replaced by each rewrite.
+        self.aof: AppendOnlyLog | None = None
+        # One rewrite (or snapshot) at a time; rewrites started by the log's size run as tasks.
+        self._rewrite_lock = asyncio.Lock()
+        self._rewrites: set[asyncio.Task[None]] = set()
+        self._snapshot_size = 0
         self.sockets: list[Any] = []
         self.max_connections = config.max_connections or default_max_connections()
         # Rate-limited logging of refused connections and of accept() failures: (last logged,
@@ -834,9 +1077,36 @@ class StateServer:
         """Load ``--snapshot`` if the file exists; a bad file raises SnapshotError."""
         if not self.config.snapshot:
             return 0
-        restored = self.state.restore(read_snapshot(self.config.snapshot))
+        snapshot = read_snapshot(self.config.snapshot)
+        if self.config.appendonly:
+            # The snapshot, then every write logged since (PATH.aof, then PATH.aof.next if a
+            # rewrite was cut off): Redis loads its base RDB and replays its AOF the same way.
+            snapshot = restorable(load_appendonly(snapshot, self.config.snapshot))
+        restored = self.state.restore(snapshot)
         logger.info("Restored %d session(s) from %s", restored, self.config.snapshot)
         return restored
+
+    def _open_log(self) -> None:
+        """Fold what was loaded into a fresh snapshot and start an empty log (``--appendonly``).
+
+        The snapshot is written first: until the new log replaces the old one, a crash leaves
+        the old log beside a snapshot that already holds it, which replays to the same sessions.
+        A log cut off by a crash is thereby truncated: its last complete record is the end.
+        """
+        assert self.config.snapshot is not None
+        path = self.config.snapshot
+        write_snapshot(path, self.state.records())
+        self._snapshot_size = os.path.getsize(path)
+        self.aof = AppendOnlyLog(next_log_path(path))
+        switch(path, self.aof)
+        logger.info(
+            "Append-only log %s: every write appended before its reply, fsync every %g s, "
+            "rewritten into %s past %d bytes",
+            log_path(path),
+            FSYNC_INTERVAL,
+            path,
+            self.config.appendonly_rewrite_size,
+        )
 
     async def start(self) -> None:
         self.load_snapshot()
@@ -844,23 +1114,47 @@ class StateServer:
             # Refuse now rather than run for hours and lose everything at shutdown (Redis
             # checks its dump directory at start too).
             check_snapshot_path(self.config.snapshot)
+            if self.config.appendonly:
+                self._open_log()
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(self._loop_exception)
         self._stopping = asyncio.Event()
         try:
             self._server = await loop.create_server(
-                lambda: _Peer(self), self.config.host, self.config.port, reuse_address=True
+                lambda: _Peer(self),
+                self.config.host,
+                self.config.port,
+                reuse_address=True,
+                ssl=self.ssl_context,
+                # The TLS handshake gets --handshake-timeout too (then the protocol's own
+                # handshake starts its timer): a connection that never finishes it is dropped.
+                ssl_handshake_timeout=self.config.handshake_timeout if self.ssl_context else None,
             )
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
             raise OSError(address_in_use(self.config.host, self.config.port)) from None
         self.sockets = list(self._server.sockets)
+        if self.ssl_context is not None:
+            logger.info(
+                "TLS: certificate %s, TLS 1.2 or later, client certificates %s",
+                self.config.tls_cert,
+                f"required (CA {self.config.tls_client_ca})"
+                if self.config.tls_client_ca
+                else "not required",
+            )
+        if self.config.app_secrets:
+            logger.info(
+                "Per-application secrets for %d application(s) (--app-secrets)",
+                len(self.config.app_secrets),
+            )
         self._tasks = [asyncio.create_task(self._tick())]
         if self.config.purge_interval > 0:
             self._tasks.append(asyncio.create_task(self._purge_loop()))
         if self.config.snapshot and self.config.snapshot_interval > 0:
             self._tasks.append(asyncio.create_task(self._snapshot_loop()))
+        if self.aof is not None:
+            self._tasks.append(asyncio.create_task(self._appendonly_loop()))
         names = ", ".join(_address(s.getsockname()) for s in self.sockets)
         logger.info(
             "State server listening on %s (secret: %s, max memory: %s, snapshot: %s, loop: %s)",
@@ -943,23 +1237,63 @@ class StateServer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await asyncio.wait_for(self._server.wait_closed(), 5)
+        # A rewrite in flight finishes (its worker thread cannot be cancelled) before the last.
+        await asyncio.gather(*self._rewrites, return_exceptions=True)
         if self.config.snapshot:
-            await self.write_snapshot()
+            try:
+                await self.write_snapshot()
+            finally:
+                if self.aof is not None:
+                    self.aof.close()
         logger.info("State server stopped")
 
     async def write_snapshot(self) -> int:
-        assert self.config.snapshot is not None
-        records = self.state.records()  # on the loop thread: the stores are not shared
-        started = time.monotonic()
-        count = await asyncio.to_thread(write_snapshot, self.config.snapshot, records)
+        """Write the snapshot; with ``--appendonly``, rewrite the log into it (BGREWRITEAOF)."""
+        path = self.config.snapshot
+        assert path is not None
+        async with self._rewrite_lock:
+            records = self.state.records()  # on the loop thread: the stores are not shared
+            started = time.monotonic()
+            aof = self.aof
+            if aof is None:
+                count = await asyncio.to_thread(write_snapshot, path, records)
+            else:
+                # Appends move to PATH.aof.next at the moment the records are taken (no await
+                # in between); one left there by a failed rewrite keeps taking them.
+                old = None
+                if aof.path != next_log_path(path):
+                    old = aof
+                    aof = self.aof = AppendOnlyLog(next_log_path(path))
+                count = await asyncio.to_thread(rewrite, path, records, old, aof)
+            self._snapshot_size = os.path.getsize(path)
         self.last_snapshot = time.time()
         logger.info(
-            "Wrote %d session(s) to %s in %.2f s",
+            "Wrote %d session(s) to %s in %.2f s%s",
             count,
-            self.config.snapshot,
+            path,
             time.monotonic() - started,
+            "" if self.aof is None else " (append-only log rewritten)",
         )
         return count
+
+    async def _appendonly_loop(self) -> None:
+        # Redis's appendfsync everysec: the fsync runs in a worker thread, never on the loop;
+        # one that takes longer than a second delays the next, it never piles up.
+        while True:
+            await asyncio.sleep(FSYNC_INTERVAL)
+            aof = self.aof
+            if aof is None:
+                continue
+            try:
+                await asyncio.to_thread(aof.sync)
+            except OSError as exc:
+                self.log_limited("fsync", "fsync of the append-only log failed %d time(s): %s", exc)
+            # Redis's auto-aof-rewrite: once the log outgrows its threshold and the snapshot.
+            limit = max(self.config.appendonly_rewrite_size, self._snapshot_size)
+            if aof.size >= limit and not self._rewrite_lock.locked():
+                task = asyncio.create_task(self._snapshot_once())
+                self._rewrites.add(task)
+                task.add_done_callback(self._rewrites.discard)
 
     async def _purge_loop(self) -> None:
         while True:
@@ -971,10 +1305,13 @@ class StateServer:
     async def _snapshot_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.snapshot_interval)
-            try:
-                await self.write_snapshot()
-            except OSError as exc:
-                logger.error("Could not write the snapshot %s: %s", self.config.snapshot, exc)
+            await self._snapshot_once()
+
+    async def _snapshot_once(self) -> None:
+        try:
+            await self.write_snapshot()
+        except OSError as exc:
+            logger.error("Could not write the snapshot %s: %s", self.config.snapshot, exc)
 
     async def _tick(self) -> None:
         while True:
@@ -1006,11 +1343,32 @@ class StateServer:
             },
             "uptime": round(time.time() - state.started, 1),
             "snapshot": self.config.snapshot,
+            "appendonly": None if self.aof is None else self.aof.path,
+            "appendonly_size": None if self.aof is None else self.aof.size,
             "last_snapshot": self.last_snapshot,
             "pid": os.getpid(),
             "protocol_version": p.PROTOCOL_VERSION,
             "loop": _loop_name(asyncio.get_running_loop()),
         }
+
+    def tenant_stats(self, application: str) -> dict[str, Any]:
+        """STATS for a connection holding an application's own secret: that application's
+        sessions, bytes, locks, waiters and connections, never another's name or figures."""
+        stats = self.stats()
+        store = self.state.stores.get(application)
+        peers = [peer for peer in self.peers if peer.application == application]
+        stats.update(
+            sessions=len(store) if store is not None else 0,
+            bytes=store.bytes if store is not None else 0,
+            locks=sum(len(peer.held) for peer in peers),
+            waiters=sum(len(w) for (app, _), w in self.state.waiters.items() if app == application),
+            connections=len(peers),
+            applications={application: {"sessions": len(store), "bytes": store.bytes}}
+            if store is not None
+            else {},
+            scope=application,
+        )
+        return stats
 
 
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})

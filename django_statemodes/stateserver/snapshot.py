@@ -9,7 +9,8 @@ start. Layout (network byte order)::
              data_len:u32 data            (data_len 0xFFFFFFFF means no data)
     app_len:u16 = 0   count:u64           (end marker: a cut-off file is detected)
 
-Locks are not kept: a restarted server starts with every session unlocked.
+Locks are not kept: a restarted server starts with every session unlocked. The append-only log
+(``appendonly.py``) frames the same records (``encode_record``, ``read_record``): one encoding.
 """
 
 from __future__ import annotations
@@ -17,12 +18,22 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO, Final
 
 from .errors import SnapshotError
 
-__all__ = ["SnapshotError", "check_snapshot_path", "read_snapshot", "write_snapshot"]
+__all__ = [
+    "SnapshotError",
+    "check_snapshot_path",
+    "encode_names",
+    "encode_record",
+    "read_names",
+    "read_record",
+    "read_snapshot",
+    "sync_directory",
+    "write_snapshot",
+]
 
 MAGIC: Final = b"SMSNAP"
 VERSION: Final = 1
@@ -34,6 +45,41 @@ _COUNT = struct.Struct("!Q")
 
 #: One record: (application, key, data, timeout, seconds_left), as MemoryStore.snapshot() plus app.
 Record = tuple[str, str, Any, int, float]
+
+
+def encode_names(app: str, key: str) -> bytes:
+    """``app_len:u16 app key_len:u8 key``: how a record names its session."""
+    app_bytes, key_bytes = app.encode("utf-8"), key.encode("ascii")
+    return _U16.pack(len(app_bytes)) + app_bytes + bytes([len(key_bytes)]) + key_bytes
+
+
+def encode_record(app: str, key: str, data: Any, timeout: int, seconds_left: float) -> bytes:
+    """One session as the snapshot (and the append-only log) stores it."""
+    size = NO_DATA if data is None else len(data)
+    head = encode_names(app, key) + _TAIL.pack(timeout, seconds_left, size)
+    return head if data is None else head + bytes(data)
+
+
+#: Reads exactly ``size`` bytes or raises SnapshotError (a cut-off file).
+Reader = Callable[[int], bytes]
+
+
+def read_names(read: Reader, path: str, app_length: int | None = None) -> tuple[str, str]:
+    """Read what ``encode_names`` wrote (its ``app_len`` already read if given)."""
+    if app_length is None:
+        (app_length,) = _U16.unpack(read(_U16.size))
+    try:
+        return read(app_length).decode("utf-8"), read(read(1)[0]).decode("ascii")
+    except UnicodeDecodeError:
+        raise SnapshotError(f"{path} is corrupt (bad name)") from None
+
+
+def read_record(read: Reader, path: str, app_length: int | None = None) -> Record:
+    """Read what ``encode_record`` wrote (its ``app_len`` already read if given)."""
+    app, key = read_names(read, path, app_length)
+    timeout, seconds_left, data_length = _TAIL.unpack(read(_TAIL.size))
+    data = None if data_length == NO_DATA else read(data_length)
+    return app, key, data, timeout, seconds_left
 
 
 def _records(stream: BinaryIO, path: str) -> Iterator[Record]:
@@ -58,15 +104,9 @@ def _records(stream: BinaryIO, path: str) -> Iterator[Record]:
             if stream.read(1):
                 raise SnapshotError(f"snapshot {path} has bytes after its end marker")
             return
-        try:
-            app = read(app_length).decode("utf-8")
-            key = read(read(1)[0]).decode("ascii")
-        except UnicodeDecodeError:
-            raise SnapshotError(f"snapshot {path} is corrupt (bad name)") from None
-        timeout, seconds_left, data_length = _TAIL.unpack(read(_TAIL.size))
-        data = None if data_length == NO_DATA else read(data_length)
+        record = read_record(read, f"snapshot {path}", app_length)
         count += 1
-        yield app, key, data, timeout, seconds_left
+        yield record
 
 
 def read_snapshot(path: str) -> dict[str, list[tuple[str, Any, int, float]]]:
@@ -122,13 +162,17 @@ def write_snapshot(path: str, records: Iterable[Record]) -> int:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    # The rename itself is durable only once the directory is synced.
+    sync_directory(path)
+    return count
+
+
+def sync_directory(path: str) -> None:
+    """fsync the directory holding ``path``: a rename is durable only once it is synced."""
     directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
-    return count
 
 
 def _write_tmp(tmp: str, records: Iterable[Record]) -> int:
@@ -139,12 +183,10 @@ def _write_tmp(tmp: str, records: Iterable[Record]) -> int:
         write = stream.write
         write(MAGIC + bytes([VERSION]))
         for app, key, data, timeout, seconds_left in records:
-            app_bytes, key_bytes = app.encode("utf-8"), key.encode("ascii")
-            write(_U16.pack(len(app_bytes)) + app_bytes + bytes([len(key_bytes)]) + key_bytes)
-            size = NO_DATA if data is None else len(data)
-            write(_TAIL.pack(timeout, seconds_left, size))
+            write(encode_names(app, key))
+            write(_TAIL.pack(timeout, seconds_left, NO_DATA if data is None else len(data)))
             if data is not None:
-                write(data)
+                write(data)  # not joined to the head: a 4 MiB payload is not copied
             count += 1
         write(_U16.pack(0) + _COUNT.pack(count))
         stream.flush()

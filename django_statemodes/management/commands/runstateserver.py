@@ -6,10 +6,12 @@ import logging
 import os
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_statemodes.conf import conf
 from django_statemodes.exceptions import SnapshotError, StateServerError
+from django_statemodes.providers.stateserver import StateServerProvider
 from django_statemodes.stateserver.addresses import Address, parse_address, parse_connection
 from django_statemodes.stateserver.client import StateServerClient
 from django_statemodes.stateserver.options import add_arguments, build_config, format_stats
@@ -38,7 +40,10 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(f"Bad state server address: {exc}") from exc
         if options["stats"]:
-            self._print_stats(address, options)
+            if options["addrport"]:
+                self._print_stats(address)
+            else:
+                self._print_farm_stats()
             return
         if not options.get("secret_file") and conf.STATEMODES_STATE_SECRET:
             # The site's own secret, so one settings file serves the web and the server.
@@ -55,7 +60,8 @@ class Command(BaseCommand):
         except (ValueError, OSError, SnapshotError) as exc:
             raise CommandError(str(exc)) from exc
 
-    def _print_stats(self, address: Address, options: dict[str, Any]) -> None:
+    def _print_stats(self, address: Address) -> None:
+        """The statistics of the server at ``addrport`` (a plain link: the site's secret)."""
         client = StateServerClient(
             address,
             timeout=conf.STATEMODES_STATE_NETWORK_TIMEOUT,
@@ -70,3 +76,17 @@ class Command(BaseCommand):
             client.close()
         self.stdout.write(f"State server at {address}")
         self.stdout.write(format_stats(stats))
+
+    def _print_farm_stats(self) -> None:
+        """The statistics of every server of STATEMODES_STATE_CONNECTION, reached as the site
+        reaches them (secret, TLS settings for ``tls=`` addresses)."""
+        provider = StateServerProvider()
+        try:
+            by_server = provider.stats()
+        except (StateServerError, ImproperlyConfigured) as exc:
+            raise CommandError(str(exc)) from exc
+        finally:
+            provider.close()
+        for server, stats in by_server.items():
+            self.stdout.write(f"State server at {server}")
+            self.stdout.write(format_stats(stats))
