@@ -223,3 +223,49 @@ def test_after_a_sentinel_failover_the_provider_works_on_the_promoted_replica(
         other = new_key()
         lock_and_write(provider, other)
         assert to_replica.exists(item_key(other))
+
+
+def test_a_lock_whose_release_failed_in_a_sentinel_failover_is_freed_after_the_promotion(
+    settings: Any, tmp_path: Path
+) -> None:
+    """The lock reached the replica, the primary died, the release failed (503): the provider's
+    releaser ends the lock on the promoted replica instead of leaving it for the lock timeout."""
+    lock_timeout = 600.0  # what a session stuck behind the lost release would wait
+    settings.STATEMODES_LOCK_TIMEOUT = lock_timeout
+    primary = RedisServer()
+    replica = RedisServer("--replicaof", "127.0.0.1", str(primary.port))
+    with running(primary, replica), sentinel(tmp_path, primary) as (watcher, name):
+        to_replica = replica_of(replica, primary)
+        wait_for(
+            lambda: command(watcher, "SENTINEL", "REPLICAS", name),
+            "sentinel never found the replica",
+        )
+        provider = use_cache(settings, sentinel_cache(watcher, name))
+        try:
+            key = new_key()
+            assert provider.set_and_release(key, PAYLOAD, lock_id=None, timeout=60, new_item=True)
+            held = provider.get_exclusive(key)
+            assert held is not None and not held.locked
+            assert command(redis.Redis(port=primary.port), "WAIT", 1, 5000) == 1
+            primary.kill()
+            with pytest.raises(SessionStoreUnavailable):
+                provider.release(key, held.lock_id)
+            wait_for(lambda: command(to_replica, "ROLE")[0] == b"master", "no promotion", 30)
+            promoted = time.monotonic()
+
+            def unlocked() -> bool:
+                try:
+                    item = provider.get(key)
+                except SessionStoreUnavailable:
+                    return False
+                return item is not None and not item.locked
+
+            # A hundredth of the lock timeout: nothing waited for it.
+            wait_for(unlocked, "the lock stayed on the promoted replica", lock_timeout / 100)
+            assert time.monotonic() - promoted < lock_timeout / 100
+            assert provider._releaser.released >= 1
+            # The session is usable at once by a new request.
+            again = provider.get_exclusive(key)
+            assert again is not None and not again.locked and again.lock_id > held.lock_id
+        finally:
+            provider.close()

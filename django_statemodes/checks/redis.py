@@ -1,4 +1,6 @@
-"""Checks of the Redis provider's options in Custom mode: E040, E041, W060."""
+"""Checks of the Redis provider's options in Custom mode: E040, E041, W060, and Redis Cluster's
+E054 (a configuration Cluster cannot have), E055 (a cluster node behind a plain alias) and E056
+(``CLUSTER`` on an alias whose Redis is not a cluster)."""
 
 from __future__ import annotations
 
@@ -41,7 +43,91 @@ def check_redis_provider(options: dict[str, Any]) -> list[CheckMessage]:
                 id="django_statemodes.E041",
             )
         ]
-    return check_shared_alias(alias, caches_setting)
+    return [
+        *check_cluster(alias, caches_setting[alias]),
+        *check_shared_alias(alias, caches_setting),
+    ]
+
+
+def check_cluster(alias: str, config: dict[str, Any]) -> list[CheckMessage]:
+    """Check that ``OPTIONS["CLUSTER"]`` matches what the alias's Redis is.
+
+    A plain client on a cluster node works for the keys of that node's slots only (the others
+    answer MOVED: 503s); a cluster client on a plain Redis cannot start. The Redis is asked
+    (``INFO cluster``, 1 s at most); an unreachable one is left to the 503s and their log.
+    """
+    options = config.get("OPTIONS") or {}
+    cluster = bool(options.get("CLUSTER"))
+    urls = sorted(redis_databases(config), key=str)
+    if cluster:
+        client_class = str(options.get("CLIENT_CLASS", ""))
+        problems = [
+            f"{host}:{port} uses database {db}" for scheme, host, port, db in urls if db != "0"
+        ]
+        problems += [f"{host} is a Unix socket" for scheme, host, _, _ in urls if scheme == "unix"]
+        if client_class.endswith(("SentinelClient", "ShardClient")):
+            problems.append(f"CLIENT_CLASS is {client_class}")
+        if problems:
+            return [
+                Error(
+                    f"The Redis provider's cache {alias!r} has OPTIONS['CLUSTER'] but "
+                    f"{'; '.join(problems)}.",
+                    hint="Redis Cluster has database 0 only and is reached over TCP; list "
+                    "some of its nodes in LOCATION (redis://host:port/0) and keep django-redis's "
+                    "DefaultClient (docs/redis.md, Redis Cluster).",
+                    id="django_statemodes.E054",
+                )
+            ]
+    elif "Sentinel" in str(options.get("CLIENT_CLASS", "")):
+        return []  # LOCATION names a Sentinel service, not a server to ask
+    enabled = cluster_enabled(config)
+    if enabled is True and not cluster:
+        return [
+            Error(
+                f"The Redis behind the Redis provider's cache {alias!r} is a Redis Cluster node, "
+                "and the alias is not configured for a cluster.",
+                hint='Add "CLUSTER": True to the alias\'s OPTIONS: without it every session '
+                "whose slot is on another node gets a 503 (MOVED).",
+                id="django_statemodes.E055",
+            )
+        ]
+    if enabled is False and cluster:
+        return [
+            Error(
+                f"The Redis provider's cache {alias!r} has OPTIONS['CLUSTER'], and its Redis is "
+                "not a cluster (cluster_enabled:0).",
+                hint='Remove "CLUSTER" from the alias\'s OPTIONS, or point LOCATION at the '
+                "cluster's nodes.",
+                id="django_statemodes.E056",
+            )
+        ]
+    return []
+
+
+def cluster_enabled(config: dict[str, Any]) -> bool | None:
+    """``cluster_enabled`` of INFO on the alias's first server; None if it cannot be asked."""
+    location = config.get("LOCATION", "")
+    urls = location.split(",") if isinstance(location, str) else list(location or [])
+    if not urls:
+        return None
+    options = config.get("OPTIONS") or {}
+    try:
+        import redis
+
+        client = redis.Redis.from_url(
+            str(urls[0]).strip(),
+            username=options.get("USERNAME"),
+            password=options.get("PASSWORD"),
+            socket_connect_timeout=0.5,
+            socket_timeout=1,
+        )
+        try:
+            info = client.info("cluster")
+        finally:
+            client.close()
+    except Exception:  # not installed, down, refused, wrong password: nothing to say here
+        return None
+    return bool(info.get("cluster_enabled"))
 
 
 def check_shared_alias(alias: str, caches: dict[str, Any]) -> list[CheckMessage]:

@@ -27,6 +27,15 @@ built from the django-redis alias's URL(s) and OPTIONS; a full pool is ``Session
 Sentinel keeps django-redis's pool (only it finds the primary), and its async twins run in a small
 executor of ours. The ``{key}`` hash tags let django-redis's ``ShardClient`` ring pick a
 session's server; each shard keeps its own expiry set and subscriber.
+
+Redis Cluster (``OPTIONS["CLUSTER"]`` on the alias): redis-py's cluster clients, and keys
+bucketed so that a session's hash and its expiry set share a hash slot (see redis_cluster.py).
+
+Failover (Sentinel or Cluster): an exclusive get or a save carries a random token stored with
+the item, so a call redis-py sends again after its reply was lost is recognised (a lock granted
+to itself, a write already applied); a call that takes or ends a lock and fails hands the release
+to ``_Releaser``, which retries it until the new primary answers. No lock left on a promoted
+replica waits for STATEMODES_LOCK_TIMEOUT.
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ import os
 import queue
 import socket
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -49,12 +60,21 @@ from django_redis.pool import SentinelConnectionFactory
 from redis import BlockingConnectionPool, Redis
 from redis.asyncio import BlockingConnectionPool as AsyncBlockingConnectionPool
 from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    MaxConnectionsError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisClusterException,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from django_statemodes.conf import conf
 from django_statemodes.exceptions import SessionStoreUnavailable
+from django_statemodes.providers import redis_cluster
 from django_statemodes.providers.base import ExpiredItem, SessionStateProvider, StateItem
 from django_statemodes.providers.pool import PerLoop, exhausted
 from django_statemodes.providers.wakeups import Wakeups
@@ -72,7 +92,25 @@ SUBSCRIBER_HEALTH_CHECK = 30
 
 # Errors that mean "the store cannot be reached now" (503), not a bug. ReadOnlyError is a
 # replica answering during a Sentinel failover, before the client has found the new primary.
-UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+# In a cluster: ClusterError (CLUSTERDOWN, and redis-py's "TTL exhausted" after MOVED/ASK
+# redirections that kept failing), RedisClusterException (no reachable node, a slot with no
+# primary) and the MOVED/ASK/TRYAGAIN replies redis-py gives up on during a failover.
+UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    OSError,
+    ClusterError,
+    RedisClusterException,
+    AskError,
+    TryAgainError,
+)
+# MOVED and ASK (AskError, MovedError): redis-py follows them in Cluster mode and gives up
+# only during a failover; to a plain client they mean the alias points at a cluster node.
+# How often the releaser tries again to end a lock whose holder's last call failed.
+RELEASE_RETRY = 0.25
+# The most lock releases the releaser keeps waiting to be retried (the oldest are dropped).
+RELEASE_BACKLOG = 1000
 
 # Shared Lua: the server's clock in ms, the slide of an item's expiry by its timeout and the
 # wake-up of waiters. KEYS[1] is always the item hash; @GRACE_MS@ is the provider's end_grace.
@@ -89,20 +127,26 @@ local function slide(to)
 end
 -- A lock ended: if a waiter flagged the item (the 'wt' field, set by _WATCH), tell the
 -- subscribers, on '<namespace>released', the session key. Without waiters: no PUBLISH.
+-- The item is '<ns>s:{<key>}', or in Cluster mode '<ns>s:{<bucket>}<key>'.
 local function released(waiters)
   if waiters ~= '1' then return end
   redis.call('HDEL', KEYS[1], 'wt')
-  local ns, key = string.match(KEYS[1], '^(.*)s:{(.*)}$')
+  local ns, tag, key = string.match(KEYS[1], '^(.*)s:{(.-)}(.*)$')
+  if key == '' then key = tag end
   redis.call('PUBLISH', ns .. 'released', key)
 end
 """
 
-# ARGV[1]: '1' for an exclusive get. Returns nil, or one string: a header line
-# "locked lock_id lock_age_ms timeout initialize has_data" and then the payload. One bulk
-# string instead of an array: far less for the client to parse. An exclusive get of an item
-# held by another request returns the header alone (the holder's lock id and lock age).
+# ARGV[1]: '1' for an exclusive get, ARGV[2] its token (see _token). Returns nil, or one
+# string: a header line "locked lock_id lock_age_ms timeout initialize has_data" and then the
+# payload. One bulk string instead of an array: far less for the client to parse. An exclusive
+# get of an item held by another request returns the header alone (the holder's lock id and
+# lock age). The lock's holder is also recorded by token ('tk'): the same get, retried by
+# redis-py after its reply was lost in a failover, is the holder and not a waiter on itself.
+# The lock id grows by 1 + a random amount taken from the token, so that a lock granted by a
+# primary that died before replicating it and one granted by its promoted replica differ.
 _GET = """
-local f = redis.call('HMGET', KEYS[1], 'ex', 'to', 'lk', 'lid', 'lt', 'in', 'd')
+local f = redis.call('HMGET', KEYS[1], 'ex', 'to', 'lk', 'lid', 'lt', 'in', 'd', 'tk')
 if not f[1] or tonumber(f[1]) <= now then return nil end
 local to = tonumber(f[2])
 local ex = slide(to)
@@ -110,16 +154,20 @@ local lid = tonumber(f[4])
 local init = 0
 if f[6] == '1' then init = 1 end
 local age = 0
-if f[3] == '1' then
+local mine = ARGV[1] == '1' and f[3] == '1' and f[8] == ARGV[2]
+if f[3] == '1' and not mine then
   age = now - tonumber(f[5])
   if ARGV[1] == '1' then
     redis.call('HSET', KEYS[1], 'ex', ex)
     return string.format('1 %d %d %d 0 0\\n', lid, age, to)
   end
   redis.call('HSET', KEYS[1], 'ex', ex, 'in', '0')
+elseif mine then
+  redis.call('HSET', KEYS[1], 'ex', ex, 'in', '0')
 elseif ARGV[1] == '1' then
-  lid = lid + 1
-  redis.call('HSET', KEYS[1], 'ex', ex, 'in', '0', 'lk', '1', 'lid', lid, 'lt', now)
+  lid = lid + 1 + tonumber(string.sub(ARGV[2], 1, 4), 16)
+  redis.call('HSET', KEYS[1], 'ex', ex, 'in', '0', 'lk', '1', 'lid', lid, 'lt', now,
+             'tk', ARGV[2])
 else
   redis.call('HSET', KEYS[1], 'ex', ex, 'in', '0')
 end
@@ -133,20 +181,23 @@ return string.format('%d %d %d %d %d 0\\n', locked, lid, age, to, init)
 
 # KEYS[2] expiry set; ARGV[1] session key, ARGV[2] payload, ARGV[3] lock
 # id or '', ARGV[4] timeout, ARGV[5] three flags: new item, release, uninitialized (no
-# payload). Returns 1 if written, 0 if refused.
+# payload), ARGV[6] the write's token. Returns 1 if written, 0 if refused. A write whose token
+# is already there is this very write, retried after its reply was lost: 1, and nothing done.
 _SET = """
 local to = tonumber(ARGV[4])
-local f = redis.call('HMGET', KEYS[1], 'ex', 'lk', 'lid', 'to', 'wt')
+local f = redis.call('HMGET', KEYS[1], 'ex', 'lk', 'lid', 'to', 'wt', 'tk')
 local live = f[1] and tonumber(f[1]) > now
+if live and f[6] == ARGV[6] then return 1 end
 if string.sub(ARGV[5], 1, 1) == '1' then
   if live then return 0 end
   redis.call('DEL', KEYS[1])
   local ex = now + to * 1000
   if string.sub(ARGV[5], 3, 3) == '1' then
-    redis.call('HSET', KEYS[1], 'ex', ex, 'to', to, 'lk', '0', 'lid', 1, 'lt', 0, 'in', '1')
+    redis.call('HSET', KEYS[1], 'ex', ex, 'to', to, 'lk', '0', 'lid', 1, 'lt', 0, 'in', '1',
+               'tk', ARGV[6])
   else
     redis.call('HSET', KEYS[1], 'd', ARGV[2], 'ex', ex, 'to', to, 'lk', '0', 'lid', 1,
-               'lt', 0, 'in', '0')
+               'lt', 0, 'in', '0', 'tk', ARGV[6])
   end
   slide(to)  -- after HSET: PEXPIRE needs the key to exist
   redis.call('ZADD', KEYS[2], ex, ARGV[1])
@@ -159,23 +210,28 @@ if tonumber(f[4]) ~= to then
   redis.call('ZADD', KEYS[2], ex, ARGV[1])  -- a shorter timeout may expire before the score
 end
 if string.sub(ARGV[5], 2, 2) == '1' and ARGV[3] ~= '' then
-  redis.call('HSET', KEYS[1], 'd', ARGV[2], 'ex', ex, 'to', to, 'in', '0', 'lk', '0')
+  redis.call('HSET', KEYS[1], 'd', ARGV[2], 'ex', ex, 'to', to, 'in', '0', 'lk', '0',
+             'tk', ARGV[6])
   released(f[5])
 else
-  redis.call('HSET', KEYS[1], 'd', ARGV[2], 'ex', ex, 'to', to, 'in', '0')
+  redis.call('HSET', KEYS[1], 'd', ARGV[2], 'ex', ex, 'to', to, 'in', '0', 'tk', ARGV[6])
 end
 return 1
 """
 
-# ARGV[1] lock id, or '' to slide the expiry only. Unlocks (if the lock id matches) and slides.
+# ARGV[1] lock id, or '' and ARGV[2] the token of the exclusive get that took the lock (an
+# exclusive get whose reply was lost: see _Releaser), or both '' to slide the expiry only.
+# Unlocks (if the lock id or token matches) and slides.
 _RELEASE = """
-local f = redis.call('HMGET', KEYS[1], 'ex', 'to', 'lk', 'lid', 'wt')
+local f = redis.call('HMGET', KEYS[1], 'ex', 'to', 'lk', 'lid', 'wt', 'tk')
 if not f[1] or tonumber(f[1]) <= now then return 0 end
-if ARGV[1] == '' then
+if ARGV[1] == '' and ARGV[2] == '' then
   redis.call('HSET', KEYS[1], 'ex', slide(tonumber(f[2])))
   return 1
 end
-if f[3] ~= '1' or tonumber(f[4]) ~= tonumber(ARGV[1]) then return 0 end
+if f[3] ~= '1' then return 0 end
+if ARGV[1] ~= '' and tonumber(f[4]) ~= tonumber(ARGV[1]) then return 0 end
+if ARGV[1] == '' and f[6] ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], 'ex', slide(tonumber(f[2])), 'lk', '0')
 released(f[5])
 return 1
@@ -196,17 +252,18 @@ released(f[3])
 return 1
 """
 
-# KEYS[1] expiry set; ARGV[1] item key prefix, ARGV[2] wake-up channel, ARGV[3] batch size,
-# ARGV[4] '1' to return payloads, ARGV[5] '1' for a dry run (count only).
+# KEYS[1] expiry set; ARGV[1] and ARGV[2] what comes before and after a session key in its
+# item's key, ARGV[3] wake-up channel, ARGV[4] batch size, ARGV[5] '1' to return payloads,
+# ARGV[6] '1' for a dry run (count only).
 # Returns {session key, payload or nil, ...} for the expired items it removed.
 _PURGE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if ARGV[5] == '1' then return redis.call('ZCOUNT', KEYS[1], '-inf', now) end
-local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+if ARGV[6] == '1' then return redis.call('ZCOUNT', KEYS[1], '-inf', now) end
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
 local out = {}
 for _, m in ipairs(members) do
-  local k = ARGV[1] .. '{' .. m .. '}'
+  local k = ARGV[1] .. m .. ARGV[2]
   local f = redis.call('HMGET', k, 'ex', 'lk', 'd')
   if f[1] and tonumber(f[1]) > now then
     redis.call('ZADD', KEYS[1], f[1], m)
@@ -214,10 +271,10 @@ for _, m in ipairs(members) do
     redis.call('ZREM', KEYS[1], m)
     if f[1] then
       redis.call('DEL', k)
-      if f[2] == '1' then redis.call('PUBLISH', ARGV[2], m) end
+      if f[2] == '1' then redis.call('PUBLISH', ARGV[3], m) end
     end
     out[#out + 1] = m
-    if ARGV[4] == '1' and f[3] then out[#out + 1] = f[3] else out[#out + 1] = false end
+    if ARGV[5] == '1' and f[3] then out[#out + 1] = f[3] else out[#out + 1] = false end
   end
 end
 return out
@@ -312,11 +369,69 @@ class _Server:
     """One Redis server of the alias (its primary, or one shard), as this provider uses it."""
 
     name: str  # the LOCATION URL (django-redis's shard name)
-    client: Redis  # the blocking path's client, over a bounded pool
+    client: Any  # the blocking path's Redis (or RedisCluster), over bounded pools
     # redis-py connection kwargs (URL included) for the async path and the subscriber; None
     # for Sentinel, whose primary only django-redis's Sentinel pool knows how to find.
     params: dict[str, Any] | None
     subscriber: _Subscriber
+    cluster: bool = False  # one _Server for a whole Redis Cluster: redis-py routes by slot
+
+
+class _Releaser:
+    """Ends the locks whose holder's last call failed, by retrying until the store answers.
+
+    During a failover the call that ends a lock (save-and-release, release) or the exclusive
+    get whose reply was lost can fail while the lock itself reached the promoted replica; left
+    alone, that session would wait the full STATEMODES_LOCK_TIMEOUT. A daemon thread (started
+    on demand, also in a forked child) retries a plain release, by lock id or by the exclusive
+    get's token, every RELEASE_RETRY seconds until it is answered or the lock timeout has
+    passed anyway. A release of a lock that is not (or no longer) that one does nothing.
+    """
+
+    def __init__(self, release: Callable[[str, str, str], Any]) -> None:
+        self._release = release
+        self._pending: deque[tuple[str, str, str, float]] = deque(maxlen=RELEASE_BACKLOG)
+        self._mutex = threading.Lock()
+        self._pid = 0  # the process whose thread is running, 0 when none is
+        self.released = 0  # releases that reached the store: the tests count them
+
+    def add(self, session_key: str, lock: str, token: str) -> None:
+        deadline = time.monotonic() + conf.STATEMODES_LOCK_TIMEOUT
+        with self._mutex:
+            self._pending.append((session_key, lock, token, deadline))
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(
+                    target=self._run, name="statemodes-redis-releaser", daemon=True
+                ).start()
+
+    def pending(self) -> int:
+        with self._mutex:
+            return len(self._pending)
+
+    def _run(self) -> None:
+        while True:
+            with self._mutex:
+                batch = list(self._pending)
+                self._pending.clear()
+                if not batch:
+                    self._pid = 0
+                    return
+            retry = []
+            for number, (session_key, lock, token, _deadline) in enumerate(batch):
+                try:
+                    self._release(session_key, lock, token)
+                    self.released += 1
+                except Exception:  # still failing over: again, until the lock timed out
+                    # One failure says the store is still away: the rest wait for the next
+                    # round too, so an outage costs one attempt per round, not one per lock.
+                    now = time.monotonic()
+                    retry = [entry for entry in batch[number:] if entry[3] > now]
+                    break
+            with self._mutex:
+                self._pending.extendleft(reversed(retry))
+            if retry:
+                time.sleep(RELEASE_RETRY)
 
 
 class _Subscriber:
@@ -409,6 +524,8 @@ class RedisProvider(SessionStateProvider):
     ) -> None:
         super().__init__(cache_alias=cache_alias, key_prefix=key_prefix, end_grace=end_grace)
         self.cache_alias = cache_alias or conf.STATEMODES_REDIS_ALIAS
+        # Redis Cluster: OPTIONS["CLUSTER"] on the alias (django-redis ignores the key).
+        self.cluster = is_cluster_alias(self.cache_alias)
         self.namespace = f"{key_prefix}:{conf.STATEMODES_APPLICATION_NAME}:"
         self.expiry_key = self.namespace + "expiry"
         self.channel = self.namespace + "released"
@@ -423,9 +540,10 @@ class RedisProvider(SessionStateProvider):
         # Sentinel only: django-redis's pool finds the primary; these bound our use of it.
         self._gate: threading.BoundedSemaphore | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._aclients: PerLoop[dict[str, AsyncRedis]] = PerLoop(self._async_clients)
-        self._loop_clients: list[tuple[asyncio.AbstractEventLoop, dict[str, AsyncRedis]]] = []
+        self._aclients: PerLoop[dict[str, Any]] = PerLoop(self._async_clients)
+        self._loop_clients: list[tuple[asyncio.AbstractEventLoop, dict[str, Any]]] = []
         self.wakeups = Wakeups()
+        self._releaser = _Releaser(functools.partial(self._run, "release"))
 
     # Connections: built once from the alias's settings (see docs/redis.md, "Connections").
 
@@ -435,6 +553,10 @@ class RedisProvider(SessionStateProvider):
                 return
             client = _django_redis_client(self.cache_alias)
             factory = client.connection_factory
+            if self.cluster:
+                self._connect_cluster(client)
+                self._connected = True
+                return
             sentinel = isinstance(factory, SentinelConnectionFactory)
             sharded = hasattr(client, "get_server_name") and hasattr(client, "_serverdict")
             if sharded:  # ShardClient: one server per key, by django-redis's hash ring
@@ -466,6 +588,22 @@ class RedisProvider(SessionStateProvider):
                 self._primary = self._servers[names[0]]
             self._connected = True
 
+    def _connect_cluster(self, client: Any) -> None:
+        """One cluster client for all of LOCATION's nodes (startup nodes), bounded per node."""
+        urls = list(client._server)
+        params = {**_connection_params(client.connection_factory, urls[0]), "urls": urls}
+        pool = functools.partial(
+            _BlockingPool, max_connections=self.max_connections, timeout=self.connection_wait
+        )
+        with self._unavailable():  # redis-py asks a startup node for the slot map at once
+            sync = redis_cluster.cluster_client(params, pool)
+        connect = functools.partial(
+            redis_cluster.node_client, sync, params, health_check_interval=SUBSCRIBER_HEALTH_CHECK
+        )
+        subscriber = _Subscriber(connect, self.channel, self.wakeups)
+        self._primary = _Server("cluster", sync, params, subscriber, cluster=True)
+        self._servers = {"cluster": self._primary}
+
     def _server(self, item_key: str) -> _Server:
         if not self._connected:
             self._connect()
@@ -474,7 +612,7 @@ class RedisProvider(SessionStateProvider):
         assert self._shard_of is not None
         return self._servers[self._shard_of(item_key)]
 
-    def _async_clients(self) -> dict[str, AsyncRedis]:
+    def _async_clients(self) -> dict[str, Any]:
         """This event loop's clients (redis.asyncio binds a connection to its loop)."""
         # asyncio.run() and async_to_sync end their loops without closing our connections, and
         # a closed loop can never close them: shut their sockets down here, when a new loop
@@ -483,9 +621,14 @@ class RedisProvider(SessionStateProvider):
             self._loop_clients.remove((loop, dead))
             for aclient in dead.values():
                 _shut_down(aclient)
-        clients = {}
+        clients: dict[str, Any] = {}
         for server in self._servers.values():
-            if server.params is not None:
+            if server.cluster:
+                assert server.params is not None
+                clients[server.name] = redis_cluster.async_cluster_client(
+                    server.params, self.max_connections
+                )
+            elif server.params is not None:
                 params = {k: v for k, v in server.params.items() if k != "parser_class"}
                 pool = _AsyncBlockingPool.from_url(
                     **params, max_connections=self.max_connections, timeout=self.connection_wait
@@ -508,13 +651,31 @@ class RedisProvider(SessionStateProvider):
     def _unavailable(self) -> Iterator[None]:
         try:
             yield
+        except MaxConnectionsError as exc:  # redis.asyncio's cluster pools do not wait
+            raise exhausted(f"Redis Cluster ({self.cache_alias})", self.max_connections, 0) from exc
         except UNAVAILABLE as exc:
+            hint = ""
+            if not self.cluster and isinstance(exc, (AskError, ClusterError)):
+                hint = (
+                    " This Redis is a Redis Cluster node: set OPTIONS['CLUSTER'] = True on "
+                    "the alias (check django_statemodes.E055)."
+                )
             raise SessionStoreUnavailable(
                 f"Unable to make the session state request to Redis (cache alias "
                 f"{self.cache_alias!r}): {exc}. Check that Redis is running and that "
-                "STATEMODES_REDIS_ALIAS names the right CACHES entry.",
+                f"STATEMODES_REDIS_ALIAS names the right CACHES entry.{hint}",
                 setting="STATEMODES_REDIS_ALIAS",
             ) from exc
+
+    @contextmanager
+    def _ending(self, session_key: str, lock: str, token: str = "") -> Iterator[None]:
+        """Hand the lock to the releaser if this call, which ends or takes it, fails."""
+        try:
+            yield
+        except SessionStoreUnavailable:
+            if lock or token:
+                self._releaser.add(session_key, lock, token)
+            raise
 
     # One script call, in three steps: _call builds it (keys and arguments, shared), _eval or
     # _aeval runs it, the caller reads the reply (shared). EVALSHA, one round trip; the script
@@ -526,10 +687,17 @@ class RedisProvider(SessionStateProvider):
     ) -> tuple[str, list[str], list[Any]] | None:
         if not isinstance(session_key, str):
             return None  # exists(None) and friends: Django asks about keys not made yet
-        item = f"{self.namespace}s:{{{session_key}}}"
+        item, expiry = self._keys(session_key)
         if name in ("set", "remove"):  # they also index the item in the expiry set
-            return item, [item, self.expiry_key], [session_key, *args]
+            return item, [item, expiry], [session_key, *args]
         return item, [item], list(args)
+
+    def _keys(self, session_key: str) -> tuple[str, str]:
+        """A session's hash and its expiry set: in one hash slot in Cluster mode."""
+        if self.cluster:
+            tag = redis_cluster.bucket(session_key)
+            return f"{self.namespace}s:{{{tag}}}{session_key}", f"{self.expiry_key}:{{{tag}}}"
+        return f"{self.namespace}s:{{{session_key}}}", self.expiry_key
 
     def _eval(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
         sha, source = self._scripts[name]
@@ -600,7 +768,12 @@ class RedisProvider(SessionStateProvider):
             raise TypeError(f"RedisProvider stores bytes payloads, not {type(data).__name__}")
         lock = "" if lock_id is None else str(int(lock_id))
         flags = ("1" if new_item else "0") + ("0" if keep_lock else "1") + "0"
-        return data, lock, str(int(timeout)), flags
+        return data, lock, str(int(timeout)), flags, _token()
+
+    @staticmethod
+    def _ends_lock(lock_id: int | None, keep_lock: bool) -> str:
+        """The lock a save ends ('' if it ends none), for the releaser."""
+        return "" if lock_id is None or keep_lock else str(int(lock_id))
 
     @staticmethod
     def _lock_arg(lock_id: int | None) -> str:
@@ -609,10 +782,12 @@ class RedisProvider(SessionStateProvider):
     # The contract.
 
     def get(self, session_key: str) -> StateItem | None:
-        return self._item(self._run("get", session_key, "0"))
+        return self._item(self._run("get", session_key, "0", ""))
 
     def get_exclusive(self, session_key: str) -> StateItem | None:
-        return self._item(self._run("get", session_key, "1"))
+        token = _token()
+        with self._ending(session_key, "", token):
+            return self._item(self._run("get", session_key, "1", token))
 
     def set_and_release(
         self,
@@ -625,16 +800,19 @@ class RedisProvider(SessionStateProvider):
         keep_lock: bool = False,
     ) -> bool:
         args = self._set_args(data, lock_id, timeout, new_item, keep_lock)
-        return bool(self._run("set", session_key, *args))
+        with self._ending(session_key, self._ends_lock(lock_id, keep_lock)):
+            return bool(self._run("set", session_key, *args))
 
     def release(self, session_key: str, lock_id: int) -> None:
-        self._run("release", session_key, self._lock_arg(lock_id))
+        lock = self._lock_arg(lock_id)
+        with self._ending(session_key, lock):
+            self._run("release", session_key, lock, "")
 
     def remove(self, session_key: str, lock_id: int | None = None) -> bool:
         return bool(self._run("remove", session_key, self._lock_arg(lock_id)))
 
     def create_uninitialized(self, session_key: str, timeout: int) -> bool:
-        return bool(self._run("set", session_key, b"", "", str(int(timeout)), "101"))
+        return bool(self._run("set", session_key, b"", "", str(int(timeout)), "101", _token()))
 
     def purge_expired(
         self,
@@ -646,18 +824,29 @@ class RedisProvider(SessionStateProvider):
     ) -> int:
         batch = batch_size or conf.STATEMODES_PURGE_BATCH_SIZE
         want_data = "1" if on_expired is not None else "0"
-        args = [self.namespace + "s:", self.channel, str(batch), want_data]
+        tail = [self.channel, str(batch), want_data]
         total = 0
         if not self._connected:
             self._connect()
+        # (client, expiry set, what comes before and after a session key in its item's key)
+        if self.cluster:  # one expiry set per bucket, each in its bucket's slot
+            assert self._primary is not None
+            client = self._primary.client
+            sets = [
+                (client, f"{self.expiry_key}:{{{tag}}}", f"{self.namespace}s:{{{tag}}}", "")
+                for tag in redis_cluster.tags()
+            ]
+        else:  # one per server (several with django-redis's ShardClient)
+            prefix = self.namespace + "s:{"
+            sets = [(s.client, self.expiry_key, prefix, "}") for s in self._servers.values()]
         with self._unavailable():
-            for server in self._servers.values():
+            for client, expiry, before, after in sets:
+                args = [before, after, *tail]
                 if dry_run:
-                    reply = self._eval(server.client, "purge", [self.expiry_key], [*args, "1"])
-                    total += int(reply)
+                    total += int(self._eval(client, "purge", [expiry], [*args, "1"]))
                     continue
                 while True:  # one batch per script run: Redis is never blocked for long
-                    reply = self._eval(server.client, "purge", [self.expiry_key], [*args, "0"])
+                    reply = self._eval(client, "purge", [expiry], [*args, "0"])
                     pairs = list(zip(reply[::2], reply[1::2], strict=True))
                     total += len(pairs)
                     if on_expired is not None:
@@ -676,7 +865,7 @@ class RedisProvider(SessionStateProvider):
     # and a waiter holds no connection while it sleeps.
 
     def _subscribed(self, session_key: str) -> _Subscriber:
-        subscriber = self._server(f"{self.namespace}s:{{{session_key}}}").subscriber
+        subscriber = self._server(self._keys(session_key)[0]).subscriber
         subscriber.start()
         return subscriber
 
@@ -704,10 +893,12 @@ class RedisProvider(SessionStateProvider):
     # Async twins: redis.asyncio on this loop's bounded pool (see _arun).
 
     async def aget(self, session_key: str) -> StateItem | None:
-        return self._item(await self._arun("get", session_key, "0"))
+        return self._item(await self._arun("get", session_key, "0", ""))
 
     async def aget_exclusive(self, session_key: str) -> StateItem | None:
-        return self._item(await self._arun("get", session_key, "1"))
+        token = _token()
+        with self._ending(session_key, "", token):
+            return self._item(await self._arun("get", session_key, "1", token))
 
     async def aset_and_release(
         self,
@@ -720,10 +911,13 @@ class RedisProvider(SessionStateProvider):
         keep_lock: bool = False,
     ) -> bool:
         args = self._set_args(data, lock_id, timeout, new_item, keep_lock)
-        return bool(await self._arun("set", session_key, *args))
+        with self._ending(session_key, self._ends_lock(lock_id, keep_lock)):
+            return bool(await self._arun("set", session_key, *args))
 
     async def arelease(self, session_key: str, lock_id: int) -> None:
-        await self._arun("release", session_key, self._lock_arg(lock_id))
+        lock = self._lock_arg(lock_id)
+        with self._ending(session_key, lock):
+            await self._arun("release", session_key, lock, "")
 
     async def aremove(self, session_key: str, lock_id: int | None = None) -> bool:
         return bool(await self._arun("remove", session_key, self._lock_arg(lock_id)))
@@ -738,7 +932,9 @@ class RedisProvider(SessionStateProvider):
             executor, self._executor = self._executor, None
         for server in servers:
             server.subscriber.stop()
-            if server.params is not None:
+            if server.cluster:
+                server.client.close()
+            elif server.params is not None:
                 server.client.connection_pool.disconnect()
         self._aclients.clear()
         loops, self._loop_clients = self._loop_clients, []
@@ -765,10 +961,14 @@ def _connection_params(factory: Any, url: str) -> dict[str, Any]:
     return params
 
 
-def _shut_down(client: AsyncRedis) -> None:
+def _shut_down(client: Any) -> None:
     """Shut down the sockets of an async client whose loop may be gone (no await needed)."""
-    pool: Any = client.connection_pool
-    for connection in [*pool._available_connections, *pool._in_use_connections]:
+    if hasattr(client, "get_nodes"):  # a cluster client: each node's connections
+        connections = [c for node in client.get_nodes() for c in node._connections]
+    else:
+        pool: Any = client.connection_pool
+        connections = [*pool._available_connections, *pool._in_use_connections]
+    for connection in connections:
         writer = getattr(connection, "_writer", None)
         sock = writer.get_extra_info("socket") if writer is not None else None
         if sock is not None:
@@ -776,6 +976,19 @@ def _shut_down(client: AsyncRedis) -> None:
                 sock.shutdown(socket.SHUT_RDWR)  # the fd itself goes with the transport
             except OSError:
                 pass
+
+
+def _token() -> str:
+    """A call's token: 16 random hex digits (its first four also grow the lock id)."""
+    return os.urandom(8).hex()
+
+
+def is_cluster_alias(alias: str) -> bool:
+    """True when the alias's OPTIONS say ``"CLUSTER": True`` (missing aliases: False)."""
+    from django.conf import settings
+
+    config = settings.CACHES.get(alias)
+    return isinstance(config, dict) and bool((config.get("OPTIONS") or {}).get("CLUSTER"))
 
 
 def _same(client: Redis) -> Redis:

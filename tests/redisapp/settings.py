@@ -14,6 +14,15 @@ CACHES = {
         "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 5},
     },
 }
+if os.environ.get("STATEMODES_TEST_REDIS_CLUSTER"):
+    # Redis Cluster: some of its nodes (comma-separated URLs), for tests/test_redis_cluster.py.
+    CACHES["statemodes-redis"] = {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": os.environ["STATEMODES_TEST_REDIS_CLUSTER"].split(","),
+        "OPTIONS": {"CLUSTER": True, "SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 5},
+    }
+if os.environ.get("STATEMODES_TEST_LOCK_TIMEOUT"):
+    STATEMODES_LOCK_TIMEOUT = float(os.environ["STATEMODES_TEST_LOCK_TIMEOUT"])
 if os.environ.get("STATEMODES_TEST_ENGINE") == "django-cache":
     # The control: Django's own cache engine on the same Redis, with Django's middleware.
     SESSION_ENGINE = "django.contrib.sessions.backends.cache"
