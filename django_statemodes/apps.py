@@ -64,6 +64,8 @@ def install_in_test_database(*, using: str, **kwargs: Any) -> None:
     connection = connections[using]
     if connection.vendor not in schema.DIALECTS or not is_test_database(connection):
         return
+    if not commands.routed_here(using):
+        return  # a router keeps the tables out of this database, as installsqlstate obeys
     if commands.install(using):
         # A new test database: connections opened before the runner gave the alias its test
         # NAME (SQLite opens no no-database connection) would still reach the old database.

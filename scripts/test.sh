@@ -15,9 +15,19 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "test: creating $VENV with $("$PYTHON" --version 2>&1)"
     "$PYTHON" -m venv "$VENV"
 fi
+# mysqlclient (the mysql extra) builds against MariaDB's client library, and the PgBouncer
+# tests start Debian's pgbouncer on a port of their own (Debian packages).
+missing=()
+for package in libmariadb-dev pkg-config pgbouncer; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "test: installing ${missing[*]}"
+    apt-get update -qq && apt-get install -y --no-install-recommends "${missing[@]}"
+fi
 PIP=("$VENV/bin/python" -m pip --quiet --disable-pip-version-check)
 "${PIP[@]}" install --upgrade "pip>=25.1"
-"${PIP[@]}" install -e ".[postgres,redis]" --group test --group lint ${DJANGO:+"$DJANGO"}
+"${PIP[@]}" install -e ".[postgres,redis,mysql]" --group test --group lint ${DJANGO:+"$DJANGO"}
 echo "test: $("$VENV/bin/python" --version), Django $("$VENV/bin/python" -m django --version)"
 
 scripts/services.sh

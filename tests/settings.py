@@ -64,6 +64,16 @@ DATABASES["pg"] = {
     "TEST": {"NAME": f"test_statemodes_{os.getpid()}"},
 }
 
+# SQL mode's MariaDB (or MySQL) tests: the same per-process test database as PostgreSQL's.
+DATABASES["mariadb"] = {
+    "ENGINE": "django.db.backends.mysql",
+    "NAME": os.environ.get("STATEMODES_MARIADB_NAME", "test"),
+    "USER": os.environ.get("STATEMODES_MARIADB_USER", "root"),
+    "HOST": "127.0.0.1",
+    "PORT": os.environ.get("STATEMODES_MARIADB_PORT", "3306"),
+    "TEST": {"NAME": f"test_statemodes_{os.getpid()}"},
+}
+
 # SQL mode's SQLite tests use a file database: several connections (one per thread) must share
 # it, which an in-memory database does not allow with real locking. WAL, as docs/sql.md advises:
 # a reader's open transaction (a TestCase's) must not block the session writes.

@@ -73,9 +73,23 @@ class Raw:
     def __init__(self, alias: str) -> None:
         self.vendor = connections[alias].vendor
         settings = connections[alias].settings_dict
+        self.quote = connections[alias].ops.quote_name
+        self.mark = "%s"
         if self.vendor == "sqlite":
             self.conn: Any = sqlite3.connect(database_name(alias), isolation_level=None)
             self.mark = "?"
+        elif self.vendor == "mysql":
+            import MySQLdb
+
+            self.conn = MySQLdb.connect(
+                host=settings["HOST"],
+                port=int(settings["PORT"]),
+                user=settings["USER"],
+                database=database_name(alias),
+                autocommit=True,
+            )
+            # Committed rows only, as the other requests' connections see them.
+            self._one("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED", ())
         else:
             import psycopg
 
@@ -86,20 +100,27 @@ class Raw:
                 dbname=database_name(alias),
                 autocommit=True,
             )
-            self.mark = "%s"
+
+    def _one(self, sql: str, params: tuple[Any, ...]) -> Any:
+        cursor = self.conn.cursor()
+        try:
+            cursor.execute(sql, params)
+            return cursor.fetchone() if cursor.description else None
+        finally:
+            cursor.close()
 
     def lock(self, sid: str) -> tuple[bool, int]:
-        row = self.conn.execute(
-            f'SELECT "Locked", "LockCookie" FROM "{schema.SESSIONS}" WHERE "SessionId" = {self.mark}',
+        q = self.quote
+        row = self._one(
+            f"SELECT {q('Locked')}, {q('LockCookie')} FROM {q(schema.SESSIONS)} "
+            f"WHERE {q('SessionId')} = {self.mark}",
             (sid,),
-        ).fetchone()
+        )
         assert row is not None, "the session row is gone"
         return bool(row[0]), int(row[1])
 
     def users(self, username: str) -> int:
-        row = self.conn.execute(
-            f"SELECT count(*) FROM auth_user WHERE username = {self.mark}", (username,)
-        ).fetchone()
+        row = self._one(f"SELECT count(*) FROM auth_user WHERE username = {self.mark}", (username,))
         return int(row[0])
 
     def close(self) -> None:

@@ -71,3 +71,37 @@ def test_the_checks_only_run_for_sql_mode(settings: Any) -> None:
     settings.SESSION_ENGINE = "django_statemodes.backends.inproc"
     settings.STATEMODES_PURGE_BATCH_SIZE = 0
     assert "django_statemodes.E033" not in ids()
+
+
+def test_a_pooler_setting_is_checked(sql: Any) -> None:
+    sql.STATEMODES_SQL_POOLER = "statement"
+    assert "django_statemodes.E034" in ids()
+    sql.STATEMODES_SQL_POOLER = "transaction"
+    assert "django_statemodes.W030" in ids()  # waiters re-check without a LISTEN alias
+    sql.STATEMODES_SQL_LISTEN_DATABASE = "statesqlite"
+    found = ids()
+    assert "django_statemodes.E035" in found and "django_statemodes.W030" not in found
+    sql.STATEMODES_SQL_LISTEN_DATABASE = "nowhere"
+    assert "django_statemodes.E035" in ids()
+
+
+def test_a_read_only_alias_is_warned_about(sql: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "django_statemodes.W031" not in ids()
+    options = {"options": "-c default_transaction_read_only=on"}
+    monkeypatch.setitem(connections["statesqlite"].settings_dict, "OPTIONS", options)
+    assert "django_statemodes.W031" in ids()
+
+
+class SessionTablesElsewhere:
+    """A router that allows the session-state tables only in the ``pg`` database."""
+
+    def allow_migrate(self, db: str, app_label: str, **hints: Any) -> bool | None:
+        return db == "pg" if app_label == "django_statemodes" else None
+
+
+def test_routers_that_keep_the_tables_out_of_the_alias_are_warned_about(sql: Any) -> None:
+    assert "django_statemodes.W032" not in ids()
+    sql.DATABASE_ROUTERS = [f"{__name__}.SessionTablesElsewhere"]
+    assert "django_statemodes.W032" in ids()
+    sql.STATEMODES_SQL_DATABASE = "pg"
+    assert "django_statemodes.W032" not in ids()

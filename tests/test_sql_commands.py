@@ -132,8 +132,9 @@ def test_the_sqlite_schema_has_both_tables_and_the_expires_index(clean: str) -> 
 @pytest.mark.parametrize("clean", ALIASES, indirect=True)
 def test_dry_run_prints_the_sql_and_changes_nothing(clean: str) -> None:
     output = run("installsqlstate", database=clean, dry_run=True)
-    assert f'CREATE INDEX "{schema.INDEX_EXPIRES}"' in output
-    assert f'"{schema.SESSIONS}"' in output and f'"{schema.APPLICATIONS}"' in output
+    quote = connections[clean].ops.quote_name
+    assert f"CREATE INDEX {quote(schema.INDEX_EXPIRES)}" in output
+    assert quote(schema.SESSIONS) in output and quote(schema.APPLICATIONS) in output
     assert ddl.existing_tables(connections[clean]) == set()
 
 
@@ -200,7 +201,7 @@ def test_uninstall_asks_for_confirmation_and_stops_on_no(clean: str) -> None:
 def test_uninstall_dry_run_changes_nothing(clean: str) -> None:
     run("installsqlstate", database=clean)
     output = run("uninstallsqlstate", database=clean, dry_run=True)
-    assert f'DROP TABLE "{schema.SESSIONS}"' in output
+    assert f"DROP TABLE {connections[clean].ops.quote_name(schema.SESSIONS)}" in output
     assert ddl.existing_tables(connections[clean]) == set(schema.TABLES)
 
 
@@ -233,3 +234,36 @@ def test_tables_dropped_under_a_running_provider_give_the_same_error(clean: str)
 def test_an_unknown_alias_is_a_command_error() -> None:
     with pytest.raises(CommandError, match="not in DATABASES"):
         run("installsqlstate", database="nope")
+
+
+class NoSessionTables:
+    """A database router that keeps the session-state tables out of every database."""
+
+    def allow_migrate(self, db: str, app_label: str, **hints: Any) -> bool | None:
+        return False if app_label == "django_statemodes" else None
+
+
+@pytest.mark.parametrize("clean", [SQLITE], indirect=True)
+def test_installsqlstate_honours_database_routers(clean: str, settings: Any) -> None:
+    settings.DATABASE_ROUTERS = [f"{__name__}.NoSessionTables"]
+    output = run("installsqlstate", database=clean)
+    assert "Database routers do not allow" in output
+    assert ddl.existing_tables(connections[clean]) == set()
+    settings.DATABASE_ROUTERS = []
+    run("installsqlstate", database=clean)
+    assert ddl.existing_tables(connections[clean]) == set(schema.TABLES)
+
+
+@pytest.mark.parametrize("clean", [SQLITE], indirect=True)
+def test_the_test_runners_install_honours_database_routers_too(clean: str, settings: Any) -> None:
+    # What post_migrate does in a test database of SQL mode's alias (apps.py).
+    from django_statemodes.apps import install_in_test_database
+
+    settings.SESSION_ENGINE = "django_statemodes.backends.sql"
+    settings.STATEMODES_SQL_DATABASE = clean
+    settings.DATABASE_ROUTERS = [f"{__name__}.NoSessionTables"]
+    install_in_test_database(using=clean)
+    assert ddl.existing_tables(connections[clean]) == set()
+    settings.DATABASE_ROUTERS = []
+    install_in_test_database(using=clean)
+    assert ddl.existing_tables(connections[clean]) == set(schema.TABLES)

@@ -1,4 +1,4 @@
-"""Django's own session tests against SQL mode, on SQLite and on PostgreSQL."""
+"""Django's own session tests against SQL mode, on SQLite, MariaDB and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from django.test import TestCase, override_settings
 
 from django_statemodes.backends.sql import SessionStore
 from tests.django_suite import make_django_suite
-from tests.fixtures_sql import PG, PG_ENABLED, SQLITE
+from tests.fixtures_sql import MARIADB, MARIADB_ENABLED, PG, PG_ENABLED, SQLITE
 
 ENGINE = "django_statemodes.backends.sql"
 
@@ -35,3 +35,8 @@ if PG_ENABLED:
     PostgresSessionTests, PostgresMiddlewareTests = _suite(PG)
     PostgresSessionTests.__name__ = "DjangoSqlPostgresSessionTests"
     PostgresMiddlewareTests.__name__ = "DjangoSqlPostgresMiddlewareTests"
+
+if MARIADB_ENABLED:
+    MariaDBSessionTests, MariaDBMiddlewareTests = _suite(MARIADB)
+    MariaDBSessionTests.__name__ = "DjangoSqlMariaDBSessionTests"
+    MariaDBMiddlewareTests.__name__ = "DjangoSqlMariaDBMiddlewareTests"

@@ -14,7 +14,7 @@ from django.db import connections
 from django_statemodes.providers.base import ExpiredItem
 from django_statemodes.providers.sql import SQLStateProvider, postgresql, schema, statements
 from django_statemodes.testing import new_key
-from tests.fixtures_sql import ALIASES, PG, PG_ENABLED, MakeProvider
+from tests.fixtures_sql import ALIASES, PG, PG_ENABLED, MakeProvider, fetch_one
 
 pytestmark = pytest.mark.django_db(databases=["default", *ALIASES])
 
@@ -85,9 +85,9 @@ def stored_columns(provider: SQLStateProvider, key: str) -> tuple[Any, Any]:
     # transaction whose snapshot (SQLite WAL) would show an older row.
     sql = (
         'SELECT "SessionItemShort", "SessionItemLong" FROM "ASPStateTempSessions" '
-        f'WHERE "SessionId" = {provider.placeholder}'
+        'WHERE "SessionId" = %s'
     )
-    return provider.run(lambda conn: conn.execute(sql, (provider.sid(key),)).fetchone())  # type: ignore[no-any-return]
+    return fetch_one(provider, sql, (provider.sid(key),))  # type: ignore[no-any-return]
 
 
 def test_payloads_over_7000_bytes_go_to_session_item_long(provider: SQLStateProvider) -> None:

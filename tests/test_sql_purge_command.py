@@ -15,7 +15,7 @@ from django_statemodes.backends.sql import SessionStore
 from django_statemodes.providers.sql import SQLStateProvider
 from django_statemodes.signals import session_end
 from django_statemodes.testing import new_key
-from tests.fixtures_sql import ALIASES
+from tests.fixtures_sql import ALIASES, fetch_one
 
 pytestmark = pytest.mark.django_db(databases=["default", *ALIASES])
 
@@ -50,8 +50,8 @@ def add(provider: SQLStateProvider, data: dict[str, Any], *, timeout: int) -> st
 def stored(provider: SQLStateProvider, key: str) -> bool:
     # A row count on the provider's autocommit connection: expired rows are invisible to
     # get(), so only the table says whether a purge deleted them.
-    sql = f'SELECT count(*) FROM "ASPStateTempSessions" WHERE "SessionId" = {provider.placeholder}'
-    row = provider.run(lambda conn: conn.execute(sql, (provider.sid(key),)).fetchone())
+    sql = 'SELECT count(*) FROM "ASPStateTempSessions" WHERE "SessionId" = %s'
+    row = fetch_one(provider, sql, (provider.sid(key),))
     return bool(row[0])
 
 
@@ -65,6 +65,22 @@ def statements_sent(provider: SQLStateProvider) -> Iterator[list[str]]:
             yield sent
         finally:
             provider.run(lambda conn: conn.set_trace_callback(None))
+        return
+    if provider.vendor == "mysql":
+        import MySQLdb.cursors
+
+        class Sent(MySQLdb.cursors.Cursor):  # type: ignore[misc]
+            def execute(self, query: Any, args: Any = None) -> Any:
+                sent.append(str(query))
+                return super().execute(query, args)
+
+        mine = provider.run(lambda conn: conn)
+        before = mine.cursorclass
+        mine.cursorclass = Sent  # conn.cursor() opens its cursor from this class
+        try:
+            yield sent
+        finally:
+            mine.cursorclass = before
         return
     import psycopg
 

@@ -156,44 +156,49 @@ Result = tuple[float, float, int, dict[str, str], bytes]
 
 def test_a_database_restart_gives_503s_loses_nothing_and_recovers(sql_tables: list[str]) -> None:
     with site_on_private_cluster(STATEMODES_SQLAPP_LOCK_TIMEOUT="3") as (port, stop, start):
-        pids_before = worker_pids(port)
-        status, headers, _ = get(port, "/increment/")
-        assert status == 200
-        key = session_cookie(headers)
-        results: list[Result] = []
-        stop_at = time.monotonic() + 30
+        restart_under_load(port, stop, start)
 
-        def client() -> None:
-            while time.monotonic() < stop_at:
-                started = time.monotonic()
-                status, headers, body = get(port, "/increment/?work=1", key)
-                results.append((started, time.monotonic(), status, headers, body))
-                if status != 200:
-                    time.sleep(0.05)
 
-        threads = [threading.Thread(target=client) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        try:
-            time.sleep(1.0)
-            down_at = time.monotonic()
-            stop()
-            time.sleep(1.0)
-        finally:
-            start()  # always: the cluster must come back whatever happened
-        up_at = time.monotonic()
-        # Run until some increments succeeded after the restart (a lock held across it
-        # is broken after the 3 s lock timeout), then stop the clients.
-        deadline = up_at + 20
-        while time.monotonic() < deadline:
-            if sum(1 for r in results if r[0] > up_at and r[2] == 200) >= 20:
-                break
-            time.sleep(0.2)
-        stop_at = 0.0
-        for thread in threads:
-            thread.join(timeout=60)
-        pids_after = worker_pids(port)
-        status, _, body = get(port, "/read/", key)
+def restart_under_load(port: int, stop: Callable[[], None], start: Callable[[], None]) -> None:
+    """Stop and start the site's session database under 4 clients: 503s, nothing lost."""
+    pids_before = worker_pids(port)
+    status, headers, _ = get(port, "/increment/")
+    assert status == 200
+    key = session_cookie(headers)
+    results: list[Result] = []
+    stop_at = time.monotonic() + 30
+
+    def client() -> None:
+        while time.monotonic() < stop_at:
+            started = time.monotonic()
+            status, headers, body = get(port, "/increment/?work=1", key)
+            results.append((started, time.monotonic(), status, headers, body))
+            if status != 200:
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.0)
+        down_at = time.monotonic()
+        stop()
+        time.sleep(1.0)
+    finally:
+        start()  # always: the cluster must come back whatever happened
+    up_at = time.monotonic()
+    # Run until some increments succeeded after the restart (a lock held across it
+    # is broken after the 3 s lock timeout), then stop the clients.
+    deadline = up_at + 20
+    while time.monotonic() < deadline:
+        if sum(1 for r in results if r[0] > up_at and r[2] == 200) >= 20:
+            break
+        time.sleep(0.2)
+    stop_at = 0.0
+    for thread in threads:
+        thread.join(timeout=60)
+    pids_after = worker_pids(port)
+    status, _, body = get(port, "/read/", key)
     assert status == 200
     final = json.loads(body)["counter"]
 

@@ -1,7 +1,7 @@
 """SQL mode (ASP.NET ``SQLServer``): sessions in a database named by ``STATEMODES_SQL_DATABASE``.
 
 Tables installed by ``manage.py installsqlstate``; the store is the dialect's provider in
-``providers.sql`` (PostgreSQL or SQLite).
+``providers.sql`` (PostgreSQL, MySQL/MariaDB or SQLite).
 """
 
 from __future__ import annotations

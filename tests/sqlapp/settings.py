@@ -1,5 +1,6 @@
 """tests.settings on SQL mode, with the session database from STATEMODES_SQLAPP_* variables.
 
+STATEMODES_SQLAPP_ENGINE=mysql: the session database is MariaDB (or MySQL), not PostgreSQL.
 STATEMODES_SQLAPP_ATOMIC=1: the site's default database is the PostgreSQL session database
 itself, with ATOMIC_REQUESTS = True (session locks must still be visible at once). Otherwise the
 default database is SQLite and sessions live in PostgreSQL alone (the restart test: the view
@@ -10,12 +11,13 @@ import os
 
 from tests.settings import *  # noqa: F403
 
+_mysql = os.environ.get("STATEMODES_SQLAPP_ENGINE") == "mysql"
 _state = {
-    "ENGINE": "django.db.backends.postgresql",
+    "ENGINE": "django.db.backends.mysql" if _mysql else "django.db.backends.postgresql",
     "NAME": os.environ["STATEMODES_SQLAPP_NAME"],
     "USER": os.environ.get("STATEMODES_SQLAPP_USER", "root"),
     "HOST": "127.0.0.1",
-    "PORT": os.environ.get("STATEMODES_SQLAPP_PORT", "5432"),
+    "PORT": os.environ.get("STATEMODES_SQLAPP_PORT", "3306" if _mysql else "5432"),
     "OPTIONS": {"connect_timeout": 2},
 }
 if os.environ.get("STATEMODES_SQLAPP_ATOMIC") == "1":
@@ -27,6 +29,13 @@ else:
         "state": _state,
     }
     STATEMODES_SQL_DATABASE = "state"
+
+# Through a transaction pooler (PgBouncer): STATEMODES_SQLAPP_POOLER=transaction, and LISTEN on
+# a direct alias when STATEMODES_SQLAPP_LISTEN_PORT names PostgreSQL's own port.
+STATEMODES_SQL_POOLER = os.environ.get("STATEMODES_SQLAPP_POOLER") or None
+if os.environ.get("STATEMODES_SQLAPP_LISTEN_PORT"):
+    DATABASES["listen"] = {**_state, "PORT": os.environ["STATEMODES_SQLAPP_LISTEN_PORT"]}
+    STATEMODES_SQL_LISTEN_DATABASE = "listen"
 
 SESSION_ENGINE = "django_statemodes.backends.sql"
 # The worker's pid on every response, 503s included: tests check that no worker was replaced.

@@ -25,17 +25,27 @@ class Command(BaseCommand):
             choices=schema.TYPES,
             default=None,
             help="temp (default, as aspnet_regsql -sstype t): UNLOGGED tables on PostgreSQL, "
-            "emptied by a crash, faster; persisted: ordinary tables. SQLite has only ordinary "
-            "tables.",
+            "emptied by a crash, faster; persisted: ordinary tables. MySQL, MariaDB and SQLite "
+            "have only ordinary tables.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
         alias, connection = commands.target(options)
         type_: str = options["type"] or schema.TEMP
         verbose = options["verbosity"] >= 1
-        if verbose and options["type"] == schema.TEMP and connection.vendor == "sqlite":
+        if not commands.routed_here(alias):
+            # Django's createcachetable does the same: the routers decide where tables go.
+            if verbose:
+                self.stdout.write(
+                    f"Database routers do not allow the session-state tables in database "
+                    f"{alias!r}; nothing to do."
+                )
+            return
+        unlogged = ddl.dialect(connection.vendor).column_types.unlogged
+        if verbose and options["type"] == schema.TEMP and not unlogged:
             self.stdout.write(
-                "SQLite has no unlogged tables: --type temp creates ordinary tables there."
+                f"{connection.display_name} has no unlogged tables: --type temp creates "
+                "ordinary tables there (see docs/sql.md)."
             )
         existing = ddl.existing_tables(connection)
         if verbose:

@@ -1,6 +1,6 @@
 """SQL mode's providers: ASP.NET's session-state tables through a Django ``DATABASES`` alias.
 
-One module per dialect (``postgresql``, ``sqlite``) holds its statements, column types and
+One module per dialect (``postgresql``, ``mysql``, ``sqlite``) holds its statements, column types and
 provider class; ``base`` holds what they share, ``schema`` the tables. A new dialect is one new
 module, named in ``DIALECTS`` under its Django ``vendor``.
 """
@@ -23,7 +23,8 @@ def provider_for(alias: str) -> SQLStateProvider:
     vendor = connections[alias].vendor
     if vendor not in DIALECTS:
         raise SessionStoreUnavailable(
-            f"SQL session state supports PostgreSQL and SQLite; database {alias!r} is {vendor}.",
+            f"SQL session state supports PostgreSQL, MySQL, MariaDB and SQLite; database "
+            f"{alias!r} is {vendor}.",
             setting=SETTING,
         )
     return dialect(vendor)(alias)

@@ -15,10 +15,13 @@ polls with a short back-off.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, NoReturn, TypeVar
@@ -30,6 +33,7 @@ from django_statemodes.conf import conf
 from django_statemodes.exceptions import SessionStoreUnavailable
 from django_statemodes.providers.base import ExpiredItem, SessionStateProvider, StateItem
 from django_statemodes.providers.pool import Pool
+from django_statemodes.providers.wakeups import Wakeups
 
 from . import schema, statements
 from .schema import ITEM_SHORT_LENGTH
@@ -110,6 +114,8 @@ class SQLStateProvider(SessionStateProvider):
         {
             "DATABASES",
             "STATEMODES_SQL_DATABASE",
+            "STATEMODES_SQL_POOLER",
+            "STATEMODES_SQL_LISTEN_DATABASE",
             "STATEMODES_APPLICATION_NAME",
             "STATEMODES_MAX_CONNECTIONS",
             "STATEMODES_CONNECTION_WAIT",
@@ -161,6 +167,14 @@ class SQLStateProvider(SessionStateProvider):
         raise NotImplementedError
 
     driver_errors: tuple[type[Exception], ...] = ()
+
+    def read_only(self, exc: BaseException | None) -> bool:
+        """Return True if a driver error says the database refuses writes (a replica)."""
+        return False
+
+    def refused_write(self, exc: SessionStoreUnavailable) -> bool:
+        """Return True if a call failed only because the database is read-only."""
+        return self.read_only(exc.__cause__)
 
     # Connections: a bounded pool per provider (per process), never Django's connection.
 
@@ -228,6 +242,14 @@ class SQLStateProvider(SessionStateProvider):
         for query in self._registration():
             self._perform(conn, query)
 
+    def _register_or_read_only(self, conn: Any) -> None:
+        try:
+            self._register_application(conn)
+        except self.driver_errors as exc:
+            if not self.read_only(exc):
+                raise
+            # A read-only database: register on a later call; reads may still work now.
+
     placeholder: ClassVar[str] = "%s"
 
     def _execute(self, conn: Any, sql: str, params: Sequence[Any], *, prepare: bool = True) -> Any:
@@ -254,6 +276,13 @@ class SQLStateProvider(SessionStateProvider):
         """
         if isinstance(exc, SessionStoreUnavailable):
             raise exc  # not installed, an application-name collision, an exhausted pool
+        if isinstance(exc, self.driver_errors) and self.read_only(exc):
+            # A replica by mistake, or a failover under way: a 503, never a 500 (reads that
+            # need no write still work: ``get`` falls back to a plain read).
+            raise SessionStoreUnavailable(
+                f"{self.store_name} refuses writes (read-only): {str(exc).strip()}",
+                setting=SETTING,
+            ) from exc
         if not isinstance(exc, _Down):
             if not isinstance(exc, self.driver_errors):
                 raise exc
@@ -291,7 +320,7 @@ class SQLStateProvider(SessionStateProvider):
                 lent = pool.acquire()
                 reused = self._reused(lent[0])
                 if not self._registered:
-                    self._register_application(lent[0])
+                    self._register_or_read_only(lent[0])
                 result = work(lent[0])
             except Exception as exc:
                 if lent is not None:
@@ -512,3 +541,156 @@ class SQLStateProvider(SessionStateProvider):
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()  # idle ones now, lent ones when they come back
+
+
+class ExecutorStateProvider(SQLStateProvider):
+    """A dialect without async driver or notifications (SQLite, MySQL/MariaDB).
+
+    Async methods run the blocking ones in a small executor of the provider's own (never the
+    event loop's default one, which Django's ``sync_to_async`` and every other library share),
+    as many threads as the pool has connections. A waiting request re-checks the lock after a
+    pause that starts at ``poll_first`` and doubles up to ``poll_interval``, so a short hold is
+    handed over within a few milliseconds and a long one costs about 60 cheap reads a second;
+    a release by this process wakes its own waiters at once (``Wakeups``), without the pause.
+    """
+
+    poll_first = 0.001
+    poll_interval = 0.016
+
+    def __init__(self, alias: str | None = None, app_name: str | None = None) -> None:
+        super().__init__(alias, app_name)
+        self._executor: ThreadPoolExecutor | None = None
+        self.wakeups = Wakeups()
+
+    # Releases wake this process's waiters of the session; other processes' waiters poll.
+
+    def set_and_release(
+        self,
+        session_key: str,
+        data: Any,
+        *,
+        lock_id: int | None,
+        timeout: int,
+        new_item: bool = False,
+        keep_lock: bool = False,
+    ) -> bool:
+        stored = super().set_and_release(
+            session_key,
+            data,
+            lock_id=lock_id,
+            timeout=timeout,
+            new_item=new_item,
+            keep_lock=keep_lock,
+        )
+        if lock_id is not None and not keep_lock:
+            self.wakeups.wake(self.sid(session_key))
+        return stored
+
+    def release(self, session_key: str, lock_id: int) -> None:
+        super().release(session_key, lock_id)
+        self.wakeups.wake(self.sid(session_key))
+
+    def remove(self, session_key: str, lock_id: int | None = None) -> bool:
+        removed = super().remove(session_key, lock_id)
+        self.wakeups.wake(self.sid(session_key))
+        return removed
+
+    # Waiting: a bounded back-off, re-checking the lock with a plain read (never waiting for
+    # a writer), so the core's next get_exclusive comes only once the lock is gone.
+
+    def _pauses(self, timeout: float) -> Iterator[float]:
+        """Yield each pause before the next check: 1 ms doubling to the cap, until the bound."""
+        deadline = time.monotonic() + max(0.0, min(timeout, MAX_NOTIFY_WAIT))
+        pause = self.poll_first
+        while (remaining := deadline - time.monotonic()) > 0:
+            yield min(pause, remaining)
+            pause = min(pause * 2, self.poll_interval)
+
+    def wait_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:
+        with self.wakeups.expecting(self.sid(session_key)) as event:
+            for pause in self._pauses(timeout):
+                if event.wait(pause):
+                    event.clear()  # woken by a release here: check at once, then wait again
+                if not self.holds(session_key, lock_id):
+                    return
+
+    async def await_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:
+        # Sleep on the event loop, check in the provider's executor: the loop is never
+        # blocked, and no thread is held while the request only waits.
+        sid = self.sid(session_key)
+        for pause in self._pauses(timeout):
+            async with self.wakeups.aexpecting(sid) as woken:
+                try:
+                    await asyncio.wait_for(woken, pause)
+                except TimeoutError:
+                    pass
+            if not await self._in_executor(self.holds, session_key, lock_id):
+                return
+
+    # Async: the blocking methods, in the provider's executor.
+
+    def executor(self) -> ThreadPoolExecutor:
+        """Return the provider's executor, building it on first use (or after close)."""
+        executor = self._executor
+        if executor is None:
+            with self._mutex:
+                executor = self._executor
+                if executor is None:
+                    # No more threads than pooled connections: an async call never waits for
+                    # a connection that another of these threads holds.
+                    executor = self._executor = ThreadPoolExecutor(
+                        max_workers=max(1, int(conf.STATEMODES_MAX_CONNECTIONS)),
+                        thread_name_prefix=f"statemodes-{self.vendor}",
+                    )
+        return executor
+
+    async def _in_executor(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.executor(), functools.partial(method, *args, **kwargs)
+        )
+
+    async def aget(self, session_key: str) -> StateItem | None:
+        return await self._in_executor(self.get, session_key)
+
+    async def aget_exclusive(self, session_key: str) -> StateItem | None:
+        return await self._in_executor(self.get_exclusive, session_key)
+
+    async def aset_and_release(
+        self,
+        session_key: str,
+        data: Any,
+        *,
+        lock_id: int | None,
+        timeout: int,
+        new_item: bool = False,
+        keep_lock: bool = False,
+    ) -> bool:
+        return await self._in_executor(
+            self.set_and_release,
+            session_key,
+            data,
+            lock_id=lock_id,
+            timeout=timeout,
+            new_item=new_item,
+            keep_lock=keep_lock,
+        )
+
+    async def arelease(self, session_key: str, lock_id: int) -> None:
+        await self._in_executor(self.release, session_key, lock_id)
+
+    async def aremove(self, session_key: str, lock_id: int | None = None) -> bool:
+        return await self._in_executor(self.remove, session_key, lock_id)
+
+    async def acreate_uninitialized(self, session_key: str, timeout: int) -> bool:
+        return await self._in_executor(self.create_uninitialized, session_key, timeout)
+
+    def close(self) -> None:
+        """Close the connections and stop the executor (both are rebuilt if used again)."""
+        with self._mutex:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            # Calls under way finish (their connections are closed as they come back); close()
+            # may run on one of its threads, which must not wait for itself.
+            executor.shutdown(wait=False)
+        super().close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
-from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from django_statemodes.conf import conf
@@ -38,13 +38,27 @@ def target(options: dict[str, Any]) -> tuple[str, BaseDatabaseWrapper]:
     return alias, connection
 
 
+def routed_here(alias: str) -> bool:
+    """Return True unless a database router keeps the session-state tables out of ``alias``.
+
+    The models are unmanaged (no migrations), which ``allow_migrate_model`` always refuses:
+    the routers are asked directly, with the model as a hint.
+    """
+    from django_statemodes.models import SessionState
+
+    meta = SessionState._meta
+    return bool(
+        router.allow_migrate(alias, meta.app_label, model_name=meta.model_name, model=SessionState)
+    )
+
+
 def install(alias: str, type_: str = schema.TEMP) -> list[str]:
     """Create the tables missing from ``alias`` in one transaction; return their names."""
     connection = connections[alias]
     missing = [table for table in schema.TABLES if table not in ddl.existing_tables(connection)]
     statements = ddl.install_statements(connection, type_, missing)
     if statements:
-        # Both tables or neither: PostgreSQL and SQLite roll DDL back with the transaction.
+        # Both tables or neither where DDL is transactional (PostgreSQL, SQLite; not MySQL).
         atomic = transaction.atomic(using=alias, savepoint=connection.features.can_rollback_ddl)
         with atomic, connection.cursor() as cursor:
             for sql in statements:

@@ -41,7 +41,7 @@ def _columns(types: ColumnTypes, q: Callable[[str], str]) -> list[str]:
     now, stamp, local, flag, blob, length = types[:6]
     short = q("SessionItemShort")
     return [
-        f"{q('SessionId')} varchar(88) NOT NULL PRIMARY KEY",
+        f"{q('SessionId')} {types.key} NOT NULL PRIMARY KEY",
         f"{q('Created')} {stamp} NOT NULL DEFAULT {now}",
         f"{q('Expires')} {stamp} NOT NULL",
         f"{q('LockDate')} {stamp} NOT NULL",
@@ -66,15 +66,16 @@ def install_statements(
     types = dialect(connection.vendor).column_types
     unlogged = "UNLOGGED " if types.unlogged and type_ == TEMP else ""
     columns = ",\n    ".join(_columns(types, q))
+    options = types.table_options
     ddl = {
         SESSIONS: [
-            f"CREATE {unlogged}TABLE {q(SESSIONS)} (\n    {columns}\n)",
+            f"CREATE {unlogged}TABLE {q(SESSIONS)} (\n    {columns}\n){options}",
             f"CREATE INDEX {q(INDEX_EXPIRES)} ON {q(SESSIONS)} ({q('Expires')})",
         ],
         APPLICATIONS: [
             f"CREATE {unlogged}TABLE {q(APPLICATIONS)} (\n"
             f"    {q('AppId')} integer NOT NULL PRIMARY KEY,\n"
-            f"    {q('AppName')} varchar(280) NOT NULL\n)",
+            f"    {q('AppName')} varchar(280) NOT NULL\n){options}",
             f"CREATE INDEX {q(INDEX_APP_NAME)} ON {q(APPLICATIONS)} ({q('AppName')})",
         ],
     }

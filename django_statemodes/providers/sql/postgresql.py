@@ -15,12 +15,13 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from django_statemodes.conf import conf
 from django_statemodes.exceptions import SessionStoreUnavailable
 from django_statemodes.providers.base import StateItem
 from django_statemodes.providers.pool import AsyncPool, PerLoop
@@ -45,6 +46,9 @@ RECONNECT_PAUSE = 1.0
 STARTING, LISTENING, DOWN = "starting", "listening", "down"
 # Wakeups key woken when the listener settles (a session id is never empty).
 SETTLED = ""
+# Without a listener (a transaction pooler and no STATEMODES_SQL_LISTEN_DATABASE): re-check the
+# lock after 1 ms, doubling up to 16 ms, as on the dialects without notifications.
+POLL_FIRST, POLL_CAP = 0.001, 0.016
 
 
 def statements(q: Callable[[str], str]) -> Statements:
@@ -119,6 +123,11 @@ def statements(q: Callable[[str], str]) -> Statements:
         ),
         remove_any=f"DELETE FROM {t} WHERE {sid} = %s RETURNING {notify}",
         holds=f"SELECT 1 FROM {t} WHERE {lock_check}",
+        peek=(
+            f"SELECT {locked}, {cookie}, CASE WHEN {locked} THEN {age} ELSE 0 END, {timeout}, "
+            f"{payload}, {flags} & {FLAG_UNINITIALIZED} = {FLAG_UNINITIALIZED} FROM {t} "
+            f"WHERE {sid} = %s AND {expires} > now()"
+        ),
         wait=f"UPDATE {t} SET {flags} = {flags} | {FLAG_WAITERS} WHERE {lock_check} RETURNING 1",
         count_expired=(
             f"SELECT count(*) FROM {t} WHERE {expires} <= now() AND right({sid}, 8) = %s"
@@ -262,6 +271,10 @@ class PostgresStateProvider(SQLStateProvider):
         self._stats_mutex = threading.Lock()
         self._listener: Listener | None = None
         self._apools: PerLoop[AsyncPool[Any]] = PerLoop(self._new_apool, drop=self._abandon)
+        # Behind a transaction pooler, LISTEN only works on a direct alias of its own.
+        self.pooled = conf.STATEMODES_SQL_POOLER == "transaction"
+        listen: str | None = conf.STATEMODES_SQL_LISTEN_DATABASE
+        self.listen_alias = listen or (None if self.pooled else self.alias)
 
     @classmethod
     def table_persistence(cls, connection: BaseDatabaseWrapper, table: str) -> str | None:
@@ -281,10 +294,12 @@ class PostgresStateProvider(SQLStateProvider):
 
     # Connections.
 
-    def connection_params(self, *, asynchronous: bool = False, role: str = "") -> dict[str, Any]:
-        """Return psycopg's connection parameters for the alias."""
+    def connection_params(
+        self, *, asynchronous: bool = False, role: str = "", alias: str | None = None
+    ) -> dict[str, Any]:
+        """Return psycopg's connection parameters for the alias (or another one)."""
         psycopg = self._psycopg
-        wrapper = self._new_wrapper()
+        wrapper = self._new_wrapper() if alias is None else connections.create_connection(alias)
         params = wrapper.get_connection_params()
         # Server-side binding (Django's default cursor binds on the client): needed to prepare.
         params["cursor_factory"] = psycopg.AsyncCursor if asynchronous else psycopg.Cursor
@@ -292,16 +307,23 @@ class PostgresStateProvider(SQLStateProvider):
         # poolers); ours are prepared explicitly (prepare=True), so enable them, unless the
         # alias's OPTIONS set "prepare_threshold": None on purpose.
         options = wrapper.settings_dict.get("OPTIONS") or {}
-        if options.get("prepare_threshold", 0) is not None:
+        if self.pooled and alias is None:
+            # A transaction pooler hands each transaction to any server connection: a named
+            # statement prepared on one is missing (or another client's) on the next, unless
+            # the pooler tracks them (PgBouncer 1.21+, max_prepared_statements): the OPTIONS
+            # then name a threshold.
+            params["prepare_threshold"] = options.get("prepare_threshold")
+        elif options.get("prepare_threshold", 0) is not None:
             params["prepare_threshold"] = options.get("prepare_threshold", 5)
         params.setdefault("connect_timeout", 5)
         params.setdefault("application_name", f"{APPLICATION_NAME} {role}".strip())
         return params
 
-    def connect(self, autocommit: bool = True, *, role: str = "") -> Any:
+    def connect(self, autocommit: bool = True, *, role: str = "", alias: str | None = None) -> Any:
         psycopg = self._psycopg
         try:
-            return psycopg.connect(autocommit=autocommit, **self.connection_params(role=role))
+            params = self.connection_params(role=role, alias=alias)
+            return psycopg.connect(autocommit=autocommit, **params)
         except psycopg.Error as exc:
             raise _Down(str(exc)) from exc
 
@@ -319,11 +341,18 @@ class PostgresStateProvider(SQLStateProvider):
         errors = self._psycopg.errors
         if isinstance(exc, errors.UndefinedTable):
             return _NotInstalled
+        if self.read_only(exc):
+            return _Down
         if isinstance(exc, (self._psycopg.OperationalError, self._psycopg.InterfaceError)):
             return _Down
         if getattr(exc, "sqlstate", None) in ("57P01", "57P02", "57P03", "08006", "08003"):
             return _Down  # admin shutdown, crash shutdown, cannot connect now, connection lost
         return None
+
+    def read_only(self, exc: BaseException | None) -> bool:
+        # 25006: "cannot execute UPDATE in a read-only transaction" (a hot standby, or
+        # default_transaction_read_only).
+        return isinstance(exc, self._psycopg.Error) and getattr(exc, "sqlstate", None) == "25006"
 
     def _execute(self, conn: Any, sql: str, params: Sequence[Any], *, prepare: bool = True) -> Any:
         return conn.execute(sql, params, prepare=prepare, binary=True)
@@ -360,8 +389,12 @@ class PostgresStateProvider(SQLStateProvider):
                 lent = await pool.acquire()
                 reused = self._reused(lent[0])
                 if not self._registered:
-                    for registration in self._registration():
-                        await self._aperform(lent[0], registration)
+                    try:
+                        for registration in self._registration():
+                            await self._aperform(lent[0], registration)
+                    except self._psycopg.Error as exc:
+                        if not self.read_only(exc):
+                            raise
                 result = await work(lent[0])
             except Exception as exc:
                 if lent is not None:
@@ -394,10 +427,19 @@ class PostgresStateProvider(SQLStateProvider):
         sql = self.sql.get_exclusive if exclusive else self.sql.get
         return Query(sql, (sid, sid), self._item_or_none, fetch=True)
 
+    def _peek_query(self, session_key: str) -> Query[StateItem | None]:
+        # A read-only database: the item as stored, without sliding its expiry.
+        return Query(self.sql.peek, (self.sid(session_key),), self._item_or_none, True)
+
     def get(self, session_key: str) -> StateItem | None:
         if not session_key:
             return None  # Django's exists(None)
-        return self.query(self._get_query(session_key, exclusive=False))
+        try:
+            return self.query(self._get_query(session_key, exclusive=False))
+        except SessionStoreUnavailable as exc:
+            if not self.refused_write(exc):
+                raise
+        return self.query(self._peek_query(session_key))
 
     def get_exclusive(self, session_key: str) -> StateItem | None:
         return self.query(self._get_query(session_key, exclusive=True))
@@ -405,7 +447,12 @@ class PostgresStateProvider(SQLStateProvider):
     async def aget(self, session_key: str) -> StateItem | None:
         if not session_key:
             return None
-        return await self.aquery(self._get_query(session_key, exclusive=False))
+        try:
+            return await self.aquery(self._get_query(session_key, exclusive=False))
+        except SessionStoreUnavailable as exc:
+            if not self.refused_write(exc):
+                raise
+        return await self.aquery(self._peek_query(session_key))
 
     async def aget_exclusive(self, session_key: str) -> StateItem | None:
         return await self.aquery(self._get_query(session_key, exclusive=True))
@@ -449,21 +496,6 @@ class PostgresStateProvider(SQLStateProvider):
     def now(self) -> Any:
         return self._one("SELECT now()", ())[0]
 
-    @contextmanager
-    def _purging(self, conn: Any) -> Iterator[None]:
-        # A purge batch need not wait for its WAL to reach the disk: a crash can only bring
-        # back expired rows, which the next purge deletes again (and no read serves them).
-        # SET, not SET LOCAL: each batch is its own transaction; RESET on the same connection
-        # before it goes back to the pool.
-        conn.execute("SET synchronous_commit TO off")
-        try:
-            yield
-        finally:
-            try:
-                conn.execute("RESET synchronous_commit")
-            except self._psycopg.Error:
-                pass  # a broken connection is closed by the pool anyway
-
     def _purge_step(
         self, conn: Any, cutoff: Any, since: Any, size: int, *, with_items: bool
     ) -> tuple[int, Any, int, list[tuple[str, Any]]]:
@@ -471,7 +503,13 @@ class PostgresStateProvider(SQLStateProvider):
         bound = scan.fetchone()
         upper = cutoff if bound is None else bound[0]
         params = (since, upper, self.suffix)
-        removed, items = self._delete_batch(conn, params, with_items=with_items)
+        with conn.transaction():
+            # A purge batch need not wait for its WAL to reach the disk: a crash can only
+            # bring back expired rows, which the next purge deletes again (and no read serves
+            # them). SET LOCAL: it ends with the batch's transaction, so it never reaches
+            # another client of a transaction pooler (PgBouncer) through this connection.
+            conn.execute("SET LOCAL synchronous_commit TO off")
+            removed, items = self._delete_batch(conn, params, with_items=with_items)
         # A full batch: go on after its end (the range is exclusive of `since`).
         return (size if bound is not None else 0), upper, removed, items
 
@@ -485,8 +523,11 @@ class PostgresStateProvider(SQLStateProvider):
             with self._mutex:
                 listener = self._listener
                 if listener is None:
+                    alias = self.listen_alias
                     listener = self._listener = Listener(
-                        lambda: self.connect(role="listener"), self.wakeups, self._housekeeping
+                        lambda: self.connect(role="listener", alias=alias),
+                        self.wakeups,
+                        self._housekeeping,
                     )
         return listener
 
@@ -521,7 +562,23 @@ class PostgresStateProvider(SQLStateProvider):
             else:
                 self.waits.fallback += 1
 
+    def _pauses(self, timeout: float) -> Iterator[float]:
+        """Yield the pauses of a wait without listener: 1 ms doubling to 16 ms, bounded."""
+        deadline = time.monotonic() + max(0.0, min(timeout, MAX_NOTIFY_WAIT))
+        pause = POLL_FIRST
+        while (remaining := deadline - time.monotonic()) > 0:
+            yield min(pause, remaining)
+            pause = min(pause * 2, POLL_CAP)
+
     def wait_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:
+        if self.listen_alias is None:  # a transaction pooler and no direct alias: re-check
+            for pause in self._pauses(timeout):
+                time.sleep(pause)
+                if not self.holds(session_key, lock_id):
+                    self._ended(unlocked=True)
+                    return
+            self._ended(listening=False)
+            return
         deadline = time.monotonic() + max(0.0, min(timeout, MAX_NOTIFY_WAIT))
         listener = self.listener()
         if listener.state is STARTING:
@@ -542,6 +599,14 @@ class PostgresStateProvider(SQLStateProvider):
     async def await_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:
         # The same wait on this loop: a future woken through call_soon_threadsafe, the mark
         # on an async connection. No thread is taken, the loop is never blocked.
+        if self.listen_alias is None:
+            for pause in self._pauses(timeout):
+                await asyncio.sleep(pause)
+                if not await self.aholds(session_key, lock_id):
+                    self._ended(unlocked=True)
+                    return
+            self._ended(listening=False)
+            return
         deadline = time.monotonic() + max(0.0, min(timeout, MAX_NOTIFY_WAIT))
         listener = self.listener()
         if listener.state is STARTING:

@@ -38,6 +38,7 @@ TYPES = (TEMP, PERSISTED)
 DIALECTS = {
     "postgresql": "django_statemodes.providers.sql.postgresql.PostgresStateProvider",
     "sqlite": "django_statemodes.providers.sql.sqlite.SQLiteStateProvider",
+    "mysql": "django_statemodes.providers.sql.mysql.MySQLStateProvider",
 }
 VENDORS = tuple(DIALECTS)
 
@@ -52,6 +53,8 @@ class ColumnTypes(NamedTuple):
     blob: str  # SessionItemShort, SessionItemLong
     length: str  # the byte-length function of the SessionItemShort check
     unlogged: bool = False  # has UNLOGGED tables, for --type temp
+    key: str = "varchar(88)"  # SessionId
+    table_options: str = ""  # after CREATE TABLE's column list
 
 
 COMMAND_SETTING = "STATEMODES_SQL_DATABASE"
@@ -84,7 +87,8 @@ def app_suffix(app_id_: int) -> str:
 def check_vendor(connection: BaseDatabaseWrapper) -> None:
     if connection.vendor not in VENDORS:
         raise ValueError(
-            f"SQL session state supports PostgreSQL and SQLite, not {connection.vendor} "
+            f"SQL session state supports PostgreSQL, MySQL, MariaDB and SQLite, not "
+            f"{connection.vendor} "
             f"(database {connection.alias!r})."
         )
 
@@ -92,10 +96,11 @@ def check_vendor(connection: BaseDatabaseWrapper) -> None:
 def register_application_statement(connection: BaseDatabaseWrapper) -> str:
     """Return the INSERT of the application row, a no-op when it exists (``TempGetAppID``)."""
     q = connection.ops.quote_name
-    return (
-        f"INSERT INTO {q(APPLICATIONS)} ({q('AppId')}, {q('AppName')}) VALUES (%s, %s) "
-        f"ON CONFLICT ({q('AppId')}) DO NOTHING"
-    )
+    insert = f"INSERT INTO {q(APPLICATIONS)} ({q('AppId')}, {q('AppName')}) VALUES (%s, %s) "
+    if connection.vendor == "mysql":
+        # No ON CONFLICT there; INSERT IGNORE would also hide other errors.
+        return insert + f"ON DUPLICATE KEY UPDATE {q('AppId')} = {q('AppId')}"
+    return insert + f"ON CONFLICT ({q('AppId')}) DO NOTHING"
 
 
 def application_name_statement(connection: BaseDatabaseWrapper) -> str:

@@ -11,13 +11,10 @@ a ``TestCase`` it writes in the test's own transaction, as Django's ``db`` sessi
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -28,7 +25,7 @@ from django_statemodes.conf import conf
 from django_statemodes.providers.base import StateItem
 from django_statemodes.test import is_runner_memory_database, testing
 
-from .base import MAX_NOTIFY_WAIT, Retry, SQLStateProvider, _Down, _NotInstalled
+from .base import ExecutorStateProvider, Retry, _Down, _NotInstalled
 from .schema import FLAG_UNINITIALIZED, SESSIONS, ColumnTypes
 from .statements import Statements
 
@@ -104,7 +101,7 @@ def statements(q: Callable[[str], str]) -> Statements:
     )
 
 
-class SQLiteStateProvider(SQLStateProvider):
+class SQLiteStateProvider(ExecutorStateProvider):
     """SQLite through sqlite3: the read and the lock share one ``BEGIN IMMEDIATE``."""
 
     # Text in Django's SQLite datetime format, so the ORM (the admin) reads it back.
@@ -115,11 +112,6 @@ class SQLiteStateProvider(SQLStateProvider):
     vendor = "sqlite"
     placeholder = "?"
     driver_errors: tuple[type[Exception], ...] = (sqlite3.Error,)
-    #: SQLite has no notifications: a waiting request re-checks the lock after a pause that
-    #: starts at poll_first and doubles up to poll_interval, so a short hold is handed over
-    #: within a few milliseconds and a long one costs about 60 cheap reads a second.
-    poll_first = 0.001
-    poll_interval = 0.016
     lowest = ""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> SQLiteStateProvider:
@@ -133,10 +125,6 @@ class SQLiteStateProvider(SQLStateProvider):
                 chosen = SQLiteTestDatabaseProvider
         provider: SQLiteStateProvider = super().__new__(chosen)
         return provider
-
-    def __init__(self, alias: str | None = None, app_name: str | None = None) -> None:
-        super().__init__(alias, app_name)
-        self._executor: ThreadPoolExecutor | None = None
 
     def make_statements(self, q: Callable[[str], str]) -> Statements:
         return statements(q)
@@ -192,99 +180,6 @@ class SQLiteStateProvider(SQLStateProvider):
 
     def get_exclusive(self, session_key: str) -> StateItem | None:
         return self._read(session_key, exclusive=True)
-
-    # Waiting: a bounded back-off, re-checking the lock with a plain read (in WAL mode it never
-    # waits for a writer), so the core's next get_exclusive comes only once the lock is gone.
-
-    def _pauses(self, timeout: float) -> Iterator[float]:
-        """Yield each pause before the next check: 1 ms doubling to the cap, until the bound."""
-        deadline = time.monotonic() + max(0.0, min(timeout, MAX_NOTIFY_WAIT))
-        pause = self.poll_first
-        while (remaining := deadline - time.monotonic()) > 0:
-            yield min(pause, remaining)
-            pause = min(pause * 2, self.poll_interval)
-
-    def wait_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:
-        for pause in self._pauses(timeout):
-            time.sleep(pause)
-            if not self.holds(session_key, lock_id):
-                return
-
-    async def await_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:
-        # Sleep on the event loop, check in the provider's executor: the loop is never
-        # blocked, and no thread is held while the request only waits.
-        for pause in self._pauses(timeout):
-            await asyncio.sleep(pause)
-            if not await self._in_executor(self.holds, session_key, lock_id):
-                return
-
-    # Async: the blocking methods, in the provider's executor.
-
-    def executor(self) -> ThreadPoolExecutor:
-        """Return the provider's executor, building it on first use (or after close)."""
-        executor = self._executor
-        if executor is None:
-            with self._mutex:
-                executor = self._executor
-                if executor is None:
-                    # No more threads than pooled connections: an async call never waits for
-                    # a connection that another of these threads holds.
-                    executor = self._executor = ThreadPoolExecutor(
-                        max_workers=max(1, int(conf.STATEMODES_MAX_CONNECTIONS)),
-                        thread_name_prefix="statemodes-sqlite",
-                    )
-        return executor
-
-    async def _in_executor(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self.executor(), functools.partial(method, *args, **kwargs)
-        )
-
-    async def aget(self, session_key: str) -> StateItem | None:
-        return await self._in_executor(self.get, session_key)
-
-    async def aget_exclusive(self, session_key: str) -> StateItem | None:
-        return await self._in_executor(self.get_exclusive, session_key)
-
-    async def aset_and_release(
-        self,
-        session_key: str,
-        data: Any,
-        *,
-        lock_id: int | None,
-        timeout: int,
-        new_item: bool = False,
-        keep_lock: bool = False,
-    ) -> bool:
-        return await self._in_executor(
-            self.set_and_release,
-            session_key,
-            data,
-            lock_id=lock_id,
-            timeout=timeout,
-            new_item=new_item,
-            keep_lock=keep_lock,
-        )
-
-    async def arelease(self, session_key: str, lock_id: int) -> None:
-        await self._in_executor(self.release, session_key, lock_id)
-
-    async def aremove(self, session_key: str, lock_id: int | None = None) -> bool:
-        return await self._in_executor(self.remove, session_key, lock_id)
-
-    async def acreate_uninitialized(self, session_key: str, timeout: int) -> bool:
-        return await self._in_executor(self.create_uninitialized, session_key, timeout)
-
-    def close(self) -> None:
-        """Close the connections and stop the executor (both are rebuilt if used again)."""
-        with self._mutex:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            # Calls under way finish (their connections are closed as they come back); close()
-            # may run on one of its threads, which must not wait for itself.
-            executor.shutdown(wait=False)
-        super().close()
 
     def now(self) -> Any:
         return self._one(f"SELECT {SQLITE_NOW}", ())[0]

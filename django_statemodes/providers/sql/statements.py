@@ -1,7 +1,8 @@
-"""The SQL-mode statements, one per ASP.NET stored procedure, for PostgreSQL and SQLite.
+"""The SQL-mode statements, one per ASP.NET stored procedure, per dialect.
 
 Identifiers are quoted with the connection's ``ops.quote_name``; values are always parameters.
-PostgreSQL statements use ``%s`` (psycopg), SQLite ones ``?`` (sqlite3); both run on the
+PostgreSQL and MySQL statements use ``%s`` (psycopg, mysqlclient), SQLite ones ``?``
+(sqlite3); all run on the
 provider's own autocommit connections, never through the ORM.
 """
 
@@ -36,3 +37,4 @@ class Statements:
     purge_batch: str
     purge_batch_items: str  # the same, returning keys and payloads for session_end
     purge_scan: str  # the batch's end (PostgreSQL) or rows (SQLite), oldest first
+    peek: str = ""  # PostgreSQL: the item without sliding it (a read-only database)
