@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -22,8 +23,10 @@ DJANGO = "django"
 FLOOR = "floor"
 
 PG_PORT = 5432
+MARIADB_PORT = 3306
 REDIS_PORT = 6379
 STATE_PORT_ENV = "STATEMODES_BENCH_STATE_PORT"
+STATE_AOF_PORT_ENV = "STATEMODES_BENCH_STATE_AOF_PORT"
 KV_PORT_ENV = "STATEMODES_BENCH_KV_PORT"
 
 
@@ -51,6 +54,11 @@ def _state_connection() -> dict[str, Any]:
     return {"STATEMODES_STATE_CONNECTION": f"tcpip=127.0.0.1:{os.environ.get(STATE_PORT_ENV)}"}
 
 
+def _state_aof_connection() -> dict[str, Any]:
+    port = os.environ.get(STATE_AOF_PORT_ENV)
+    return {"STATEMODES_STATE_CONNECTION": f"tcpip=127.0.0.1:{port}"}
+
+
 REDIS_PROVIDER = "django_statemodes.providers.redis.RedisProvider"
 
 ENGINES: dict[str, Engine] = {
@@ -65,6 +73,15 @@ ENGINES: dict[str, Engine] = {
             needs=("stateserver",),
             settings=_state_connection,
         ),
+        # The same server with --appendonly: every write appended to a log before its reply.
+        Engine(
+            "stateserver-aof",
+            OURS,
+            "StateServer (--appendonly)",
+            "django_statemodes.backends.stateserver",
+            needs=("stateserver-aof",),
+            settings=_state_aof_connection,
+        ),
         Engine(
             "sql-pg",
             OURS,
@@ -73,6 +90,29 @@ ENGINES: dict[str, Engine] = {
             needs=("pg",),
             settings=lambda: {"STATEMODES_SQL_DATABASE": "pg"},
             database="pg",
+        ),
+        Engine(
+            "sql-mariadb",
+            OURS,
+            "SQL (MariaDB)",
+            "django_statemodes.backends.sql",
+            needs=("mariadb",),
+            settings=lambda: {"STATEMODES_SQL_DATABASE": "mariadb"},
+            database="mariadb",
+        ),
+        # PostgreSQL through a PgBouncer (transaction pooling) the harness starts; LISTEN direct.
+        Engine(
+            "sql-pgbouncer",
+            OURS,
+            "SQL (PostgreSQL via PgBouncer)",
+            "django_statemodes.backends.sql",
+            needs=("pg", "pgbouncer"),
+            settings=lambda: {
+                "STATEMODES_SQL_DATABASE": "pgbouncer",
+                "STATEMODES_SQL_POOLER": "transaction",
+                "STATEMODES_SQL_LISTEN_DATABASE": "pg",
+            },
+            database="pgbouncer",
         ),
         Engine(
             "sql-sqlite",
@@ -92,6 +132,19 @@ ENGINES: dict[str, Engine] = {
             settings=lambda: {
                 "STATEMODES_CUSTOM_PROVIDER": REDIS_PROVIDER,
                 "STATEMODES_REDIS_ALIAS": "redis",
+            },
+        ),
+        # The same provider on a 6-node Redis Cluster the harness starts (OPTIONS["CLUSTER"]).
+        Engine(
+            "redis-cluster",
+            OURS,
+            "Custom: RedisProvider on Redis Cluster",
+            "django_statemodes.backends.custom",
+            needs=("redis-cluster",),
+            imports=("django_statemodes.providers.redis",),
+            settings=lambda: {
+                "STATEMODES_CUSTOM_PROVIDER": REDIS_PROVIDER,
+                "STATEMODES_REDIS_ALIAS": "redis-cluster",
             },
         ),
         Engine(
@@ -118,6 +171,15 @@ ENGINES: dict[str, Engine] = {
             needs=("pg",),
             settings=lambda: {"STATEMODES_BENCH_SESSION_DB": "pg"},
             database="pg",
+        ),
+        Engine(
+            "django-db-mariadb",
+            DJANGO,
+            "Django db (MariaDB)",
+            "django.contrib.sessions.backends.db",
+            needs=("mariadb",),
+            settings=lambda: {"STATEMODES_BENCH_SESSION_DB": "mariadb"},
+            database="mariadb",
         ),
         Engine(
             "django-db-sqlite",
@@ -166,14 +228,24 @@ def unavailable(engine: Engine) -> str | None:
             importlib.import_module(module)
         except ImportError as exc:
             return f"{module} is not importable yet ({exc})"
-    if "stateserver" in engine.needs and (
+    if {"stateserver", "stateserver-aof"} & set(engine.needs) and (
         importlib.util.find_spec("django_statemodes.stateserver.__main__") is None
     ):
         return "python -m django_statemodes.stateserver is not written yet"
     if "pg" in engine.needs and not port_open(PG_PORT):
         return f"PostgreSQL is not reachable at 127.0.0.1:{PG_PORT}"
+    if "mariadb" in engine.needs and not (
+        port_open(MARIADB_PORT) and importlib.util.find_spec("MySQLdb") is not None
+    ):
+        return f"MariaDB (and mysqlclient) is not reachable at 127.0.0.1:{MARIADB_PORT}"
+    if "pgbouncer" in engine.needs and not os.path.exists("/usr/sbin/pgbouncer"):
+        return "PgBouncer is not installed (/usr/sbin/pgbouncer)"
     if "redis" in engine.needs and not port_open(REDIS_PORT):
         return f"Redis is not reachable at 127.0.0.1:{REDIS_PORT}"
+    if "redis-cluster" in engine.needs:
+        from tests.redis_cluster import available
+
+        return available()
     return None
 
 
@@ -257,6 +329,30 @@ def services(engines: Iterable[Engine]) -> Iterator[None]:
             command = python_module("django_statemodes.stateserver", "--port", str(port))
             stack.enter_context(running(command, port))
             os.environ[STATE_PORT_ENV] = str(port)
+        if "stateserver-aof" in needs:
+            port = free_port()
+            snapshot = os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), "s.snap")
+            command = python_module(
+                "django_statemodes.stateserver",
+                *("--port", str(port), "--snapshot", snapshot, "--appendonly"),
+            )
+            stack.enter_context(running(command, port))
+            os.environ[STATE_AOF_PORT_ENV] = str(port)
+        if "redis-cluster" in needs:
+            from django.conf import settings
+
+            from tests.redis_cluster import running_cluster
+
+            cluster = stack.enter_context(running_cluster())
+            # In place: Django's cache handler keeps the CACHES dict it read first.
+            settings.CACHES["redis-cluster"] = cluster.cache()
+        if "mariadb" in needs:
+            _add_database("mariadb", {"ENGINE": "django.db.backends.mysql", "PORT": "3306"})
+        if "pgbouncer" in needs:
+            from tests.pgbouncer import pgbouncer
+
+            port = stack.enter_context(pgbouncer(pool_size=8))
+            _add_database("pgbouncer", {"ENGINE": "django.db.backends.postgresql", "PORT": port})
         if "kvserver" in needs:
             port = free_port()
             stack.enter_context(running(python_module("benchmarks.kvserver", str(port)), port))
@@ -267,6 +363,19 @@ def services(engines: Iterable[Engine]) -> Iterator[None]:
             yield
         finally:
             forget(engines)
+
+
+def _add_database(alias: str, entry: dict[str, Any]) -> None:
+    """Add a DATABASES alias at run time (database ``test`` as root at 127.0.0.1)."""
+    from django.conf import settings
+    from django.db import connections
+
+    entry = {"NAME": "test", "USER": "root", "HOST": "127.0.0.1", "CONN_MAX_AGE": None, **entry}
+    entry["PORT"] = str(entry["PORT"])
+    settings.DATABASES[alias] = entry
+    # In place: Django's connection handler keeps the DATABASES it configured first.
+    configured = connections.configure_settings({"default": {}, alias: entry})
+    connections.settings[alias] = configured[alias]
 
 
 def forget(engines: Iterable[Engine]) -> None:

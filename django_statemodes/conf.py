@@ -53,9 +53,37 @@ class Settings:
         return _setting("STATEMODES_STATE_SECRET", None)
 
     @property
+    def STATEMODES_STATE_TLS_CA(self) -> str | None:
+        # CA file (PEM) that signed the state servers' certificates; needed by tls= addresses.
+        # No default trust store: a private service trusts its own CA, not every public one.
+        return _setting("STATEMODES_STATE_TLS_CA", None)
+
+    @property
+    def STATEMODES_STATE_TLS_CERT(self) -> str | None:
+        # Client certificate (PEM) for a server started with --tls-client-ca; None: none sent.
+        return _setting("STATEMODES_STATE_TLS_CERT", None)
+
+    @property
+    def STATEMODES_STATE_TLS_KEY(self) -> str | None:
+        # The client certificate's key (PEM); None: the key is in STATEMODES_STATE_TLS_CERT.
+        return _setting("STATEMODES_STATE_TLS_KEY", None)
+
+    @property
     def STATEMODES_PARTITION_RESOLVER(self) -> str | None:
         # ASP.NET partitionResolverType: dotted path of a custom resolver.
         return _setting("STATEMODES_PARTITION_RESOLVER", None)
+
+    @property
+    def STATEMODES_STATE_PREVIOUS_CONNECTION(self) -> str | None:
+        # A farm's other layout while it grows or shrinks: a session not found on its owner is
+        # looked for there and moved. None: no farm change in progress.
+        return _setting("STATEMODES_STATE_PREVIOUS_CONNECTION", None)
+
+    @property
+    def STATEMODES_STATE_DOWN_INTERVAL(self) -> float:
+        # Seconds a state server that timed out is refused at once (503) before one request
+        # probes it again: its sessions' requests do not each hold a thread for the timeout.
+        return _setting("STATEMODES_STATE_DOWN_INTERVAL", 5.0)
 
     @property
     def STATEMODES_SQL_DATABASE(self) -> str:
@@ -65,6 +93,19 @@ class Settings:
     def STATEMODES_SQL_RETRY_INTERVAL(self) -> float:
         # ASP.NET sqlConnectionRetryInterval: 0 means no retry.
         return _setting("STATEMODES_SQL_RETRY_INTERVAL", 0.0)
+
+    @property
+    def STATEMODES_SQL_POOLER(self) -> str | None:
+        # "transaction": the alias reaches PostgreSQL through a transaction-mode pooler
+        # (PgBouncer): no prepared statements unless its OPTIONS name a prepare_threshold, no
+        # LISTEN through it. None: a direct connection (or session pooling).
+        return _setting("STATEMODES_SQL_POOLER", None)
+
+    @property
+    def STATEMODES_SQL_LISTEN_DATABASE(self) -> str | None:
+        # The alias LISTENed on for lock releases; None: the sessions' own alias. Behind a
+        # transaction pooler, a direct alias to the same database (LISTEN needs a session).
+        return _setting("STATEMODES_SQL_LISTEN_DATABASE", None)
 
     @property
     def STATEMODES_PURGE_BATCH_SIZE(self) -> int:

@@ -22,11 +22,13 @@ DAEMON_MODULES = [
     "django_statemodes.items",
     "django_statemodes.memory",
     "django_statemodes.stateserver.addresses",
+    "django_statemodes.stateserver.appendonly",
     "django_statemodes.stateserver.errors",
     "django_statemodes.stateserver.options",
     "django_statemodes.stateserver.protocol",
     "django_statemodes.stateserver.server",
     "django_statemodes.stateserver.snapshot",
+    "django_statemodes.stateserver.tls",
 ]
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,9 +17,8 @@ from django_statemodes.backends.stateserver import SessionStore
 from django_statemodes.core.codec import RAW
 from django_statemodes.exceptions import SessionValueError
 from django_statemodes.serializers import FastJSONSerializer
-from django_statemodes.stateserver.addresses import Address
-from django_statemodes.stateserver.client import StateServerClient
-from tests.fixtures_stateserver import StateServerProcess
+from tests.fixtures_stateserver import StateServerProcess, client_for
+from tests.test_stateserver_payloads import load, save
 
 FAST = "django_statemodes.serializers.FastJSONSerializer"
 DJANGO = "django.core.signing.JSONSerializer"
@@ -82,40 +80,17 @@ def test_json_cannot_store_what_django_cannot_either() -> None:
 # Through a real state server, as a site switching SESSION_SERIALIZER would.
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[StateServerProcess]:
-    with StateServerProcess() as process:
-        yield process
-
-
-@pytest.fixture
-def engine(server: StateServerProcess) -> Iterator[StateServerClient]:
-    client = StateServerClient(Address("127.0.0.1", server.port), timeout=5)
-    with override_settings(STATEMODES_STATE_CONNECTION=server.connection):
-        yield client
-    client.close()
-
-
-def save(data: dict[str, Any]) -> str:
-    session = SessionStore(access="ReadWrite")
-    session.update(data)
-    session.finish(save=True)
-    assert session.session_key is not None
-    return session.session_key
-
-
-def load(key: str) -> dict[str, Any]:
-    return dict(SessionStore(key, access="ReadOnly").items())
-
-
 @pytest.mark.stateserver
-def test_sessions_survive_switching_the_serializer_either_way(engine: StateServerClient) -> None:
+def test_sessions_survive_switching_the_serializer_either_way(
+    stateserver: StateServerProcess, settings: Any
+) -> None:
+    settings.STATEMODES_STATE_CONNECTION = stateserver.connection
     data = {**PLAIN, "cart": [{"sku": f"SKU-{i}", "qty": i} for i in range(2000)]}
     with override_settings(SESSION_SERIALIZER=DJANGO):
         by_django = save(data)
     with override_settings(SESSION_SERIALIZER=FAST):
         by_fast = save(data)
-        item = engine.get(by_fast)
+        item = client_for(stateserver).get(by_fast)
         assert item is not None and item.data is not None
         assert bytes(item.data) == RAW + JSONSerializer().dumps(data)  # Django's very bytes
         assert load(by_django) == load(by_fast) == data
@@ -124,7 +99,10 @@ def test_sessions_survive_switching_the_serializer_either_way(engine: StateServe
 
 
 @pytest.mark.stateserver
-def test_a_value_it_cannot_store_is_refused_where_it_is_set(engine: StateServerClient) -> None:
+def test_a_value_it_cannot_store_is_refused_where_it_is_set(
+    stateserver: StateServerProcess, settings: Any
+) -> None:
+    settings.STATEMODES_STATE_CONNECTION = stateserver.connection
     with override_settings(SESSION_SERIALIZER=FAST):
         session = SessionStore(access="ReadWrite")
         with pytest.raises(SessionValueError, match="'when'"):

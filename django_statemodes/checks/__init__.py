@@ -15,8 +15,10 @@ from django.core.checks import CheckMessage
 from .common import check_common
 from .cookieless import check_cookieless
 from .custom import check_custom
+from .farm import check_farm
 from .inproc import check_inproc
 from .middleware import check_middleware
+from .names import check_names
 from .serializer import check_serializer
 from .sql import check_sql
 from .stateserver import check_stateserver
@@ -25,10 +27,12 @@ from .unavailable import check_unavailable
 __all__ = ["CHECKS", "check_settings"]
 
 CHECKS: tuple[Callable[[], list[CheckMessage]], ...] = (
+    check_names,
     check_common,
     check_cookieless,
     check_inproc,
     check_stateserver,
+    check_farm,
     check_sql,
     check_custom,
     check_middleware,

@@ -31,7 +31,8 @@ def _check_locking() -> list[CheckMessage]:
     if conf.STATEMODES_DEFAULT_ACCESS not in MODES:
         errors.append(
             Error(
-                "STATEMODES_DEFAULT_ACCESS should be 'ReadWrite', 'ReadOnly' or 'Disabled'.",
+                "STATEMODES_DEFAULT_ACCESS should be 'ReadWrite', 'ReadOnly' or 'Disabled', "
+                f"not {conf.STATEMODES_DEFAULT_ACCESS!r}.",
                 hint="ASP.NET's <pages enableSessionState> true / ReadOnly / false.",
                 id="django_statemodes.E001",
             )
@@ -39,14 +40,16 @@ def _check_locking() -> list[CheckMessage]:
     if not positive_number(conf.STATEMODES_STATE_NETWORK_TIMEOUT):
         errors.append(
             Error(
-                "STATEMODES_STATE_NETWORK_TIMEOUT should be a positive number of seconds.",
+                "STATEMODES_STATE_NETWORK_TIMEOUT should be a positive number of seconds, "
+                f"not {conf.STATEMODES_STATE_NETWORK_TIMEOUT!r}.",
                 id="django_statemodes.E002",
             )
         )
     if not positive_number(conf.STATEMODES_LOCK_TIMEOUT):
         errors.append(
             Error(
-                "STATEMODES_LOCK_TIMEOUT should be a positive number of seconds.",
+                "STATEMODES_LOCK_TIMEOUT should be a positive number of seconds, "
+                f"not {conf.STATEMODES_LOCK_TIMEOUT!r}.",
                 hint="ASP.NET's default is 110 (executionTimeout).",
                 id="django_statemodes.E003",
             )
@@ -54,7 +57,8 @@ def _check_locking() -> list[CheckMessage]:
     if not positive_int(conf.STATEMODES_LOCK_QUEUE_LIMIT):
         errors.append(
             Error(
-                "STATEMODES_LOCK_QUEUE_LIMIT should be a positive integer.",
+                "STATEMODES_LOCK_QUEUE_LIMIT should be a positive integer, "
+                f"not {conf.STATEMODES_LOCK_QUEUE_LIMIT!r}.",
                 id="django_statemodes.E004",
             )
         )
@@ -67,7 +71,8 @@ def _check_store() -> list[CheckMessage]:
     if not isinstance(name, str) or not name or len(name) > 280:
         errors.append(
             Error(
-                "STATEMODES_APPLICATION_NAME should be a non-empty string of at most 280 characters.",
+                "STATEMODES_APPLICATION_NAME should be a non-empty string of at most 280 "
+                f"characters, not {name!r}.",
                 hint="Give every site that shares a store the same explicit name.",
                 id="django_statemodes.E010",
             )
@@ -75,14 +80,18 @@ def _check_store() -> list[CheckMessage]:
     if not positive_int(conf.STATEMODES_MAX_SESSION_SIZE):
         errors.append(
             Error(
-                "STATEMODES_MAX_SESSION_SIZE should be a positive number of bytes.",
+                "STATEMODES_MAX_SESSION_SIZE should be a positive number of bytes, "
+                f"not {conf.STATEMODES_MAX_SESSION_SIZE!r}.",
                 id="django_statemodes.E011",
             )
         )
     compression: object = conf.STATEMODES_COMPRESSION
     if not isinstance(compression, bool):
         errors.append(
-            Error("STATEMODES_COMPRESSION should be a bool.", id="django_statemodes.E012")
+            Error(
+                f"STATEMODES_COMPRESSION should be a bool, not {conf.STATEMODES_COMPRESSION!r}.",
+                id="django_statemodes.E012",
+            )
         )
     return errors
 
@@ -93,7 +102,8 @@ def _check_capacity() -> list[CheckMessage]:
     if not positive_int(conf.STATEMODES_MAX_CONNECTIONS):
         errors.append(
             Error(
-                "STATEMODES_MAX_CONNECTIONS should be a positive integer.",
+                "STATEMODES_MAX_CONNECTIONS should be a positive integer, "
+                f"not {conf.STATEMODES_MAX_CONNECTIONS!r}.",
                 hint="Store connections per process and store; the default is 10.",
                 id="django_statemodes.E014",
             )
@@ -101,7 +111,8 @@ def _check_capacity() -> list[CheckMessage]:
     if not positive_number(conf.STATEMODES_CONNECTION_WAIT):
         errors.append(
             Error(
-                "STATEMODES_CONNECTION_WAIT should be a positive number of seconds.",
+                "STATEMODES_CONNECTION_WAIT should be a positive number of seconds, "
+                f"not {conf.STATEMODES_CONNECTION_WAIT!r}.",
                 hint="How long a request waits for a free store connection before its 503.",
                 id="django_statemodes.E015",
             )
@@ -109,7 +120,8 @@ def _check_capacity() -> list[CheckMessage]:
     if not positive_number(conf.STATEMODES_CONNECTION_IDLE_TIMEOUT):
         errors.append(
             Error(
-                "STATEMODES_CONNECTION_IDLE_TIMEOUT should be a positive number of seconds.",
+                "STATEMODES_CONNECTION_IDLE_TIMEOUT should be a positive number of seconds, "
+                f"not {conf.STATEMODES_CONNECTION_IDLE_TIMEOUT!r}.",
                 id="django_statemodes.E016",
             )
         )
@@ -117,7 +129,8 @@ def _check_capacity() -> list[CheckMessage]:
     if threads is not None and not positive_int(threads):
         errors.append(
             Error(
-                "STATEMODES_LOCK_WAITING_THREADS should be None or a positive integer.",
+                "STATEMODES_LOCK_WAITING_THREADS should be None or a positive integer, "
+                f"not {conf.STATEMODES_LOCK_WAITING_THREADS!r}.",
                 hint="None derives it: half of the most requests a process has served at once.",
                 id="django_statemodes.E017",
             )

@@ -36,7 +36,8 @@ COOKIE_MESSAGE_STORAGES = (
 def check_cookieless() -> list[CheckMessage]:
     """Check the cookieless settings, and what a session in the URL needs when it is on."""
     errors = _check_settings()
-    if conf.STATEMODES_COOKIELESS != "UseCookies" and not getattr(
+    # Only for a cookieless mode: a value that is no mode at all is E005's, reported alone.
+    if conf.STATEMODES_COOKIELESS in ("UseUri", "AutoDetect") and not getattr(
         settings, "CSRF_USE_SESSIONS", False
     ):
         errors.append(
@@ -58,7 +59,8 @@ def _check_settings() -> list[CheckMessage]:
     if conf.STATEMODES_COOKIELESS not in COOKIELESS_MODES:
         errors.append(
             Error(
-                "STATEMODES_COOKIELESS should be 'UseCookies', 'UseUri' or 'AutoDetect'.",
+                "STATEMODES_COOKIELESS should be 'UseCookies', 'UseUri' or 'AutoDetect', "
+                f"not {conf.STATEMODES_COOKIELESS!r}.",
                 id="django_statemodes.E005",
             )
         )
@@ -74,7 +76,12 @@ def _check_settings() -> list[CheckMessage]:
         )
     for name in SWITCHES:
         if not isinstance(getattr(conf, name), bool):
-            errors.append(Error(f"{name} should be a bool.", id="django_statemodes.E051"))
+            errors.append(
+                Error(
+                    f"{name} should be a bool, not {getattr(conf, name)!r}.",
+                    id="django_statemodes.E051",
+                )
+            )
     return errors
 
 
