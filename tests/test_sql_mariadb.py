@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +25,9 @@ import pytest
 from django.core.management import call_command
 from django.db import connections
 
+from django_statemodes.exceptions import SessionStoreUnavailable
 from django_statemodes.providers.sql import ddl, schema
+from django_statemodes.providers.sql.base import CONFLICT_RETRIES
 from django_statemodes.testing import new_key
 from tests.conftest import REQUIRE_SERVICES, free_port
 from tests.fixtures_sql import MARIADB, MARIADB_ENABLED, MakeProvider, database_name
@@ -197,3 +200,70 @@ def test_a_database_restart_gives_503s_loses_nothing_and_recovers(sql_tables: li
         install_on(env)
         with gunicorn("tests.sqlapp.wsgi", workers=2, threads=4, env=env) as port:
             restart_under_load(port, stop, start)
+
+
+def deadlock_error(provider: Any) -> Exception:
+    """A real InnoDB deadlock between two of the provider's connections, as it is raised."""
+    first, second = provider.connect(), provider.connect()
+    try:
+        setup = first.cursor()
+        setup.execute("DROP TABLE IF EXISTS statemodes_deadlock")
+        setup.execute("CREATE TABLE statemodes_deadlock (id INT PRIMARY KEY) ENGINE=InnoDB")
+        setup.execute("INSERT INTO statemodes_deadlock VALUES (1), (2)")
+        one, two = first.cursor(), second.cursor()
+        one.execute("START TRANSACTION")
+        two.execute("START TRANSACTION")
+        one.execute("SELECT * FROM statemodes_deadlock WHERE id = 1 FOR UPDATE")
+        two.execute("SELECT * FROM statemodes_deadlock WHERE id = 2 FOR UPDATE")
+        errors: list[Exception] = []
+
+        def lock(cursor: Any, row: int) -> None:
+            try:
+                cursor.execute(f"SELECT * FROM statemodes_deadlock WHERE id = {row} FOR UPDATE")
+            except Exception as exc:
+                errors.append(exc)
+
+        waiter = threading.Thread(target=lock, args=(one, 2))
+        waiter.start()
+        # Either order closes the cycle (the pause only makes the first wait first): InnoDB
+        # undoes one of the two transactions.
+        time.sleep(0.2)
+        lock(two, 1)
+        waiter.join(timeout=60)
+        assert len(errors) == 1, errors
+        return errors[0]
+    finally:
+        for conn in (first, second):
+            conn.close()
+        cleanup = provider.connect()
+        cleanup.cursor().execute("DROP TABLE IF EXISTS statemodes_deadlock")
+        cleanup.close()
+
+
+def test_a_call_undone_by_a_deadlock_is_run_again(make_provider: MakeProvider) -> None:
+    provider = make_provider(MARIADB)
+    error = deadlock_error(provider)
+    assert error.args[0] == 1213  # ER_LOCK_DEADLOCK, from InnoDB itself
+    attempts: list[int] = []
+
+    def work(conn: Any) -> str:
+        # The first two runs meet the deadlock InnoDB just raised; the third goes through.
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise error
+        cursor = conn.cursor()
+        cursor.execute("SELECT 1")
+        return "done"
+
+    assert provider.run(work) == "done"
+    assert len(attempts) == 3
+    # A call that keeps meeting deadlocks ends as a 503, after CONFLICT_RETRIES more runs.
+    attempts.clear()
+
+    def always(conn: Any) -> str:
+        attempts.append(1)
+        raise error
+
+    with pytest.raises(SessionStoreUnavailable, match="Deadlock"):
+        provider.run(always)
+    assert len(attempts) == 1 + CONFLICT_RETRIES

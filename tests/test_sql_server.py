@@ -159,6 +159,23 @@ def test_a_database_restart_gives_503s_loses_nothing_and_recovers(sql_tables: li
         restart_under_load(port, stop, start)
 
 
+# A database that has just started may still refuse or time out a few connections (MariaDB
+# while InnoDB recovers): requests count as recovered from this long after the first success.
+SETTLE = 2.0
+
+
+def settled(results: list[Result], up_at: float) -> list[Result]:
+    """The requests started once the database settled: SETTLE after the first success."""
+    successes = [r[1] for r in results if r[0] > up_at and r[2] == 200]
+    if not successes:
+        return []
+    return [r for r in results if r[0] >= min(successes) + SETTLE]
+
+
+def settled_successes(results: list[Result], up_at: float) -> list[Result]:
+    return [r for r in settled(list(results), up_at) if r[2] == 200]
+
+
 def restart_under_load(port: int, stop: Callable[[], None], start: Callable[[], None]) -> None:
     """Stop and start the site's session database under 4 clients: 503s, nothing lost."""
     pids_before = worker_pids(port)
@@ -183,15 +200,16 @@ def restart_under_load(port: int, stop: Callable[[], None], start: Callable[[], 
         time.sleep(1.0)
         down_at = time.monotonic()
         stop()
+        stopped_at = time.monotonic()
         time.sleep(1.0)
     finally:
         start()  # always: the cluster must come back whatever happened
     up_at = time.monotonic()
-    # Run until some increments succeeded after the restart (a lock held across it
-    # is broken after the 3 s lock timeout), then stop the clients.
-    deadline = up_at + 20
+    # Run until 20 increments succeeded once the database settled after the restart (a lock
+    # held across it is broken after the 3 s lock timeout), then stop the clients.
+    deadline = up_at + 40
     while time.monotonic() < deadline:
-        if sum(1 for r in results if r[0] > up_at and r[2] == 200) >= 20:
+        if len(settled_successes(results, up_at)) >= 20:
             break
         time.sleep(0.2)
     stop_at = 0.0
@@ -212,14 +230,17 @@ def restart_under_load(port: int, stop: Callable[[], None], start: Callable[[], 
     assert set(statuses) <= {200, 503, 400}, sorted(set(statuses))
     # Every acknowledged increment is in the session: nothing committed was lost, none lost by
     # a race. (A request whose lock was broken gets 400 SessionInterrupted and saves nothing.)
-    assert final == 1 + succeeded
-    # Recovered: once one increment started after the restart has succeeded, every request
-    # started after that succeeds too.
-    recovered_at = min(r[1] for r in results if r[0] > up_at and r[2] == 200)
+    # A save in flight when the database stopped may have committed with its reply lost: it is
+    # answered 503 (or 400 when tried again) though applied, as with any database. Only
+    # requests started before the database had stopped can be such.
+    in_flight_failures = sum(1 for r in results if r[2] != 200 and r[0] < stopped_at)
+    assert 1 + succeeded <= final <= 1 + succeeded + in_flight_failures, (final, succeeded)
+    # Recovered: once the database has settled after its restart, every request succeeds.
+    later = [r for r in settled(results, up_at) if b"Too many requests" not in r[4]]
     # (A 503 "Too many requests" is the session's waiters past their share of the threads:
     # backpressure that says nothing about the database.)
-    later = [r[2] for r in results if r[0] >= recovered_at and b"Too many requests" not in r[4]]
-    assert len(later) >= 10 and set(later) == {200}, sorted(set(later))
+    failed_later = [(r[2], r[4][-300:]) for r in later if r[2] != 200]
+    assert len(later) >= 10 and not failed_later, failed_later
     # The same two workers throughout, none restarted: the 503s came from them too.
     assert pids_after == pids_before
     assert {r[3][PID] for r in results} <= pids_before
