@@ -59,7 +59,6 @@ def test_a_hung_server_is_marked_down_then_probed_back(
             provider.get_exclusive(on_hung[0])  # the first request waits the network timeout
         assert provider.marked_down == 1
         assert list(provider.down_servers()) == [f"127.0.0.1:{hung.port}"]
-        started = time.monotonic()
         for index, key in enumerate(on_hung[1:]):
             with pytest.raises(StateServerUnavailable, match="marked down"):
                 provider.get_exclusive(key)
@@ -67,10 +66,9 @@ def test_a_hung_server_is_marked_down_then_probed_back(
             item = provider.get_exclusive(on_up[index])
             assert item is not None and item.data == b"v"
             provider.release(on_up[index], item.lock_id)
-        refused_in = time.monotonic() - started
+        # Not one of the twenty waited for the timeout: each was refused by the mark ("marked
+        # down", not "no answer within"), counted as such.
         assert provider.refused_down == 20
-        # Not one of the twenty waited for the timeout (each would have taken 6 s).
-        assert refused_in < NETWORK_TIMEOUT / 2
     finally:
         hung.signal(signal.SIGCONT)
     # The twenty never reached the server: it counted the one request that timed out (read once
@@ -160,17 +158,18 @@ def test_through_gunicorn_a_hung_servers_sessions_get_503_and_retry_after_at_onc
         try:
             status, _ = on_hung[0].get("/incr")
             assert status == 503  # after the network timeout
-            started = time.monotonic()
             for index in range(20):
                 status, body = on_hung[index % len(on_hung)].get("/incr")
                 assert status == 503, body
                 assert "Retry-After" in on_hung[index % len(on_hung)].headers
                 user = on_up[index % len(on_up)]
                 assert user.counter("/count") >= 1  # the other server's sessions are served
-            assert time.monotonic() - started < NETWORK_TIMEOUT / 2  # none waited the timeout
         finally:
             hung.signal(signal.SIGCONT)
         assert client.stats()["operations"] - before <= 2  # the twenty never reached it
         log = web.log.read_bytes()[logged:].decode()
         assert log.count("Marked the state server at") == 1
+        # None of the twenty waited for the timeout: each was refused by the mark.
+        refusals = [line for line in log.splitlines() if "Session store unavailable" in line]
+        assert sum("marked down" in line for line in refusals) >= 20, refusals[-3:]
         client.close()
