@@ -235,12 +235,17 @@ def restart_under_load(port: int, stop: Callable[[], None], start: Callable[[], 
     # requests started before the database had stopped can be such.
     in_flight_failures = sum(1 for r in results if r[2] != 200 and r[0] < stopped_at)
     assert 1 + succeeded <= final <= 1 + succeeded + in_flight_failures, (final, succeeded)
-    # Recovered: once the database has settled after its restart, every request succeeds.
-    later = [r for r in settled(results, up_at) if b"Too many requests" not in r[4]]
-    # (A 503 "Too many requests" is the session's waiters past their share of the threads:
-    # backpressure that says nothing about the database.)
-    failed_later = [(r[2], r[4][-300:]) for r in later if r[2] != 200]
-    assert len(later) >= 10 and not failed_later, failed_later
+    # Recovered: once the database has settled after its restart, requests succeed again, and
+    # nothing fails but with a 503 to try again (Retry-After): the session's waiters past their
+    # share of the threads, or, on MariaDB, a transaction InnoDB rolled back to break a
+    # deadlock between two clients of the session.
+    later = settled(results, up_at)
+    failed_later = [
+        (r[2], r[4][-300:])
+        for r in later
+        if r[2] != 200 and not (r[2] == 503 and "retry-after" in r[3])
+    ]
+    assert sum(r[2] == 200 for r in later) >= 10 and not failed_later, failed_later
     # The same two workers throughout, none restarted: the 503s came from them too.
     assert pids_after == pids_before
     assert {r[3][PID] for r in results} <= pids_before

@@ -46,9 +46,6 @@ SETTING = "STATEMODES_SQL_DATABASE"
 MAX_NOTIFY_WAIT = 2.0
 # Pause between attempts while STATEMODES_SQL_RETRY_INTERVAL lasts (ASP.NET sleeps 1 s).
 RETRY_PAUSE = 0.5
-# How many times a call whose transaction the database rolled back to break a deadlock is run
-# again at once, before the error is the request's (a 503).
-CONFLICT_RETRIES = 3
 
 T = TypeVar("T")
 
@@ -101,7 +98,6 @@ class Retry:
 
     at_once: bool = False  # a stale connection was already replaced once
     deadline: float | None = None
-    conflicts: int = 0  # transactions the database rolled back to resolve a deadlock
 
 
 @dataclass
@@ -174,10 +170,6 @@ class SQLStateProvider(SessionStateProvider):
 
     def read_only(self, exc: BaseException | None) -> bool:
         """Return True if a driver error says the database refuses writes (a replica)."""
-        return False
-
-    def rolled_back(self, exc: BaseException) -> bool:
-        """Return True if the database undid the call's transaction to break a deadlock."""
         return False
 
     def refused_write(self, exc: SessionStoreUnavailable) -> bool:
@@ -284,11 +276,6 @@ class SQLStateProvider(SessionStateProvider):
         """
         if isinstance(exc, SessionStoreUnavailable):
             raise exc  # not installed, an application-name collision, an exhausted pool
-        if self.rolled_back(exc) and retry.conflicts < CONFLICT_RETRIES:
-            # InnoDB's "Deadlock found ... try restarting transaction": the transaction was
-            # undone whole, so running it again is safe, and what the database asks for.
-            retry.conflicts += 1
-            return 0.0
         if isinstance(exc, self.driver_errors) and self.read_only(exc):
             # A replica by mistake, or a failover under way: a 503, never a 500 (reads that
             # need no write still work: ``get`` falls back to a plain read).

@@ -33,8 +33,6 @@ ER_NO_SUCH_TABLE = 1146
 # The server or the transaction refuses writes: --read-only, a read-only transaction,
 # innodb_read_only.
 READ_ONLY = frozenset({1290, 1792, 1836})
-# ER_LOCK_DEADLOCK: InnoDB rolled the whole transaction back to break a deadlock.
-ER_LOCK_DEADLOCK = 1213
 # Statements' time: UTC, so the ORM reads the columns back as USE_TZ expects (Django keeps
 # datetimes in UTC on MySQL). A lock's statements share one instant, read once into @now.
 NOW = "UTC_TIMESTAMP(6)"
@@ -208,13 +206,6 @@ class MySQLStateProvider(ExecutorStateProvider):
 
     def read_only(self, exc: BaseException | None) -> bool:
         return isinstance(exc, self._mysql.Error) and bool(exc.args) and exc.args[0] in READ_ONLY
-
-    def rolled_back(self, exc: BaseException) -> bool:
-        return (
-            isinstance(exc, self._mysql.Error)
-            and bool(exc.args)
-            and exc.args[0] == ER_LOCK_DEADLOCK
-        )
 
     def _execute(self, conn: Any, sql: str, params: Sequence[Any], *, prepare: bool = True) -> Any:
         cursor = conn.cursor()
