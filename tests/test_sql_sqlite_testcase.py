@@ -12,6 +12,7 @@ connections.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -231,3 +232,42 @@ def test_on_a_file_test_database_clear_sessions_names_the_lock(
         cursor.execute('DELETE FROM "ASPStateTempSessions" WHERE 0')
     with pytest.raises(SessionStoreUnavailable, match="TransactionTestCase"):
         clear_sessions()
+
+
+@pytest.mark.django_db(databases=[MEMORY], transaction=True)
+def test_a_table_lock_of_another_connection_is_waited_for(provider: SQLiteStateProvider) -> None:
+    # A shared-cache database answers "database table is locked" at once while another
+    # connection of the process writes (SQLite's busy timeout does not cover it): the call
+    # waits for that write to end, as the busy timeout would, instead of failing.
+    key = new_key()
+    assert provider.set_and_release(key, b"cart", lock_id=None, timeout=60, new_item=True)
+    writer = sqlite3.connect(connections[MEMORY].settings_dict["NAME"], uri=True, timeout=0)
+    writer.isolation_level = None
+    outcome: list[Any] = []
+    done = threading.Event()
+
+    def lock() -> None:
+        try:
+            outcome.append(provider.get_exclusive(key))
+        except Exception as exc:  # the failure this test guards against
+            outcome.append(exc)
+        done.set()
+
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute('UPDATE "ASPStateTempSessions" SET "Timeout" = "Timeout" WHERE 0 = 1')
+        caller = threading.Thread(target=lock, daemon=True)
+        caller.start()
+        # Ordering, not timing: the call has been refused by the table lock at least once
+        # while the writer holds it (the writer's own statement shows the lock is real).
+        assert other_connection_is_locked_out()
+        assert not done.wait(0.3), outcome  # still waiting, not failed
+        writer.execute("COMMIT")
+        assert done.wait(60), "the call did not end once the writer committed"
+    finally:
+        writer.close()
+    caller.join(60)
+    assert len(outcome) == 1 and not isinstance(outcome[0], Exception), outcome
+    held = outcome[0]
+    assert held is not None and not held.locked and held.data == b"cart"
+    provider.release(key, held.lock_id)

@@ -98,6 +98,7 @@ class Retry:
 
     at_once: bool = False  # a stale connection was already replaced once
     deadline: float | None = None
+    busy_until: float | None = None  # SQLite: a lock held by another connection of this process
 
 
 @dataclass

@@ -41,6 +41,15 @@ NOW = "UTC_TIMESTAMP(6)"
 def statements(q: Callable[[str], str]) -> Statements:
     """Return MySQL/MariaDB's statements (``q`` quotes an identifier, ``%s`` are values)."""
     t = q(SESSIONS)
+    # Every statement on one session reaches its row through the primary key, never through
+    # Index_Expires: on a small table MariaDB's optimizer picks the Expires range for
+    # "SessionId = %s AND Expires > now", and then a save locks the index entry before the row
+    # while a lock holds the row and waits for the entry (an InnoDB deadlock); worse, READ
+    # COMMITTED's semi-consistent read lets such a scan skip the row a concurrent lock is
+    # moving, so a save found "no row with my lock cookie" (a 400 under 8 clients of one
+    # session). Single-table DELETE takes no index hint: the multi-table form does.
+    by_key = f"{t} FORCE INDEX (PRIMARY)"
+    delete = f"DELETE {t} FROM {by_key}"
     sid, expires, timeout, locked = q("SessionId"), q("Expires"), q("Timeout"), q("Locked")
     cookie, lock_date, local, flags = q("LockCookie"), q("LockDate"), q("LockDateLocal"), q("Flags")
     short, long = q("SessionItemShort"), q("SessionItemLong")
@@ -62,13 +71,13 @@ def statements(q: Callable[[str], str]) -> Statements:
     peek = (
         f"SET @now = {NOW}; "
         f"SELECT {locked}, {cookie}, IF({locked}, {age}, 0), {timeout}, {payload}, "
-        f"{uninitialized} FROM {t} WHERE {live}"
+        f"{uninitialized} FROM {by_key} WHERE {live}"
     )
     return Statements(
         # TempGetStateItem3: read, then slide; one round trip, no row lock waited for.
         get=(
             f"{peek}; "
-            f"UPDATE {t} SET {expires} = @now + INTERVAL {timeout} SECOND, "
+            f"UPDATE {by_key} SET {expires} = @now + INTERVAL {timeout} SECOND, "
             f"{flags} = {flags} & ~{FLAG_UNINITIALIZED} WHERE {live}"
         ),
         # TempGetStateItemExclusive3: the row read under its lock, then locked (or, when it
@@ -78,8 +87,8 @@ def statements(q: Callable[[str], str]) -> Statements:
             f"SET @now = {NOW}; START TRANSACTION; "
             f"SELECT {locked}, IF({locked}, {cookie}, {cookie} + 1), IF({locked}, {age}, 0), "
             f"{timeout}, IF({locked}, NULL, {payload}), NOT {locked} AND {uninitialized} "
-            f"FROM {t} WHERE {live} FOR UPDATE; "
-            f"UPDATE {t} SET {expires} = @now + INTERVAL {timeout} SECOND, "
+            f"FROM {by_key} WHERE {live} FOR UPDATE; "
+            f"UPDATE {by_key} SET {expires} = @now + INTERVAL {timeout} SECOND, "
             f"{lock_date} = IF({locked}, {lock_date}, @now), "
             f"{local} = IF({locked}, {local}, NOW(6)), "
             f"{cookie} = IF({locked}, {cookie}, {cookie} + 1), "
@@ -90,24 +99,27 @@ def statements(q: Callable[[str], str]) -> Statements:
         slide="",
         # An expired row that was not purged yet is replaced, a live one never: the INSERT
         # then fails on the key, which the provider reads as "not created" (no ON CONFLICT
-        # here, and ON DUPLICATE KEY UPDATE cannot tell "kept" from "inserted").
+        # here, and ON DUPLICATE KEY UPDATE cannot tell "kept" from "inserted"). @sid takes
+        # the column's character set and collation, as a literal would: a utf8mb4 variable
+        # would make MariaDB compare converted values and scan instead of using the key.
         insert=(
-            f"SET @sid = %s; DELETE FROM {t} WHERE {sid} = @sid AND {expires} <= {NOW}; "
+            f"SET @sid = CONVERT(%s USING ascii) COLLATE ascii_bin; "
+            f"{delete} WHERE {sid} = @sid AND {expires} <= {NOW}; "
             f"INSERT INTO {t} ({sid}, {q('Created')}, {expires}, {lock_date}, {local}, "
             f"{cookie}, {timeout}, {locked}, {short}, {long}, {flags}) "
             f"VALUES (@sid, {NOW}, {NOW} + INTERVAL %s SECOND, {NOW}, NOW(6), 1, %s, FALSE, "
             f"%s, %s, %s)"
         ),
-        update_release=f"UPDATE {t} SET {write}, {locked} = FALSE WHERE {lock_check}",
-        update_keep=f"UPDATE {t} SET {write} WHERE {lock_check}",
-        update_any=f"UPDATE {t} SET {write} WHERE {sid} = %s AND {expires} > {NOW}",
+        update_release=f"UPDATE {by_key} SET {write}, {locked} = FALSE WHERE {lock_check}",
+        update_keep=f"UPDATE {by_key} SET {write} WHERE {lock_check}",
+        update_any=f"UPDATE {by_key} SET {write} WHERE {sid} = %s AND {expires} > {NOW}",
         release=(
-            f"UPDATE {t} SET {expires} = {NOW} + INTERVAL {timeout} SECOND, {locked} = FALSE "
+            f"UPDATE {by_key} SET {expires} = {NOW} + INTERVAL {timeout} SECOND, {locked} = FALSE "
             f"WHERE {lock_check}"
         ),
-        remove=f"DELETE FROM {t} WHERE {sid} = %s AND (NOT {locked} OR {cookie} = %s)",
-        remove_any=f"DELETE FROM {t} WHERE {sid} = %s",
-        holds=f"SELECT 1 FROM {t} WHERE {lock_check}",
+        remove=f"{delete} WHERE {sid} = %s AND (NOT {locked} OR {cookie} = %s)",
+        remove_any=f"{delete} WHERE {sid} = %s",
+        holds=f"SELECT 1 FROM {by_key} WHERE {lock_check}",
         wait="",
         count_expired=(
             f"SELECT count(*) FROM {t} WHERE {expires} <= {NOW} AND RIGHT({sid}, 8) = %s"

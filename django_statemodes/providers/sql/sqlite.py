@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -33,6 +34,9 @@ T = TypeVar("T")
 
 # SQLite keeps timestamps as text in Django's format, in UTC, to the millisecond.
 SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+# sqlite3's default busy timeout, and the pause between tries of a call met by a table lock.
+BUSY_TIMEOUT = 5.0
+BUSY_PAUSE = 0.005
 
 
 def statements(q: Callable[[str], str]) -> Statements:
@@ -145,6 +149,20 @@ class SQLiteStateProvider(ExecutorStateProvider):
         if isinstance(exc, sqlite3.OperationalError):
             return _Down  # "database is locked" past the busy timeout, unreadable file, ...
         return None
+
+    def _retry_after(self, exc: Exception, reused: bool, retry: Retry) -> float:
+        # A shared-cache database (the test runner's in-memory one, or any
+        # "file:...?cache=shared") reports a table another connection of this process writes as
+        # SQLITE_LOCKED at once: SQLite's busy timeout covers only SQLITE_BUSY. So wait here
+        # as the busy timeout would (the call is whole again: its transaction rolled back).
+        if isinstance(exc, sqlite3.OperationalError) and "table is locked" in str(exc):
+            now = time.monotonic()
+            if retry.busy_until is None:
+                options = connections[self.alias].settings_dict.get("OPTIONS", {})
+                retry.busy_until = now + float(options.get("timeout", BUSY_TIMEOUT))
+            if now < retry.busy_until:
+                return BUSY_PAUSE
+        return super()._retry_after(exc, reused, retry)
 
     @contextmanager
     def _immediate(self, conn: Any) -> Iterator[None]:
