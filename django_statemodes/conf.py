@@ -87,7 +87,16 @@ class Settings:
 
     @property
     def STATEMODES_SQL_DATABASE(self) -> str:
-        return _setting("STATEMODES_SQL_DATABASE", "default")
+        alias: str | None = _setting("STATEMODES_SQL_DATABASE", None)
+        if alias is None:
+            # Not set: the database routers choose, as Django's db session engine asks
+            # db_for_write for its model ("default" without routers). Cached like a setting.
+            from django.db import router
+
+            from django_statemodes.models import SessionState
+
+            alias = _cache["STATEMODES_SQL_DATABASE"] = router.db_for_write(SessionState)
+        return alias
 
     @property
     def STATEMODES_SQL_RETRY_INTERVAL(self) -> float:

@@ -267,3 +267,35 @@ def test_the_test_runners_install_honours_database_routers_too(clean: str, setti
     settings.DATABASE_ROUTERS = []
     install_in_test_database(using=clean)
     assert ddl.existing_tables(connections[clean]) == set(schema.TABLES)
+
+
+class SessionTablesOn:
+    """A database router that sends the session-state models' writes to one alias."""
+
+    alias = SQLITE
+
+    def db_for_write(self, model: Any, **hints: Any) -> str | None:
+        return self.alias if model._meta.app_label == "django_statemodes" else None
+
+
+@pytest.mark.parametrize("clean", [SQLITE], indirect=True)
+def test_without_the_setting_the_routers_choose_the_sessions_database(
+    clean: str, settings: Any
+) -> None:
+    from django_statemodes.backends.sql import SessionStore
+    from django_statemodes.conf import conf
+
+    del settings.STATEMODES_SQL_DATABASE
+    settings.SESSION_ENGINE = "django_statemodes.backends.sql"
+    assert conf.STATEMODES_SQL_DATABASE == "default"  # no router: Django's default alias
+    settings.DATABASE_ROUTERS = [f"{__name__}.SessionTablesOn"]
+    assert conf.STATEMODES_SQL_DATABASE == clean
+    run("installsqlstate")  # the command follows: the routed alias
+    assert ddl.existing_tables(connections[clean]) == set(schema.TABLES)
+    store = SessionStore()
+    store["cart"] = 3
+    store.save()
+    with connections[clean].cursor() as cursor:
+        cursor.execute('SELECT count(*) FROM "ASPStateTempSessions"')
+        assert cursor.fetchone()[0] == 1  # the session is in the routed database
+    assert SessionStore(store.session_key).load() == {"cart": 3}
