@@ -1,4 +1,4 @@
-"""SQL-mode purge benchmark: ``purge_sessions`` against ``clearsessions`` on PostgreSQL.
+"""SQL-mode purge benchmark: ``purge_sessions`` against ``clearsessions``, on PostgreSQL or MariaDB.
 
 Two tables of 1,000,000 rows each, 500,000 of them expired, in a scratch database (created and
 dropped here, so tests are never disturbed): Django's ``django_session`` emptied by
@@ -13,8 +13,12 @@ repeats. Targets (DESIGN.md §5): rate at least 0.7x clearsessions, no batch (tr
 live p99 within 2x of idle. The p99 of the requests that start during ``clearsessions`` is
 reported beside it, for context.
 
-Run: ``python -m benchmarks.sql_purge [--rows 1000000] [--batch-size N] [--type temp|persisted]
-[--repeats 3] [--pause FRACTION] [--live-pause 0.001] [--no-save]``
+On MariaDB (``--database mariadb``, the server at 127.0.0.1:3306) both tables are InnoDB, as
+``installsqlstate`` makes them whatever ``--type`` says.
+
+Run: ``python -m benchmarks.sql_purge [--database postgresql|mariadb] [--rows 1000000]
+[--batch-size N] [--type temp|persisted] [--repeats 3] [--pause FRACTION] [--live-pause 0.001]
+[--no-save]``
 """
 
 from __future__ import annotations
@@ -36,11 +40,96 @@ from benchmarks import results
 
 SCRATCH = "statemodes_purge_bench"
 PAYLOAD_BYTES = 256
-# Every row its own expiry (sessions end one by one), half in the past: the same in both tables.
-EXPIRES = (
-    "now() + CASE WHEN i %% 2 = 0 THEN interval '-2 hours' ELSE interval '1 day' END "
-    "+ i * interval '1 millisecond'"
+COLUMNS = (
+    '"SessionId", "Created", "Expires", "LockDate", "LockDateLocal", "LockCookie", "Timeout", '
+    '"Locked", "SessionItemShort", "Flags"'
 )
+
+
+class Dialect:
+    """What differs between the two databases: connection, row generation, maintenance."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.mariadb = name == "mariadb"
+
+    def database(self) -> dict[str, Any]:
+        if self.mariadb:
+            return {"ENGINE": "django.db.backends.mysql", "NAME": SCRATCH, "USER": "root",
+                    "HOST": "127.0.0.1", "PORT": "3306"}  # fmt: skip
+        return {"ENGINE": "django.db.backends.postgresql", "NAME": SCRATCH, "USER": "root",
+                "HOST": "127.0.0.1", "PORT": "5432"}  # fmt: skip
+
+    def admin(self, sql: str) -> None:
+        if self.mariadb:
+            import MySQLdb
+
+            conn = MySQLdb.connect(host="127.0.0.1", user="root", database="test")
+            try:
+                conn.cursor().execute(sql)
+            finally:
+                conn.close()
+            return
+        with psycopg.connect(host="127.0.0.1", user="root", dbname="test", autocommit=True) as c:
+            c.execute(sql)
+
+    def expires(self, expired_only: bool) -> str:
+        """Every row its own expiry (sessions end one by one); half in the past, or all."""
+        if self.mariadb:
+            base, step = "UTC_TIMESTAMP(6)", "INTERVAL i * 1000 MICROSECOND"
+            if expired_only:
+                return f"{base} - INTERVAL 2 HOUR + {step}"
+            return f"{base} + INTERVAL IF(MOD(i, 2) = 0, -7200, 86400) SECOND + {step}"
+        past, future = "interval '-2 hours'", "interval '1 day'"
+        if expired_only:
+            return f"now() + {past} + i * interval '1 millisecond'"
+        return (
+            f"now() + CASE WHEN i %% 2 = 0 THEN {past} ELSE {future} END "
+            "+ i * interval '1 millisecond'"
+        )
+
+    def rows(self, first: int, last: int, step: int) -> str:
+        """A FROM clause of integers i from ``first`` to ``last`` by ``step``."""
+        if self.mariadb:  # MariaDB's SEQUENCE engine
+            return f"(SELECT seq AS i FROM seq_{first}_to_{last}_step_{step}) AS numbers"
+        return f"generate_series({first}, {last}, {step}) AS i"
+
+    def fill(self, cursor: Any, rows: str, expires: str, prefix: str, suffix: str) -> None:
+        """Insert the generated rows into both tables (``prefix`` makes keys new)."""
+        if self.mariadb:
+            key, now, local = "md5(concat(%s, i))", "UTC_TIMESTAMP(6)", "NOW(6)"
+            payload, table = "repeat('x', %s)", "ASPStateTempSessions"
+            columns = COLUMNS.replace('"', "`")
+        else:
+            key, now, local = "md5(%s || i::text)", "now()", "localtimestamp"
+            payload, table = "convert_to(repeat('x', %s), 'UTF8')", '"ASPStateTempSessions"'
+            columns = COLUMNS
+        cursor.execute(
+            "INSERT INTO django_session (session_key, session_data, expire_date) "
+            f"SELECT {key}, repeat('x', %s), {expires} FROM {rows}",
+            [prefix, PAYLOAD_BYTES],
+        )
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}) SELECT concat({key}, %s), {now}, {expires}, {now}, {local}, 1, 86400, "
+            f"false, {payload}, 0 FROM {rows}",
+            [prefix, suffix, PAYLOAD_BYTES],
+        )
+
+    def settle(self, cursor: Any) -> None:
+        """Fresh statistics and a clean start: nothing left to flush from the load."""
+        if self.mariadb:
+            cursor.execute("ANALYZE TABLE django_session, ASPStateTempSessions")
+            cursor.fetchall()
+            return
+        cursor.execute('VACUUM ANALYZE django_session, "ASPStateTempSessions"')
+        cursor.execute("CHECKPOINT")
+
+    def checkpoint(self, cursor: Any) -> None:
+        if not self.mariadb:
+            cursor.execute("CHECKPOINT")  # InnoDB has no statement for it: it flushes as it goes
+
+
+DIALECT = Dialect("postgresql")
 
 
 def configure() -> None:
@@ -48,28 +137,15 @@ def configure() -> None:
         SECRET_KEY="bench",
         USE_TZ=True,
         INSTALLED_APPS=["django.contrib.sessions", "django_statemodes"],
-        DATABASES={
-            "default": {
-                "ENGINE": "django.db.backends.postgresql",
-                "NAME": SCRATCH,
-                "USER": "root",
-                "HOST": "127.0.0.1",
-                "PORT": "5432",
-            }
-        },
+        DATABASES={"default": DIALECT.database()},
         SESSION_ENGINE="django_statemodes.backends.sql",
         STATEMODES_SQL_DATABASE="default",
     )
     django.setup()
 
 
-def admin(sql: str) -> None:
-    with psycopg.connect(host="127.0.0.1", user="root", dbname="test", autocommit=True) as conn:
-        conn.execute(sql)
-
-
 def load(rows: int, table_type: str) -> None:
-    """Fill both tables: half expired an hour ago, half live for a day."""
+    """Fill both tables: half expired two hours ago, half live for a day."""
     from django.core.management import call_command
     from django.db import connection
 
@@ -79,54 +155,29 @@ def load(rows: int, table_type: str) -> None:
     call_command("installsqlstate", type=table_type, verbosity=0)
     suffix = schema.app_suffix(schema.app_id("default"))
     with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO django_session (session_key, session_data, expire_date) "
-            "SELECT md5(i::text), repeat('x', %s), "
-            f"{EXPIRES} FROM generate_series(1, %s) AS i",
-            [PAYLOAD_BYTES, rows],
-        )
-        cursor.execute(
-            'INSERT INTO "ASPStateTempSessions" ("SessionId", "Created", "Expires", "LockDate", '
-            '"LockDateLocal", "LockCookie", "Timeout", "Locked", "SessionItemShort", "Flags") '
-            "SELECT md5(i::text) || %s, now(), "
-            f"{EXPIRES}, now(), localtimestamp, 1, 86400, false, convert_to(repeat('x', %s), 'UTF8'), 0 "
-            "FROM generate_series(1, %s) AS i",
-            [suffix, PAYLOAD_BYTES, rows],
-        )
-        cursor.execute('VACUUM ANALYZE django_session, "ASPStateTempSessions"')
-        cursor.execute("CHECKPOINT")
+        DIALECT.fill(cursor, DIALECT.rows(1, rows, 1), DIALECT.expires(False), "", suffix)
+        DIALECT.settle(cursor)
 
 
 def refill(rows: int, suffix: str, generation: int) -> None:
     """Put back the expired half of both tables under new keys (the live half stayed)."""
     from django.db import connection
 
-    expired = "now() - interval '2 hours' + i * interval '1 millisecond'"
     with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO django_session (session_key, session_data, expire_date) "
-            f"SELECT md5(%s || i::text), repeat('x', %s), {expired} "
-            "FROM generate_series(2, %s, 2) AS i",
-            [f"g{generation}-", PAYLOAD_BYTES, rows],
-        )
-        cursor.execute(
-            'INSERT INTO "ASPStateTempSessions" ("SessionId", "Created", "Expires", "LockDate", '
-            '"LockDateLocal", "LockCookie", "Timeout", "Locked", "SessionItemShort", "Flags") '
-            f"SELECT md5(%s || i::text) || %s, now(), {expired}, now(), localtimestamp, 1, 86400, "
-            "false, convert_to(repeat('x', %s), 'UTF8'), 0 FROM generate_series(2, %s, 2) AS i",
-            [f"g{generation}-", suffix, PAYLOAD_BYTES, rows],
-        )
-        cursor.execute('VACUUM ANALYZE django_session, "ASPStateTempSessions"')
-        cursor.execute("CHECKPOINT")
+        rows_sql = DIALECT.rows(2, rows, 2)
+        DIALECT.fill(cursor, rows_sql, DIALECT.expires(True), f"g{generation}-", suffix)
+        DIALECT.settle(cursor)
 
 
-def live_cycles(keys: list[str], stop: Any, out: Any, pause: float) -> None:
+def live_cycles(database: str, keys: list[str], stop: Any, out: Any, pause: float) -> None:
     """Request cycles on live sessions until ``stop``: lock+load, change, save+release.
 
     Runs in its own process, as a web worker does (the purge runs from cron), at one steady
     rate throughout, so idle and during-purge samples come from the same request mix. Each
     sample is (start on the system-wide monotonic clock, seconds taken).
     """
+    global DIALECT
+    DIALECT = Dialect(database)  # a spawned process starts from the module's default
     configure()
     from django_statemodes.backends.sql import SessionStore
 
@@ -184,7 +235,7 @@ def run(
     manager = ctx.Manager()
     samples = manager.list()
     stop = ctx.Event()
-    worker = ctx.Process(target=live_cycles, args=(keys, stop, samples, live_pause))
+    worker = ctx.Process(target=live_cycles, args=(DIALECT.name, keys, stop, samples, live_pause))
     worker.start()
     time.sleep(2.0)  # the worker is up and warm
 
@@ -208,7 +259,7 @@ def run(
         DjangoDb.clear_expired()
         clears.append(time.perf_counter() - started)
         clear_windows.append((begun, time.monotonic()))
-        connection.cursor().execute("CHECKPOINT")
+        DIALECT.checkpoint(connection.cursor())
         quiet = time.monotonic()
         time.sleep(2.0)
         idle_windows.append((quiet, time.monotonic()))
@@ -230,6 +281,7 @@ def run(
     clear_seconds = statistics.median(clears)
     purge_seconds = statistics.median(purges)
     return {
+        "database": DIALECT.name,
         "rows": rows,
         "table_type": table_type,
         "expired": expired,
@@ -261,6 +313,7 @@ def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database", choices=["postgresql", "mariadb"], default="postgresql")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument(
@@ -279,8 +332,10 @@ def main() -> None:
     parser.add_argument("--no-save", action="store_true", help="do not write results/latest.json")
     args = parser.parse_args()
     os.environ.setdefault("STATEMODES_DJANGO_TESTS", "0")
-    admin(f"DROP DATABASE IF EXISTS {SCRATCH}")
-    admin(f"CREATE DATABASE {SCRATCH}")
+    global DIALECT
+    DIALECT = Dialect(args.database)
+    DIALECT.admin(f"DROP DATABASE IF EXISTS {SCRATCH}")
+    DIALECT.admin(f"CREATE DATABASE {SCRATCH}")
     configure()
     try:
         result = run(
@@ -293,7 +348,7 @@ def main() -> None:
 
         registry.close_all()
         connections.close_all()
-        admin(f"DROP DATABASE IF EXISTS {SCRATCH}")
+        DIALECT.admin(f"DROP DATABASE IF EXISTS {SCRATCH}")
     result["targets_met"] = (
         result["rate_vs_clearsessions"] >= 0.7
         and result["longest_batch_seconds"] < 1.0
