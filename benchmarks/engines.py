@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.processes import free_port, port_open, python_module, running
+from django_statemodes.conf import _cache as conf_cache
 
 OURS = "ours"
 DJANGO = "django"
@@ -28,6 +29,8 @@ REDIS_PORT = 6379
 STATE_PORT_ENV = "STATEMODES_BENCH_STATE_PORT"
 STATE_AOF_PORT_ENV = "STATEMODES_BENCH_STATE_AOF_PORT"
 KV_PORT_ENV = "STATEMODES_BENCH_KV_PORT"
+#: The pid of each server ``services()`` started, by need: the cycle benchmark reads their CPU.
+SERVER_PIDS: dict[str, int] = {}
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,21 @@ ENGINES: dict[str, Engine] = {
             },
             database="pgbouncer",
         ),
+        # The same through PgBouncer 1.21+ (1.24, built by scripts/test.sh), which tracks
+        # prepared statements per client: the provider prepares, as it does directly.
+        Engine(
+            "sql-pgbouncer-prepared",
+            OURS,
+            "SQL (PostgreSQL via PgBouncer 1.24, prepared)",
+            "django_statemodes.backends.sql",
+            needs=("pg", "pgbouncer-prepared"),
+            settings=lambda: {
+                "STATEMODES_SQL_DATABASE": "pgbouncer-prepared",
+                "STATEMODES_SQL_POOLER": "transaction",
+                "STATEMODES_SQL_LISTEN_DATABASE": "pg",
+            },
+            database="pgbouncer-prepared",
+        ),
         Engine(
             "sql-sqlite",
             OURS,
@@ -196,9 +214,12 @@ ENGINES: dict[str, Engine] = {
             "django.contrib.sessions.backends.signed_cookies",
         ),
         Engine("floor-sessionbase", FLOOR, "SessionBase over a dict"),
-        Engine("floor-asyncio-kv", FLOOR, "asyncio KV server GET+SET", needs=("kvserver",)),
+        # The floors read, decode, change, encode and write a session as our engines do (with
+        # SESSION_SERIALIZER), on the same event loop (the KV server runs on uvloop when the
+        # state server does) and the same table type (UNLOGGED for --type temp) as ours.
+        Engine("floor-asyncio-kv", FLOOR, "KV server GET+SET, same loop", needs=("kvserver",)),
         Engine("floor-redis-py", FLOOR, "redis-py GET+SET", needs=("redis",)),
-        Engine("floor-psycopg", FLOOR, "psycopg SELECT+UPDATE", needs=("pg",)),
+        Engine("floor-psycopg", FLOOR, "psycopg SELECT+UPDATE, same table type", needs=("pg",)),
     ]
 }
 
@@ -240,10 +261,14 @@ def unavailable(engine: Engine) -> str | None:
         return f"MariaDB (and mysqlclient) is not reachable at 127.0.0.1:{MARIADB_PORT}"
     if "pgbouncer" in engine.needs and not os.path.exists("/usr/sbin/pgbouncer"):
         return "PgBouncer is not installed (/usr/sbin/pgbouncer)"
+    if "pgbouncer-prepared" in engine.needs:
+        from localservers import pgbouncer
+
+        return pgbouncer.available(pgbouncer.BUILT)
     if "redis" in engine.needs and not port_open(REDIS_PORT):
         return f"Redis is not reachable at 127.0.0.1:{REDIS_PORT}"
     if "redis-cluster" in engine.needs:
-        from tests.redis_cluster import available
+        from localservers.redis_cluster import available
 
         return available()
     return None
@@ -269,14 +294,35 @@ def setup_django() -> None:
     django.setup()
 
 
+#: Settings as they were before an engine's ``use`` changed them (absent: _UNSET).
+_before: dict[str, Any] = {}
+_UNSET = object()
+
+
 def use(engine: Engine) -> None:
-    """Point the settings at ``engine`` (plain assignment: no provider rebuild, no signal)."""
+    """Point the settings at ``engine`` (plain assignment: no provider rebuild, no signal).
+
+    What an earlier engine set and this one does not is put back first: a pooler setting of
+    the PgBouncer engine must not follow the direct PostgreSQL engine measured after it.
+    """
     from django.conf import settings
 
     if engine.module:
         settings.SESSION_ENGINE = engine.module
-    for key, value in engine.settings().items():
+    wanted = engine.settings()
+    for key in [key for key in _before if key not in wanted]:
+        value = _before.pop(key)
+        if value is _UNSET:
+            delattr(settings, key)
+        else:
+            setattr(settings, key, value)
+    for key, value in wanted.items():
+        _before.setdefault(key, getattr(settings, key, _UNSET))
         setattr(settings, key, value)
+    # The package caches the settings it reads until a setting_changed, which is not sent here
+    # (it would rebuild every provider): without this, every SQL engine would get the alias the
+    # first one read, every state server engine the first one's address.
+    conf_cache.clear()
 
 
 _stores: dict[str, type[Any]] = {}
@@ -289,11 +335,12 @@ def store_class(engine: Engine) -> type[Any]:
     """
     if engine.name not in _stores:
         assert engine.module is not None
-        base = importlib.import_module(engine.module).SessionStore
+        base: type[Any] = importlib.import_module(engine.module).SessionStore
         if engine.kind == OURS:
-            use(engine)  # the provider is built from the engine's settings
+            use(engine)  # the provider is built from the engine's settings, now
             name = "Bench" + engine.name.title().replace("-", "") + "Store"
             base = type(name, (base,), {"__module__": engine.module})
+            base.get_provider()
         _stores[engine.name] = base
     return _stores[engine.name]
 
@@ -319,16 +366,21 @@ def prepare(engine: Engine) -> None:
 
 
 @contextmanager
-def services(engines: Iterable[Engine]) -> Iterator[None]:
-    """Start the servers the engines need (state server, asyncio KV floor), prepare databases."""
+def services(engines: Iterable[Engine], wrap: Callable[[int], int] | None = None) -> Iterator[None]:
+    """Start the servers the engines need (state server, asyncio KV floor), prepare databases.
+
+    ``wrap`` (the round-trip count) gets the port of each server started here and returns the
+    port the engines use instead (a counting proxy's).
+    """
     engines = list(engines)
+    through = wrap or (lambda port: port)
     needs = {need for engine in engines for need in engine.needs}
     with ExitStack() as stack:
         if "stateserver" in needs:
             port = free_port()
             command = python_module("django_statemodes.stateserver", "--port", str(port))
-            stack.enter_context(running(command, port))
-            os.environ[STATE_PORT_ENV] = str(port)
+            SERVER_PIDS["stateserver"] = stack.enter_context(running(command, port)).pid
+            os.environ[STATE_PORT_ENV] = str(through(port))
         if "stateserver-aof" in needs:
             port = free_port()
             snapshot = os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), "s.snap")
@@ -336,27 +388,38 @@ def services(engines: Iterable[Engine]) -> Iterator[None]:
                 "django_statemodes.stateserver",
                 *("--port", str(port), "--snapshot", snapshot, "--appendonly"),
             )
-            stack.enter_context(running(command, port))
-            os.environ[STATE_AOF_PORT_ENV] = str(port)
+            SERVER_PIDS["stateserver-aof"] = stack.enter_context(running(command, port)).pid
+            os.environ[STATE_AOF_PORT_ENV] = str(through(port))
         if "redis-cluster" in needs:
             from django.conf import settings
 
-            from tests.redis_cluster import running_cluster
+            from localservers.redis_cluster import running_cluster
 
             cluster = stack.enter_context(running_cluster())
             # In place: Django's cache handler keeps the CACHES dict it read first.
             settings.CACHES["redis-cluster"] = cluster.cache()
         if "mariadb" in needs:
-            _add_database("mariadb", {"ENGINE": "django.db.backends.mysql", "PORT": "3306"})
+            _add_database("mariadb", {"ENGINE": "django.db.backends.mysql", "PORT": through(3306)})
         if "pgbouncer" in needs:
-            from tests.pgbouncer import pgbouncer
+            from localservers.pgbouncer import pgbouncer
 
-            port = stack.enter_context(pgbouncer(pool_size=8))
+            port = through(stack.enter_context(pgbouncer(pool_size=8)))
             _add_database("pgbouncer", {"ENGINE": "django.db.backends.postgresql", "PORT": port})
+        if "pgbouncer-prepared" in needs:
+            from localservers.pgbouncer import BUILT, pgbouncer
+
+            bouncer = pgbouncer(pool_size=8, binary=BUILT, max_prepared_statements=100)
+            port = through(stack.enter_context(bouncer))
+            _add_database(
+                "pgbouncer-prepared",
+                {"ENGINE": "django.db.backends.postgresql", "PORT": port,
+                 "OPTIONS": {"prepare_threshold": 1}},
+            )  # fmt: skip
         if "kvserver" in needs:
             port = free_port()
-            stack.enter_context(running(python_module("benchmarks.kvserver", str(port)), port))
-            os.environ[KV_PORT_ENV] = str(port)
+            kv = running(python_module("benchmarks.kvserver", str(port)), port)
+            SERVER_PIDS["kvserver"] = stack.enter_context(kv).pid
+            os.environ[KV_PORT_ENV] = str(through(port))
         for engine in engines:
             prepare(engine)
         try:

@@ -1,8 +1,10 @@
-"""A minimal asyncio key-value server: the floor any Python state server is measured against.
+"""A minimal key-value server: the floor any Python state server is measured against.
 
-DESIGN.md §5 puts GET+SET on such a server at ~25 µs. Protocol, one request per line:
+It runs on the event loop the state server picks (``--loop auto``: uvloop when installed), with
+an ``asyncio.Protocol`` as the state server has, so the floor differs from the state server by
+the work of a state server, not by its loop. Protocol, one request per line:
 ``G key`` answers ``<length>`` and the value (``-1`` if missing); ``S key length`` followed by
-the value answers ``OK``. Run: ``python -m benchmarks.kvserver PORT`` (binds 127.0.0.1).
+the value answers ``OK``. Run: ``python -m benchmarks.kvserver PORT [auto|asyncio|uvloop]`` (binds 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -10,30 +12,51 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+from typing import cast
+
+from django_statemodes.stateserver.server import loop_factory
 
 _data: dict[bytes, bytes] = {}
 
 
-async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while line := await reader.readline():
-            parts = line.split()
+class _KV(asyncio.Protocol):
+    """One connection: a protocol object, as the state server has (no streams in between)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        while (end := buffer.find(b"\n")) >= 0:
+            parts = bytes(buffer[:end]).split()
             if parts[0] == b"G":
+                del buffer[: end + 1]
                 value = _data.get(parts[1])
-                writer.write(b"-1\n" if value is None else b"%d\n%s" % (len(value), value))
+                if value is None:
+                    self.transport.write(b"-1\n")
+                else:
+                    self.transport.writelines((b"%d\n" % len(value), value))
             else:
-                _data[parts[1]] = await reader.readexactly(int(parts[2]))
-                writer.write(b"OK\n")
-    except (ConnectionError, asyncio.IncompleteReadError):
-        pass
+                size = int(parts[2])
+                if len(buffer) < end + 1 + size:
+                    return
+                _data[parts[1]] = bytes(buffer[end + 1 : end + 1 + size])
+                del buffer[: end + 1 + size]
+                self.transport.write(b"OK\n")
+
+
+def serve(port: int, loop_name: str = "auto") -> None:
+    """Serve on 127.0.0.1:``port`` forever, on the loop the state server's ``--loop`` picks."""
+    factory = loop_factory(loop_name)
+    loop = factory() if factory is not None else asyncio.new_event_loop()
+    server = loop.run_until_complete(loop.create_server(_KV, "127.0.0.1", port))
+    try:
+        loop.run_forever()
     finally:
-        writer.close()
-
-
-async def _main(port: int) -> None:
-    server = await asyncio.start_server(_serve, "127.0.0.1", port)
-    async with server:
-        await server.serve_forever()
+        server.close()
+        loop.close()
 
 
 class KVClient:
@@ -60,6 +83,6 @@ class KVClient:
 
 if __name__ == "__main__":
     try:
-        asyncio.run(_main(int(sys.argv[1])))
+        serve(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "auto")
     except KeyboardInterrupt:
         pass

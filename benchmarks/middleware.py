@@ -280,6 +280,7 @@ def main() -> None:
         default=0,
         help="other routes before the scenarios' in the URLconf (a larger site's resolve)",
     )
+    parser.add_argument("--json", type=Path, help="also write the rounds' figures to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -321,8 +322,9 @@ def main() -> None:
     print(
         "\nread-write, whole request (handler + middleware): ours / Django's cache on LocMemCache"
     )
+    whole: dict[str, list[float]] = {}
     for tree in labels:
-        ratios = [
+        whole[tree] = ratios = [
             (floor + ours) / (floor + django)
             for ours, django, floor in zip(
                 samples[tree]["read-write"],
@@ -332,6 +334,9 @@ def main() -> None:
             )
         ]
         print(f"{tree:<20}{spread(ratios):>24}")
+    if args.json:
+        report = {"routes": args.routes, "us": samples, "whole_request_ratio": whole}
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

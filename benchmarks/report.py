@@ -74,17 +74,33 @@ def tables(results: dict[str, Any]) -> str:
     lines: list[str] = []
     cycle = results.get("cycle")
     if cycle:
-        lines += ["| engine | median µs | p95 µs |", "| --- | ---: | ---: |"]
+        lines += [
+            "| engine | median µs | p95 µs | round trips | bytes on the wire | CPU µs here "
+            "| CPU µs server |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+
+        def number(stat: dict[str, Any], key: str, digits: int = 1) -> str:
+            return "-" if key not in stat else f"{stat[key]:,.{digits}f}"
+
         for name, stat in sorted(cycle["engines"].items(), key=lambda i: i[1]["median"]):
             lines.append(
-                f"| `{name}` ({stat['label']}) | {stat['median']:,.1f} | {stat['p95']:,.1f} |"
+                f"| `{name}` ({stat['label']}) | {stat['median']:,.1f} | {stat['p95']:,.1f} "
+                f"| {number(stat, 'round_trips', 2)} | {number(stat, 'bytes', 0)} "
+                f"| {number(stat, 'client_cpu')} | {number(stat, 'server_cpu')} |"
             )
-        lines += ["", "| ratio of medians | value | target | met |", "| --- | ---: | ---: | --- |"]
+        lines += [
+            "",
+            "| ratio of medians | value | rounds | target | met |",
+            "| --- | ---: | ---: | ---: | --- |",
+        ]
         for row in cycle["ratios"]:
             target = "-" if row["target"] is None else f"≤ {row['target']}"
             met = "-" if row["met"] is None else ("yes" if row["met"] else "**no**")
+            spread = f"{row['low']:.2f}-{row['high']:.2f}" if "low" in row else "-"
             lines.append(
-                f"| `{row['engine']}` / `{row['baseline']}` | {row['ratio']:.2f} | {target} | {met} |"
+                f"| `{row['engine']}` / `{row['baseline']}` | {row['ratio']:.2f} | {spread} "
+                f"| {target} | {met} |"
             )
         lines.append("")
     handoff = results.get("handoff")
@@ -108,10 +124,15 @@ def tables(results: dict[str, Any]) -> str:
         lines.append("")
     throughput = results.get("throughput")
     if throughput:
-        lines += ["| engine | req/s | latency avg | non-2xx |", "| --- | ---: | ---: | ---: |"]
+        lines += [
+            "| engine | req/s (median) | / no-session floor, median (min-max) | non-2xx |",
+            "| --- | ---: | ---: | ---: |",
+        ]
         for name, row in throughput["engines"].items():
+            ratios = row.get("ratio_to_none") or [1.0]
             lines.append(
-                f"| `{name}` | {row['requests_per_second']:,.0f} | {row['latency_avg']} "
+                f"| `{name}` | {row['requests_per_second']:,.0f} "
+                f"| {sorted(ratios)[len(ratios) // 2]:.2f} ({min(ratios):.2f}-{max(ratios):.2f}) "
                 f"| {row['non_2xx']} |"
             )
         lines.append("")

@@ -39,7 +39,8 @@ DATABASES = {
         "NAME": os.environ.get("STATEMODES_BENCH_PG_NAME", "test"),
         "USER": "root",
         "HOST": "127.0.0.1",
-        "PORT": "5432",
+        # The round-trip count puts a counting proxy in front of PostgreSQL and Redis.
+        "PORT": os.environ.get("STATEMODES_BENCH_PG_PORT", "5432"),
         "CONN_MAX_AGE": None,
     },
 }
@@ -47,9 +48,15 @@ DATABASE_ROUTERS = ["benchmarks.routers.SessionRouter"]
 # Where Django's db engine keeps django_session; the harness switches it per engine.
 STATEMODES_BENCH_SESSION_DB = "default"
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
+REDIS_URL = f"redis://127.0.0.1:{os.environ.get('STATEMODES_BENCH_REDIS_PORT', '6379')}/14"
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    # benchmarks.session_bytes: LocMemCache holding every session it is given (no culling).
+    "locmem-large": {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "LOCATION": "bench-large",
+        "OPTIONS": {"MAX_ENTRIES": 10**8},
+    },
     "redis": {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": REDIS_URL,
@@ -60,6 +67,10 @@ CACHES = {
 INSTALLED_APPS = ["django.contrib.sessions", "django_statemodes"]
 MIDDLEWARE = ["django_statemodes.middleware.SessionStateMiddleware"]
 SESSION_ENGINE = "django_statemodes.backends.inproc"
+# benchmarks.cycle --serializer: the same for our engines, Django's db engine and the floors.
+SESSION_SERIALIZER = os.environ.get(
+    "STATEMODES_BENCH_SERIALIZER", "django.contrib.sessions.serializers.JSONSerializer"
+)
 TEMPLATES: list[dict[str, object]] = []
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 LOGGING = {

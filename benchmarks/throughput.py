@@ -1,4 +1,4 @@
-"""HTTP throughput benchmark: wrk against gunicorn (2 sync workers), one engine at a time.
+"""HTTP throughput benchmark: wrk against gunicorn (2 sync workers), engines interleaved.
 
 Every request reads and writes its session (``/increment/``, no extra work); ``none`` serves a
 view without any session middleware (the floor). wrk runs 16 connections on 2 threads for ~5 s;
@@ -7,18 +7,26 @@ overlap and our engines' locks measure their cost, not contention. DESIGN.md §5
 machine: no session ~4,300 req/s, django-redis ~1,850, ``db`` on PostgreSQL ~600-700; ours
 should beat the Django engine they replace.
 
-Run: ``python -m benchmarks.throughput [--engines stateserver,...] [--duration 5]``
+Every engine's gunicorn is started first; then ``--rounds`` rounds run wrk against each in turn
+(the order shifting each round), and each engine's rate is divided by the no-session floor's of
+the same round: reported as the median and range of those ratios.
+
+Run: ``python -m benchmarks.throughput [--engines stateserver,...] [--duration 5] [--rounds 3]``
 wrk comes from Debian (``apt-get install -y wrk``); the script installs it when it can.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from benchmarks import engines as registry
@@ -90,32 +98,34 @@ def script(port: int) -> str:
     return path
 
 
-def run_engine(wrk: str, name: str, duration: float, connections: int) -> dict[str, Any]:
-    with gunicorn(name, workers=2) as port:
-        if name == "none":
-            lua, target = None, f"http://127.0.0.1:{port}/ping/"
-        else:
-            lua, target = script(port), f"http://127.0.0.1:{port}/increment/"
-        command = [wrk, f"-t{WRK_THREADS}", f"-c{connections}", target]
-        if lua:
-            command += ["-s", lua]
-        try:
-            subprocess.run([*command, "-d1s"], capture_output=True, check=True)  # warm-up
-            done = subprocess.run(
-                [*command, f"-d{duration}s"], capture_output=True, text=True, check=True
-            )
-        finally:
-            if lua:
-                os.unlink(lua)
-    return {"command": " ".join(command[:4]) + f" -d{duration}s", **parse(done.stdout)}
+def prepared(stack: ExitStack, wrk: str, name: str, connections: int) -> list[str]:
+    """Start gunicorn for ``name`` (and its sessions); return its wrk command without -d."""
+    port = stack.enter_context(gunicorn(name, workers=2))
+    command = [wrk, f"-t{WRK_THREADS}", f"-c{connections}"]
+    if name == "none":
+        return [*command, f"http://127.0.0.1:{port}/ping/"]
+    lua = script(port)
+    stack.callback(os.unlink, lua)
+    return [*command, f"http://127.0.0.1:{port}/increment/", "-s", lua]
+
+
+def run_wrk(command: list[str], duration: float) -> dict[str, Any]:
+    done = subprocess.run([*command, f"-d{duration}s"], capture_output=True, text=True, check=True)
+    return parse(done.stdout)
+
+
+def spread(values: list[float], digits: int = 2) -> str:
+    return f"{statistics.median(values):,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__)
     parser.add_argument("--engines", default=SHARED, help="our engines (default %(default)s)")
     parser.add_argument("--baselines", default=BASELINES, help="Django's (default %(default)s)")
-    parser.add_argument("--duration", type=int, default=5, help="seconds per engine")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per engine and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--no-save", action="store_true", help="do not write results/latest.json")
     args = parser.parse_args(argv)
 
@@ -128,25 +138,56 @@ def main(argv: list[str] | None = None) -> None:
         args.baselines, "django"
     )
     chosen = registry.runnable(chosen)
-    results: dict[str, dict[str, Any]] = {}
-    with registry.services(chosen):
-        for name in ["none", *(engine.name for engine in chosen)]:
-            results[name] = row = run_engine(wrk, name, args.duration, args.connections)
-            print(
-                f"{name:<22}{row['requests_per_second']:>10.0f} req/s   latency avg "
-                f"{row['latency_avg']:>8}   non-2xx {row['non_2xx']}",
-                flush=True,
-            )
+    names = ["none", *(engine.name for engine in chosen)]
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    with registry.services(chosen), ExitStack() as stack:
+        # Every server is up before the first round; the rounds then run A B C ..., the order
+        # shifting each round, so drift on a shared machine hits every engine alike.
+        commands = {name: prepared(stack, wrk, name, args.connections) for name in names}
+        for command in commands.values():
+            subprocess.run([*command, "-d1s"], capture_output=True, check=True)  # warm-up
+        for round_ in range(args.rounds):
+            shift = round_ % len(names)
+            for name in names[shift:] + names[:shift]:
+                row = run_wrk(commands[name], args.duration)
+                rows[name].append(row)
+                rates[name].append(row["requests_per_second"])
+            print(f"round {round_ + 1}/{args.rounds} done", flush=True)
+    # Ratios are taken within each round, then summarised: median (min-max) over the rounds.
+    ratio_to_floor = {
+        name: [rate / floor for rate, floor in zip(rates[name], rates["none"], strict=True)]
+        for name in names
+    }
+    print(
+        f"\ngunicorn --workers 2 (sync), wrk -t{WRK_THREADS} -c{args.connections} "
+        f"-d{args.duration}s, {args.rounds} interleaved rounds: median (min-max)"
+    )
+    print(f"{'engine':<22}{'req/s':>28}{'/ none (floor)':>26}  non-2xx")
+    for name in names:
+        bad = sum(row["non_2xx"] for row in rows[name])
+        print(f"{name:<22}{spread(rates[name], 0):>28}{spread(ratio_to_floor[name]):>26}  {bad}")
+    results = {
+        name: {
+            "requests_per_second": statistics.median(rates[name]),
+            "rounds": rates[name],
+            "ratio_to_none": ratio_to_floor[name],
+            "latency_avg": rows[name][-1]["latency_avg"],
+            "non_2xx": sum(row["non_2xx"] for row in rows[name]),
+        }
+        for name in names
+    }
+    data = {
+        "server": "gunicorn --workers 2 (sync)",
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "rounds": args.rounds,
+        "engines": results,
+    }
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=2) + "\n")
     if not args.no_save:
-        record(
-            "throughput",
-            {
-                "server": "gunicorn --workers 2 (sync)",
-                "connections": args.connections,
-                "duration_s": args.duration,
-                "engines": results,
-            },
-        )
+        record("throughput", data)
 
 
 if __name__ == "__main__":

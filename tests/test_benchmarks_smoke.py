@@ -4,28 +4,58 @@ from __future__ import annotations
 
 import re
 
+from benchmarks.targets import ROWS
 from tests.benchmark_runs import run_benchmark
+from tests.conftest import REQUIRE_SERVICES, need_service
 
 
 def run_cycle(*args: str) -> str:
-    result = run_benchmark("cycle", *args, "--iterations", "20", "--no-save")
+    result = run_benchmark("cycle", *args, "--iterations", "20", "--rounds", "2", "--no-save")
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
-def median(output: str, engine: str) -> float:
-    match = re.search(rf"^{re.escape(engine)}\s+([0-9.]+)\s+([0-9.]+)\s+(\d+)$", output, re.M)
+# median, p95, cycles, round trips, bytes per cycle, CPU µs here and in the server
+ENGINE_ROW = (
+    r"\s+([0-9.]+)\s+([0-9.]+)\s+(\d+)\s+([0-9.]+|-)\s+([0-9,]+|-)\s+([0-9.]+)\s+([0-9.]+|-)$"
+)
+
+
+def row(output: str, engine: str) -> re.Match[str]:
+    match = re.search(rf"^{re.escape(engine)}{ENGINE_ROW}", output, re.M)
     assert match, f"no numbers for {engine} in:\n{output}"
     assert int(match.group(3)) >= 20
-    return float(match.group(1))
+    return match
 
 
 def test_cycle_harness_reports_inproc_beside_djangos_locmem_cache() -> None:
     output = run_cycle("--engines", "inproc", "--baselines", "django-cache-locmem")
 
-    assert median(output, "inproc") > 0
-    assert median(output, "django-cache-locmem") > 0
-    assert re.search(r"^inproc / django-cache-locmem\s+[0-9.]+\s+<= 0\.25", output, re.M), output
+    assert float(row(output, "inproc").group(1)) > 0
+    assert float(row(output, "django-cache-locmem").group(1)) > 0
+    # The ratio, the range of its per-round ratios, the target.
+    assert re.search(
+        r"^inproc / django-cache-locmem\s+[0-9.]+\s+[0-9.]+-[0-9.]+\s+<= 0\.25", output, re.M
+    ), output
+    # No network: no round trip, no byte on the wire.
+    assert row(output, "inproc").group(4) == "0.00"
+
+
+def test_cycle_harness_counts_round_trips_per_cycle_on_the_wire() -> None:
+    need_service("Redis", "127.0.0.1", 6379)
+    output = run_cycle(
+        "--engines", "stateserver", "--baselines", "django-cache-redis,floor-asyncio-kv",
+        "--payloads", "1000,10000",
+    )  # fmt: skip
+
+    # Lock and load, then save and release; django-redis: EXISTS, GET, SET; the floor GET, SET.
+    assert row(output, "stateserver").group(4) == "2.00"
+    assert row(output, "django-cache-redis").group(4) == "3.00"
+    assert row(output, "floor-asyncio-kv").group(4) == "2.00"
+    # Where the time goes: the CPU of the servers the harness started is read too.
+    assert row(output, "stateserver").group(7) != "-"
+    assert row(output, "django-cache-redis").group(7) == "-"  # Redis was not started by it
+    assert "-- session of 10,000 bytes --" in output
 
 
 def test_cycle_harness_rejects_an_unknown_engine_by_name() -> None:
@@ -61,3 +91,21 @@ def test_serializers_harness_compares_djangos_json_with_the_fast_one() -> None:
     assert re.search(
         r"^\s+1000 B\s+[0-9.]+ \(.*\)\s+[0-9.]+ \(.*\)\s+[0-9.]+$", result.stdout, re.M
     )
+
+
+def test_targets_quick_mode_prints_every_target_with_its_spread_and_verdict() -> None:
+    result = run_benchmark("__main__", "--quick", "--no-save", timeout=900)
+    assert result.returncode == 0, result.stderr
+
+    for target in ROWS:
+        line = next(
+            (ln for ln in result.stdout.splitlines() if f"| {target.measurement} |" in ln), None
+        )
+        assert line is not None, f"no row for {target.measurement!r} in:\n{result.stdout}"
+        measured = re.search(
+            r"\| [-+0-9.,%x ]+ \(.+-.+\), 3 \| [^|]+ \| (met|not met|met busy)", line
+        )
+        if REQUIRE_SERVICES:
+            assert measured, line
+        else:
+            assert measured or "not measured: " in line, line

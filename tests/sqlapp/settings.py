@@ -20,6 +20,11 @@ _state = {
     "PORT": os.environ.get("STATEMODES_SQLAPP_PORT", "3306" if _mysql else "5432"),
     "OPTIONS": {"connect_timeout": 2},
 }
+# STATEMODES_SQLAPP_PREPARE_THRESHOLD: prepared statements through a pooler that tracks them
+# (PgBouncer 1.21+ with max_prepared_statements).
+if os.environ.get("STATEMODES_SQLAPP_PREPARE_THRESHOLD"):
+    _threshold = int(os.environ["STATEMODES_SQLAPP_PREPARE_THRESHOLD"])
+    _state["OPTIONS"] = {"connect_timeout": 2, "prepare_threshold": _threshold}
 if os.environ.get("STATEMODES_SQLAPP_ATOMIC") == "1":
     DATABASES = {"default": {**_state, "ATOMIC_REQUESTS": True}}
     STATEMODES_SQL_DATABASE = "default"

@@ -35,6 +35,11 @@ logger = logging.getLogger("django_statemodes")
 
 T = TypeVar("T")
 
+# duplicate_prepared_statement and invalid_sql_statement_name: a statement prepared on a server
+# connection met by another client, or missing from the connection a pooler handed over
+# (PgBouncer before 1.21, or with max_prepared_statements = 0, in transaction pooling).
+POOLER_MIXUP = frozenset({"42P05", "26000"})
+
 #: ``application_name`` of the provider's connections (unless the alias's OPTIONS name one):
 #: ``pg_stat_activity`` then tells an operator which connections hold sessions.
 APPLICATION_NAME = "django_statemodes"
@@ -51,13 +56,38 @@ SETTLED = ""
 POLL_FIRST, POLL_CAP = 0.001, 0.016
 
 
+#: Expires slides with a granularity: a statement leaves it alone while it lags at most
+#: SLIDE_SHARE_MS milliseconds per second of timeout (1 %), and never more than SLIDE_CAP,
+#: behind where a full slide would put it. Most statements of a busy session then change no
+#: indexed column, so PostgreSQL updates the row in place (a HOT update: no new index entry, no
+#: index bloat). A session may so end up to min(1 % of its timeout, 60 s) before last access +
+#: timeout, no more; reads, inserts and the purge all read Expires as stored, so they agree on
+#: which rows are live.
+SLIDE_SHARE_MS = 10
+SLIDE_CAP = "60 seconds"
+#: installsqlstate's fillfactor for the tables: a fifth of each page left free for updates.
+FILLFACTOR = 80
+
+
+def _slid(expires: str, seconds: str) -> str:
+    """The new Expires for a slide to ``now() + seconds`` (an SQL expression, used 3 times)."""
+    full = f"now() + {seconds} * interval '1 second'"
+    lag = f"least({seconds} * interval '{SLIDE_SHARE_MS} milliseconds', interval '{SLIDE_CAP}')"
+    # Moved when it lags by more than the granularity, or lies beyond the full slide (a
+    # shorter timeout was set): the expiry promised is never extended by the granularity.
+    return (
+        f"CASE WHEN {expires} > {full} - {lag} AND {expires} <= {full} "
+        f"THEN {expires} ELSE {full} END"
+    )
+
+
 def statements(q: Callable[[str], str]) -> Statements:
     """Return PostgreSQL's statements (``q`` quotes an identifier)."""
     t = q(SESSIONS)
     sid, expires, timeout, locked = q("SessionId"), q("Expires"), q("Timeout"), q("Locked")
     cookie, lock_date, flags = q("LockCookie"), q("LockDate"), q("Flags")
     short, long = q("SessionItemShort"), q("SessionItemLong")
-    slide = f"{expires} = now() + {timeout} * interval '1 second'"
+    slide = f"{expires} = {_slid(expires, timeout)}"
     age = f"extract(epoch FROM now() - {lock_date})::float8"
     payload = f"coalesce({short}, {long})"
     # NOTIFY costs a commit-time global lock: send it only when a waiter marked the row.
@@ -67,7 +97,10 @@ def statements(q: Callable[[str], str]) -> Statements:
     old = f"WITH old AS (SELECT {locked} AS was_locked, {flags} AS old_flags FROM {t} WHERE {sid} = %s AND {expires} > now() FOR UPDATE) "
     initialize = f"old_flags & {FLAG_UNINITIALIZED} = {FLAG_UNINITIALIZED}"
     write = (
-        f"{expires} = now() + %s * interval '1 second', {timeout} = %s, {short} = %s, "
+        # One parameter for the new timeout, used three times by the slide: a subquery.
+        f"{expires} = (SELECT {_slid(f'{t}.{expires}', 'p.s')} "
+        f"FROM (SELECT %s::integer AS s) AS p), "
+        f"{timeout} = %s, {short} = %s, "
         f"{long} = %s, {flags} = {flags} & ~{FLAG_UNINITIALIZED}"
     )
     lock_check = f"{sid} = %s AND {locked} AND {cookie} = %s AND {expires} > now()"
@@ -256,8 +289,10 @@ class PostgresStateProvider(SQLStateProvider):
 
     vendor = "postgresql"
     column_types = ColumnTypes(
-        "now()", "timestamptz", "timestamp", "boolean", "bytea", "octet_length", unlogged=True
-    )
+        "now()", "timestamptz", "timestamp", "boolean", "bytea", "octet_length", unlogged=True,
+        # Room in each page for a row's next version: a HOT update needs it in the same page.
+        table_options=f" WITH (fillfactor = {FILLFACTOR})",
+    )  # fmt: skip
     lowest = "-infinity"
 
     def __init__(self, alias: str | None = None, app_name: str | None = None) -> None:
@@ -348,6 +383,19 @@ class PostgresStateProvider(SQLStateProvider):
         if getattr(exc, "sqlstate", None) in ("57P01", "57P02", "57P03", "08006", "08003"):
             return _Down  # admin shutdown, crash shutdown, cannot connect now, connection lost
         return None
+
+    def _retry_after(self, exc: Exception, reused: bool, retry: Retry) -> float:
+        if getattr(exc, "sqlstate", None) in POOLER_MIXUP:
+            # Never retried: the next call would meet another client's statement again.
+            raise SessionStoreUnavailable(
+                f"{self.store_name} met another client's prepared statement ({exc}): a "
+                f"transaction pooler that does not track prepared statements is in front of "
+                f"it. Remove prepare_threshold from the alias's OPTIONS (with "
+                f"STATEMODES_SQL_POOLER = 'transaction' nothing is prepared), or set "
+                f"PgBouncer's max_prepared_statements above 0 (PgBouncer 1.21+).",
+                setting="STATEMODES_SQL_POOLER",
+            ) from exc
+        return super()._retry_after(exc, reused, retry)
 
     def read_only(self, exc: BaseException | None) -> bool:
         # 25006: "cannot execute UPDATE in a read-only transaction" (a hot standby, or

@@ -1,0 +1,148 @@
+"""Memory per stored session: the Redis provider beside Django's cache on django-redis, and
+InProc beside Django's cache on LocMemCache. Sessions of ~1 KB (the cycle benchmark's shop
+session).
+
+Redis: a private ``redis-server`` on a free port (nothing else in it), emptied before each
+engine; ``used_memory`` after ``--sessions`` sessions minus before, per session (the provider's
+expiry index and every other key it keeps included). In-process: ``tracemalloc``, the memory
+still allocated after the sessions are stored and garbage is collected, minus before, per
+session (LocMemCache given room for every session: no culling).
+
+Run: ``python -m benchmarks.session_bytes [--sessions 10000] [--json PATH]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shutil
+import tempfile
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+from benchmarks import engines as registry
+from benchmarks.cycle import payload
+from benchmarks.engines import DJANGO, OURS, Engine
+from benchmarks.processes import free_port, running
+
+PRIVATE = "redis-private"
+OURS_REDIS = Engine(
+    "bytes-redis",
+    OURS,
+    "Custom: RedisProvider",
+    "django_statemodes.backends.custom",
+    imports=("django_statemodes.providers.redis",),
+    settings=lambda: {
+        "STATEMODES_CUSTOM_PROVIDER": registry.REDIS_PROVIDER,
+        "STATEMODES_REDIS_ALIAS": PRIVATE,
+    },
+)
+DJANGO_REDIS = Engine(
+    "bytes-django-cache-redis",
+    DJANGO,
+    "Django cache (django-redis)",
+    "django.contrib.sessions.backends.cache",
+    settings=lambda: {"SESSION_CACHE_ALIAS": PRIVATE},
+)
+OURS_INPROC = Engine("bytes-inproc", OURS, "InProc", "django_statemodes.backends.inproc")
+DJANGO_LOCMEM = Engine(
+    "bytes-django-cache-locmem",
+    DJANGO,
+    "Django cache (LocMemCache)",
+    "django.contrib.sessions.backends.cache",
+    settings=lambda: {"SESSION_CACHE_ALIAS": "locmem-large"},
+)
+
+
+def store(engine: Engine, count: int) -> None:
+    registry.use(engine)
+    store_class = registry.store_class(engine)
+    for _ in range(count):
+        data = payload()  # objects of its own, as a real session has (InProc keeps them live)
+        if engine.kind == OURS:
+            session = store_class(access="ReadWrite")
+            session.update(data)
+            session.finish(save=True)
+        else:
+            session = store_class()
+            session.update(data)
+            session.save()
+
+
+def redis_bytes(count: int) -> dict[str, float]:
+    import redis
+    from django.conf import settings
+
+    port = free_port()
+    folder = tempfile.mkdtemp(prefix="statemodes-bench-redis-")
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    command += ["--appendonly", "no", "--dir", folder, "--logfile", "redis.log"]
+    result = {}
+    try:
+        with running(command, port):
+            # In place: Django's cache handler keeps the CACHES dict it read first.
+            settings.CACHES[PRIVATE] = {
+                "BACKEND": "django_redis.cache.RedisCache",
+                "LOCATION": f"redis://127.0.0.1:{port}/0",
+            }
+            client = redis.Redis(port=port)
+            for engine in (OURS_REDIS, DJANGO_REDIS):
+                registry.use(engine)
+                store(engine, 1)  # connections, scripts and the like exist before counting
+                client.flushall()
+                before = int(client.info("memory")["used_memory"])
+                store(engine, count)
+                after = int(client.info("memory")["used_memory"])
+                result[engine.name] = (after - before) / count
+                registry.forget([engine])
+            client.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return result
+
+
+def inproc_bytes(count: int) -> dict[str, float]:
+    result = {}
+    for engine in (OURS_INPROC, DJANGO_LOCMEM):
+        store(engine, 1)
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        store(engine, count)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        result[engine.name] = (after - before) / count
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.session_bytes", description=__doc__)
+    parser.add_argument("--sessions", type=int, default=10_000)
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    args = parser.parse_args(argv)
+    registry.setup_django()
+    results: dict[str, Any] = {"sessions": args.sessions}
+    if shutil.which("redis-server") is None:
+        print("skipped Redis: redis-server is not installed")
+    else:
+        results["redis"] = redis_bytes(args.sessions)
+        ours, django = results["redis"]["bytes-redis"], results["redis"]["bytes-django-cache-redis"]
+        print(f"Redis used_memory per 1 KB session: ours {ours:,.0f}, django-redis {django:,.0f}")
+    results["inproc"] = inproc_bytes(args.sessions)
+    ours, django = (
+        results["inproc"]["bytes-inproc"],
+        results["inproc"]["bytes-django-cache-locmem"],
+    )
+    print(
+        f"bytes per 1 KB session in the process: InProc {ours:,.0f}, LocMemCache {django:,.0f} "
+        f"({ours / django:.2f}x)"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
