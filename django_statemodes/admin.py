@@ -1,17 +1,29 @@
-"""The admin's read-only list of live SQL-mode sessions, with an action that ends sessions."""
+"""The admin's pages of live sessions, with an action that ends sessions.
+
+- "Live sessions" (``LiveSessionAdmin``): every mode whose store keeps the index of sessions by
+  user (InProc, StateServer, SQL, Redis; ``STATEMODES_USER_INDEX``), through
+  ``SessionStateProvider.list_sessions``. It shows a key's first characters only.
+- "SQL sessions" (``SessionStateAdmin``): SQL mode's table through unmanaged models.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib import admin, messages
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.db.models import QuerySet, Value
 from django.db.models.functions import Coalesce, Length
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
 from django.utils import timezone
 
+from django_statemodes import sessions
 from django_statemodes.conf import conf
-from django_statemodes.models import SessionState, SessionStateApplication
+from django_statemodes.items import SessionInfo
+from django_statemodes.models import LiveSession, SessionState, SessionStateApplication
 from django_statemodes.providers.base import ExpiredItem
 from django_statemodes.providers.sql import schema
 
@@ -98,3 +110,101 @@ class SessionStateAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+#: How many characters of a session key the live-sessions page shows: enough to tell sessions
+#: apart, far too few to use one.
+KEY_PREFIX = 8
+
+
+def _when(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+@admin.register(LiveSession)
+class LiveSessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Live sessions of every mode, read through the store's index (no table)."""
+
+    list_per_page = 50
+    change_list_template = "admin/django_statemodes/livesession/change_list.html"
+
+    def get_urls(self) -> list[URLPattern]:
+        name = f"{self.opts.app_label}_{self.opts.model_name}_changelist"
+        return [path("", self.admin_site.admin_view(self.changelist_view), name=name)]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def _page(
+        self, request: HttpRequest
+    ) -> tuple[list[SessionInfo], int, str | None, int, str | None]:
+        """This request's page of sessions: (sessions, total, user filter, page number, error)."""
+        user_id = request.GET.get("user") or None
+        try:
+            number = max(0, int(request.GET.get("p", "0")))
+        except ValueError:
+            number = 0
+        try:
+            provider = sessions.provider()
+        except ImproperlyConfigured as exc:
+            return [], 0, user_id, number, str(exc)
+        if user_id is not None and len(user_id) > 255:
+            return [], 0, user_id, number, "No such user id."
+        infos, total = provider.list_sessions(
+            user_id=user_id, offset=number * self.list_per_page, limit=self.list_per_page
+        )
+        return infos, total, user_id, number, None
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        infos, total, user_id, number, error = self._page(request)
+        if request.method == "POST":
+            if not self.has_delete_permission(request):
+                raise PermissionDenied
+            chosen = set(request.POST.getlist("session"))
+            ended = sum(
+                sessions.end_session(info.session_key)
+                for info in infos
+                if sessions.session_reference(info.session_key) in chosen
+            )
+            self.message_user(request, f"Ended {ended} session(s).", messages.SUCCESS)
+            return HttpResponseRedirect(request.get_full_path())
+        rows = [
+            {
+                "reference": sessions.session_reference(info.session_key),
+                "key": info.session_key[:KEY_PREFIX] + "\u2026",
+                "user_id": info.user_id,
+                "created": _when(info.created),
+                "last_seen": _when(info.last_seen),
+                "expires": _when(info.expires),
+                "locked": info.locked,
+                "lock_age": f"{info.lock_age:.1f} s" if info.locked else "-",
+                "size": info.size,
+                "user_agent": info.user_agent or "",
+                "ip": info.ip or "",
+            }
+            for info in infos
+        ]
+        pages = max(1, -(-total // self.list_per_page))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Live sessions",
+            "rows": rows,
+            "total": total,
+            "user_filter": user_id or "",
+            "page_number": number,
+            "previous_page": number - 1 if number > 0 else None,
+            "next_page": number + 1 if number + 1 < pages else None,
+            "pages": pages,
+            "error": error,
+            "can_end": self.has_delete_permission(request),
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, self.change_list_template, context)

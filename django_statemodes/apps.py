@@ -23,6 +23,14 @@ class StateModesConfig(AppConfig):
         # Django's test runner and pytest-django, out of the box (docs/testing.md).
         connection_created.connect(close_sql_before_maintenance, dispatch_uid=__name__)
         post_migrate.connect(install_in_test_database, sender=self, dispatch_uid=__name__)
+        # Sessions by user (STATEMODES_USER_INDEX): sign-ins bind sessions, password changes
+        # may end them (sessions.py).
+        from django.apps import apps
+
+        if apps.is_installed("django.contrib.auth"):
+            from django_statemodes import sessions
+
+            sessions.connect()
 
 
 def close_sql_providers() -> None:

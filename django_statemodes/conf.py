@@ -223,5 +223,31 @@ class Settings:
         # the statemodes/503.html template.
         return _setting("STATEMODES_UNAVAILABLE_VIEW", None)
 
+    @property
+    def STATEMODES_USER_INDEX(self) -> bool:
+        # Keep the index of sessions by user (sessions by user, "sign out everywhere", the
+        # live-sessions admin beyond SQL). Off: nothing is recorded and no request does more.
+        return _setting("STATEMODES_USER_INDEX", False)
+
+    @property
+    def STATEMODES_USER_INDEX_INTERVAL(self) -> int:
+        # A session's "last seen" is written at most this often (seconds), not on every request.
+        return _setting("STATEMODES_USER_INDEX_INTERVAL", 300)
+
+    @property
+    def STATEMODES_USER_INDEX_IP(self) -> str:
+        # "full", "truncated" (IPv4 /24, IPv6 /48: a town, not a home) or "off" (none stored).
+        return _setting("STATEMODES_USER_INDEX_IP", "truncated")
+
+    @property
+    def STATEMODES_USER_INDEX_USER_AGENT(self) -> bool:
+        # Store the browser's User-Agent (cut to 512 characters) beside the session.
+        return _setting("STATEMODES_USER_INDEX_USER_AGENT", True)
+
+    @property
+    def STATEMODES_SIGN_OUT_EVERYWHERE_ON_PASSWORD_CHANGE(self) -> bool:
+        # When a user's password changes, end every other session of theirs at once.
+        return _setting("STATEMODES_SIGN_OUT_EVERYWHERE_ON_PASSWORD_CHANGE", False)
+
 
 conf = Settings()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-__all__ = ["ExpiredItem", "StateItem"]
+__all__ = ["ExpiredItem", "SessionInfo", "StateItem"]
 
 
 class StateItem(NamedTuple):
@@ -35,3 +35,24 @@ class ExpiredItem:
 
     session_key: str
     data: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """One live session in the index of sessions by user (times are unix seconds).
+
+    ``user_id`` is ``""`` for a session bound to no user (admin listings only). ``last_seen`` is
+    kept current at most once per ``STATEMODES_USER_INDEX_INTERVAL``; ``expires`` is None and
+    ``size`` 0 where the store cannot tell cheaply.
+    """
+
+    session_key: str
+    user_id: str
+    created: float
+    last_seen: float
+    expires: float | None
+    ip: str | None = None
+    user_agent: str | None = None
+    locked: bool = False
+    lock_age: float = 0.0
+    size: int = 0

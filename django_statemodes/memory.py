@@ -20,6 +20,10 @@ the sessions of people who use the site (docs/inproc.md, "Eviction"):
 A rank is evicted only when no unlocked item of a lower rank is left; within a rank, the item
 nearest to expiry goes first. A rank is a number in the queue's key, so ranking costs no
 structure and no work on the hot path beyond the queue move each touch already made.
+
+The index of sessions by user (``bind_user`` and the rest) lives in two side dicts, never in the
+items: a session nobody bound costs nothing more, and an item leaving the store (removal,
+expiry, eviction, replacement) drops its entry in the one place every removal goes through.
 """
 
 from __future__ import annotations
@@ -30,10 +34,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from django_statemodes.items import ExpiredItem, StateItem
+from django_statemodes.items import ExpiredItem, SessionInfo, StateItem
 from django_statemodes.stateserver.errors import StoreFull
 
-__all__ = ["Budget", "MemoryStore", "StoreFull"]
+__all__ = ["Binding", "Budget", "MemoryStore", "StoreFull"]
 
 # StateItem(data, locked, lock_id, lock_age, initialize) without the named tuple's Python-level
 # __new__: a third of the time, on every request of InProc and of the state server.
@@ -50,6 +54,16 @@ RANK_SLOTS = 4
 #: What ``purge_expired(batch_bytes=...)`` counts per item beyond its payload and key, so that a
 #: batch of empty placeholders is bounded too.
 BATCH_ITEM_BYTES = 64
+
+
+#: Longest user id, in UTF-8 bytes (the SQL column is varchar(255)); a longer one is refused.
+MAX_USER_ID_BYTES = 255
+#: Longest user agent and IP address kept, in characters; longer ones are cut (client input).
+MAX_USER_AGENT_LENGTH = 512
+MAX_IP_LENGTH = 45
+#: What a binding is charged beyond its strings (with ``item_overhead``: the state server's
+#: --max-memory): its entries in both side dicts and the record itself.
+BINDING_OVERHEAD = 240
 
 
 def _queue_of(timeout: int, rank: int) -> int:
@@ -69,6 +83,35 @@ class _Item:
     rank: int = FRESH
     #: The key of the queue holding it: ``_queue_of(timeout, rank)``, kept to skip the sum.
     queue: int = 0
+
+
+@dataclass(slots=True)
+class Binding:
+    """Whose a session is, and the little that is kept about it (times are unix seconds)."""
+
+    user_id: str
+    created: float
+    last_seen: float
+    ip: str | None = None
+    user_agent: str | None = None
+    #: Bytes charged for it (0 without ``item_overhead``).
+    size: int = 0
+
+
+def check_user_id(user_id: str) -> str:
+    """Return ``user_id``, or raise ValueError if it is empty or over MAX_USER_ID_BYTES."""
+    if not user_id:
+        raise ValueError("a user id is a non-empty string")
+    if len(user_id) > MAX_USER_ID_BYTES // 4 and len(user_id.encode()) > MAX_USER_ID_BYTES:
+        raise ValueError(
+            f"user id of {len(user_id.encode())} bytes is over the limit of "
+            f"{MAX_USER_ID_BYTES} bytes of UTF-8"
+        )
+    return user_id
+
+
+def _cut(value: str | None, limit: int) -> str | None:
+    return None if value is None else value[:limit]
 
 
 def _sizeof(data: Any) -> int:
@@ -116,6 +159,7 @@ class MemoryStore:
             payload bytes as they always did.
         on_unlock: called with a key after its lock ended, outside the store's mutex.
         clock: a monotonic clock in seconds (tests inject a fake one).
+        wall_clock: unix time, for the index's ``created``, ``last_seen`` and ``expires``.
     """
 
     def __init__(
@@ -128,6 +172,7 @@ class MemoryStore:
         clock: Callable[[], float] = time.monotonic,
         budget: Budget | None = None,
         item_overhead: int | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.max_items = max_items
         self.max_bytes = max_bytes
@@ -144,9 +189,19 @@ class MemoryStore:
         #: Bytes charged for the items: payloads, plus keys and overhead with item_overhead.
         self.bytes = 0
         self.evictions = 0
+        self._wall = wall_clock
+        # The index of sessions by user: key -> its binding, user id -> its keys (in binding
+        # order). Side dicts, so that an item nobody bound carries no field for it.
+        self._bindings: dict[str, Binding] = {}
+        self._users: dict[str, dict[str, None]] = {}
 
     def __len__(self) -> int:
         return len(self._items)
+
+    @property
+    def bound(self) -> int:
+        """Sessions bound to a user (entries of the index, expired ones not purged included)."""
+        return len(self._bindings)
 
     # Internal helpers; callers hold the mutex.
 
@@ -196,6 +251,61 @@ class MemoryStore:
         self.bytes -= item.size
         if self.budget is not None:
             self.budget.used -= item.size
+        if self._bindings:  # one test of an empty dict when the index is not in use
+            self._unbind(key)
+
+    def _unbind(self, key: str) -> bool:
+        binding = self._bindings.pop(key, None)
+        if binding is None:
+            return False
+        keys = self._users[binding.user_id]
+        del keys[key]
+        if not keys:
+            del self._users[binding.user_id]
+        self.bytes -= binding.size
+        if self.budget is not None:
+            self.budget.used -= binding.size
+        return True
+
+    def _bind(self, key: str, binding: Binding) -> None:
+        """Record ``binding`` for ``key`` (charged), replacing any earlier one."""
+        self._unbind(key)
+        binding.size = 0 if self._item_overhead is None else self._binding_size(binding)
+        self._bindings[key] = binding
+        self._users.setdefault(binding.user_id, {})[key] = None
+        self.bytes += binding.size
+        if self.budget is not None:
+            self.budget.used += binding.size
+
+    @staticmethod
+    def _binding_size(binding: Binding) -> int:
+        return (
+            BINDING_OVERHEAD
+            + len(binding.user_id)
+            + len(binding.ip or "")
+            + len(binding.user_agent or "")
+        )
+
+    def _info(self, key: str, item: _Item, binding: Binding | None, now: float) -> SessionInfo:
+        wall = self._wall()
+        if binding is None:
+            created = last_seen = 0.0
+            user_id, ip, user_agent = "", None, None
+        else:
+            created, last_seen = binding.created, binding.last_seen
+            user_id, ip, user_agent = binding.user_id, binding.ip, binding.user_agent
+        return SessionInfo(
+            session_key=key,
+            user_id=user_id,
+            created=created,
+            last_seen=last_seen,
+            expires=wall + (item.expires - now),
+            ip=ip,
+            user_agent=user_agent,
+            locked=item.locked,
+            lock_age=now - item.lock_date if item.locked else 0.0,
+            size=_sizeof(item.data),
+        )
 
     def _insert(self, key: str, item: _Item) -> None:
         item.queue = _queue_of(item.timeout, item.rank)
@@ -404,6 +514,173 @@ class MemoryStore:
             self._insert(key, item)
         self._after(None, evicted)
         return True
+
+    # The index of sessions by user.
+
+    def bind_user(
+        self,
+        key: str,
+        user_id: str,
+        *,
+        ip: str | None = None,
+        user_agent: str | None = None,
+        created: float | None = None,
+        last_seen: float | None = None,
+    ) -> bool:
+        """Bind the live item ``key`` to ``user_id`` (replacing any earlier owner).
+
+        ``created`` and ``last_seen`` become now unless given (a session moved from another
+        store keeps its own); ``ip`` and ``user_agent`` are cut to
+        MAX_IP_LENGTH and MAX_USER_AGENT_LENGTH. Returns False (recording nothing) if there is
+        no live item. Raises ValueError for an empty or too long user id, and StoreFull past
+        ``budget`` (with ``item_overhead``, the binding is charged).
+        """
+        check_user_id(user_id)
+        wall = self._wall()
+        binding = Binding(
+            user_id,
+            wall if created is None else created,
+            wall if last_seen is None else last_seen,
+            _cut(ip, MAX_IP_LENGTH),
+            _cut(user_agent, MAX_USER_AGENT_LENGTH),
+        )
+        with self._mutex:
+            if self._live(key, self._clock()) is None:
+                return False
+            if self._item_overhead is not None:
+                old = self._bindings.get(key)
+                extra = self._binding_size(binding) - (old.size if old is not None else 0)
+                if self.max_bytes is not None and self.bytes + extra > self.max_bytes:
+                    raise StoreFull(
+                        f"binding a user would exceed the store's limit of {self.max_bytes} bytes"
+                    )
+                if self.budget is not None:
+                    self.budget.check(extra)
+            self._bind(key, binding)
+        return True
+
+    def touch_user(self, key: str, *, ip: str | None = None, user_agent: str | None = None) -> bool:
+        """Set ``last_seen`` to now (and ``ip``/``user_agent`` unless None) on a bound live item.
+
+        Returns False (a no-op) if the item is missing, expired or bound to nobody. It does not
+        slide the item's expiry: it is not a session write. The charge follows the strings'
+        new lengths without a budget check (they are bounded, and a touch must not fail).
+        """
+        wall = self._wall()
+        with self._mutex:
+            binding = self._bindings.get(key)
+            if binding is None or self._live(key, self._clock()) is None:
+                return False
+            binding.last_seen = wall
+            if ip is not None or user_agent is not None:
+                if ip is not None:
+                    binding.ip = _cut(ip, MAX_IP_LENGTH)
+                if user_agent is not None:
+                    binding.user_agent = _cut(user_agent, MAX_USER_AGENT_LENGTH)
+                self._bind(key, binding)  # recharged for the new lengths
+        return True
+
+    def unbind_user(self, key: str) -> bool:
+        """Forget the owner of ``key`` (the item stays); False if it had none."""
+        with self._mutex:
+            return self._unbind(key)
+
+    def binding(self, key: str) -> Binding | None:
+        """Return the binding of ``key`` (a copy), or None."""
+        with self._mutex:
+            binding = self._bindings.get(key)
+            if binding is None:
+                return None
+            return Binding(
+                binding.user_id,
+                binding.created,
+                binding.last_seen,
+                binding.ip,
+                binding.user_agent,
+                binding.size,
+            )
+
+    def session_info(self, key: str) -> SessionInfo | None:
+        """Return what the index knows of the live item ``key`` (``user_id`` "" if unbound)."""
+        with self._mutex:
+            now = self._clock()
+            item = self._live(key, now)
+            if item is None:
+                return None
+            return self._info(key, item, self._bindings.get(key), now)
+
+    def user_keys(self, user_id: str) -> list[str]:
+        """Return the keys bound to ``user_id`` (expired ones not yet purged included)."""
+        with self._mutex:
+            return list(self._users.get(user_id, ()))
+
+    def user_sessions(self, user_id: str) -> list[SessionInfo]:
+        """Return the live sessions bound to ``user_id``, in binding order: O(their number).
+
+        Expired items not yet purged are left out (and left in place: the purge reports them
+        for ``session_end`` and drops their entries).
+        """
+        with self._mutex:
+            now = self._clock()
+            result: list[SessionInfo] = []
+            for key in self._users.get(user_id, ()):
+                item = self._live(key, now)
+                if item is not None:
+                    result.append(self._info(key, item, self._bindings[key], now))
+            return result
+
+    def list_sessions(
+        self, *, user_id: str | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[list[SessionInfo], int]:
+        """Return a page of live sessions, bound or not (``user_id == ""``), and the total.
+
+        Without ``user_id`` the page walks the store in insertion order, skipping ``offset``
+        live items: O(offset + limit), for the admin; the total counts the items held,
+        expired ones the purge has not reached yet included. With ``user_id``, the user's
+        sessions (``user_sessions``) paged.
+        """
+        offset, limit = max(0, offset), max(0, limit)
+        if user_id is not None:
+            sessions = self.user_sessions(user_id)
+            return sessions[offset : offset + limit], len(sessions)
+        with self._mutex:
+            now = self._clock()
+            page: list[SessionInfo] = []
+            skipped = 0
+            if limit:
+                for key, item in self._items.items():
+                    if item.expires <= now:
+                        continue
+                    if skipped < offset:
+                        skipped += 1
+                        continue
+                    page.append(self._info(key, item, self._bindings.get(key), now))
+                    if len(page) >= limit:
+                        break
+            return page, len(self._items)
+
+    def bindings(self) -> list[tuple[str, Binding]]:
+        """Return ``(key, binding)`` for every live bound item, for persistence."""
+        with self._mutex:
+            now = self._clock()
+            return [
+                (key, binding)
+                for key, binding in self._bindings.items()
+                if self._live(key, now) is not None
+            ]
+
+    def restore_bindings(self, bindings: list[tuple[str, Binding]]) -> int:
+        """Bind the items from ``bindings()`` that this store holds (unchecked: a restore).
+
+        Returns how many were bound; entries of items not held (expired) are skipped.
+        """
+        restored = 0
+        with self._mutex:
+            for key, binding in bindings:
+                if key in self._items and binding.user_id:
+                    self._bind(key, binding)
+                    restored += 1
+        return restored
 
     def purge_expired(
         self,

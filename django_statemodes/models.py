@@ -1,7 +1,8 @@
 """Read-only models over SQL mode's tables, for the admin (``managed = False``: no migrations).
 
 The tables belong to ``manage.py installsqlstate``; these models only read them, through the
-``STATEMODES_SQL_DATABASE`` alias.
+``STATEMODES_SQL_DATABASE`` alias. ``LiveSession`` has no table at all: it gives the admin its
+page of live sessions in every mode.
 """
 
 from __future__ import annotations
@@ -64,3 +65,20 @@ class SessionStateApplication(models.Model):
 
     def __str__(self) -> str:
         return self.app_name.rstrip()
+
+
+class LiveSession(models.Model):
+    """No table: the admin's page of live sessions in every mode (``admin.LiveSessionAdmin``).
+
+    Its rows come from the store through ``SessionStateProvider.list_sessions``; the model only
+    gives the admin a page and its permissions ("view live session", "delete live session").
+    """
+
+    class Meta:
+        managed = False
+        db_table = "statemodes_live_session_has_no_table"
+        verbose_name = "live session"
+        default_permissions = ("view", "delete")
+
+    def __str__(self) -> str:
+        return "live session"

@@ -69,6 +69,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, ClassVar, TypeVar
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.contrib.sessions.backends.base import VALID_KEY_CHARS
 from django.utils.crypto import get_random_string
 
@@ -82,7 +83,7 @@ from django_statemodes.exceptions import (
     SessionValueError,
 )
 from django_statemodes.modes import READ_ONLY, READ_WRITE, SessionStateMode
-from django_statemodes.providers.base import ExpiredItem, SessionStateProvider
+from django_statemodes.providers.base import ExpiredItem, SessionInfo, SessionStateProvider
 from django_statemodes.signals import session_end, session_start
 
 __all__ = ["EngineContract", "FakeClock", "ProviderContract", "Session", "SessionAPI"]
@@ -551,6 +552,219 @@ class ProviderContract(_ClockHook):
 
         asyncio.run(scenario())
 
+    # The index of sessions by user (providers with indexes_users = True; skipped otherwise).
+
+    def needs_index(self, provider: SessionStateProvider) -> None:
+        if not provider.indexes_users:
+            pytest.skip(f"{type(provider).__name__} keeps no index of sessions by user")
+
+    def bound(self, provider: SessionStateProvider, user_id: str) -> dict[str, SessionInfo]:
+        return {info.session_key: info for info in provider.user_sessions(user_id)}
+
+    def test_index_bind_of_a_missing_key_records_nothing(
+        self, provider: SessionStateProvider, key: str
+    ) -> None:
+        self.needs_index(provider)
+        user = new_key()
+        assert provider.bind_user(key, user, ip="192.0.2.0", user_agent="UA") is False
+        assert provider.user_sessions(user) == []
+
+    def test_index_a_bound_session_is_listed_with_its_client(
+        self, provider: SessionStateProvider, key: str
+    ) -> None:
+        self.needs_index(provider)
+        user = new_key()
+        self.insert(provider, key)
+        before = time.time()
+        assert provider.bind_user(key, user, ip="192.0.2.0", user_agent="Firefox/1") is True
+        (info,) = provider.user_sessions(user)
+        assert info.session_key == key and info.user_id == user
+        assert info.ip == "192.0.2.0" and info.user_agent == "Firefox/1"
+        # The store's clock may be another machine's (a database): a sanity bound, not speed.
+        assert abs(info.created - before) < 600 and info.last_seen >= info.created
+        assert info.expires is None or info.expires > info.created
+        assert not info.locked
+        assert provider.user_sessions(new_key()) == []
+
+    def test_index_rebinding_moves_the_session_to_its_new_owner(
+        self, provider: SessionStateProvider, key: str
+    ) -> None:
+        self.needs_index(provider)
+        first, second = new_key(), new_key()
+        self.insert(provider, key)
+        assert provider.bind_user(key, first, ip=None, user_agent=None)
+        assert provider.bind_user(key, second, ip=None, user_agent=None)
+        assert provider.user_sessions(first) == []
+        assert list(self.bound(provider, second)) == [key]
+
+    def test_index_touch_moves_last_seen_and_keeps_what_it_is_not_given(
+        self, provider: SessionStateProvider, key: str
+    ) -> None:
+        self.needs_index(provider)
+        user = new_key()
+        self.insert(provider, key)
+        provider.bind_user(key, user, ip="192.0.2.0", user_agent="Firefox/1")
+        (bound,) = provider.user_sessions(user)
+        provider.touch_user(key, ip=None, user_agent=None)
+        (touched,) = provider.user_sessions(user)
+        assert touched.last_seen >= bound.last_seen
+        assert (touched.ip, touched.user_agent) == ("192.0.2.0", "Firefox/1")
+        provider.touch_user(key, ip="198.51.100.0", user_agent="Chrome/2")
+        (changed,) = provider.user_sessions(user)
+        assert (changed.ip, changed.user_agent) == ("198.51.100.0", "Chrome/2")
+        assert changed.created == bound.created
+        # A session bound to no one, or missing, is left alone.
+        other = new_key()
+        self.insert(provider, other)
+        try:
+            provider.touch_user(other, ip="192.0.2.0", user_agent=None)
+            provider.touch_user(new_key(), ip=None, user_agent=None)
+            assert set(self.bound(provider, user)) == {key}
+        finally:
+            provider.remove(other)
+
+    def test_index_unbind_forgets_the_owner_and_keeps_the_session(
+        self, provider: SessionStateProvider, key: str
+    ) -> None:
+        self.needs_index(provider)
+        user = new_key()
+        self.insert(provider, key, 5)
+        provider.bind_user(key, user, ip=None, user_agent=None)
+        provider.unbind_user(key)
+        assert provider.user_sessions(user) == []
+        item = provider.get(key)
+        assert item is not None and item.data == self.payload(provider, 5)
+        provider.unbind_user(new_key())  # a missing key: no error
+
+    def test_index_saves_and_locks_keep_the_binding(
+        self, provider: SessionStateProvider, key: str
+    ) -> None:
+        self.needs_index(provider)
+        user = new_key()
+        self.insert(provider, key)
+        provider.bind_user(key, user, ip=None, user_agent=None)
+        held = provider.get_exclusive(key)
+        assert held is not None
+        (info,) = provider.user_sessions(user)
+        assert info.locked is True and info.lock_age >= 0
+        page, total = provider.list_sessions(user_id=user)
+        assert total == 1 and page[0].locked is True
+        data = self.payload(provider, 2)
+        assert provider.set_and_release(key, data, lock_id=held.lock_id, timeout=60)
+        (info,) = provider.user_sessions(user)
+        assert info.locked is False
+        assert provider.set_and_release(key, data, lock_id=None, timeout=60)
+        assert list(self.bound(provider, user)) == [key]
+
+    def test_index_removing_a_session_removes_its_entry(
+        self, provider: SessionStateProvider
+    ) -> None:
+        self.needs_index(provider)
+        user = new_key()
+        plain, held, kept = new_key(), new_key(), new_key()
+        try:
+            for key in (plain, held, kept):
+                self.insert(provider, key)
+                provider.bind_user(key, user, ip=None, user_agent=None)
+            assert provider.remove(plain)
+            item = provider.get_exclusive(held)
+            assert item is not None
+            # Ending a session whatever its lock (lock_id=None): the holder cannot save it back.
+            assert provider.remove(held)
+            assert set(self.bound(provider, user)) == {kept}
+            assert not provider.set_and_release(
+                held, self.payload(provider, 3), lock_id=item.lock_id, timeout=60
+            )
+            assert provider.get(held) is None
+            assert set(self.bound(provider, user)) == {kept}
+            page, total = provider.list_sessions(user_id=user)
+            assert total == 1 and [info.session_key for info in page] == [kept]
+        finally:
+            for key in (plain, held, kept):
+                provider.remove(key)
+
+    def test_index_an_expired_session_is_never_listed(
+        self, provider: SessionStateProvider, clock: FakeClock
+    ) -> None:
+        self.needs_index(provider)
+        self.needs_clock()
+        user = new_key()
+        short, kept = new_key(), new_key()
+        try:
+            self.insert(provider, short, timeout=SHORT)
+            self.insert(provider, kept, timeout=600)
+            for key in (short, kept):
+                provider.bind_user(key, user, ip=None, user_agent=None)
+            clock.advance(SHORT + 1)
+            assert set(self.bound(provider, user)) == {kept}
+            provider.purge_expired()
+            assert set(self.bound(provider, user)) == {kept}
+            page, total = provider.list_sessions(user_id=user)
+            assert [info.session_key for info in page] == [kept] and total == 1
+        finally:
+            for key in (short, kept):
+                provider.remove(key)
+
+    def test_index_list_sessions_filters_by_user_and_pages(
+        self, provider: SessionStateProvider
+    ) -> None:
+        self.needs_index(provider)
+        alice, bob = new_key(), new_key()
+        keys = [new_key() for _ in range(5)]
+        anonymous = new_key()
+        try:
+            for i, key in enumerate(keys):
+                self.insert(provider, key)
+                provider.bind_user(key, alice if i < 3 else bob, ip=None, user_agent=None)
+            self.insert(provider, anonymous)
+            assert set(self.bound(provider, alice)) == set(keys[:3])
+            assert set(self.bound(provider, bob)) == set(keys[3:])
+            first, total = provider.list_sessions(user_id=alice, offset=0, limit=2)
+            rest, again = provider.list_sessions(user_id=alice, offset=2, limit=2)
+            assert total == again == 3 and len(first) == 2 and len(rest) == 1
+            assert {i.session_key for i in first + rest} == set(keys[:3])
+            assert all(info.user_id == alice for info in first + rest)
+            page, everyone = provider.list_sessions(limit=1000)
+            assert everyone >= 6 and len(page) <= 1000
+            listed = {info.session_key: info.user_id for info in page}
+            if len(page) < everyone:
+                return  # a shared store holds more than one page: the filters are checked
+            assert {key: listed[key] for key in keys} == {
+                key: alice if i < 3 else bob for i, key in enumerate(keys)
+            }
+            assert listed[anonymous] == ""
+            small, _ = provider.list_sessions(limit=2)
+            assert len(small) <= 2
+        finally:
+            for key in [*keys, anonymous]:
+                provider.remove(key)
+
+    def test_index_async_twins_follow_the_same_contract(
+        self, provider: SessionStateProvider, key: str
+    ) -> None:
+        self.needs_index(provider)
+        user = new_key()
+
+        async def scenario() -> None:
+            data = self.payload(provider, 1)
+            assert not await provider.abind_user(key, user, ip=None, user_agent=None)
+            assert await provider.aset_and_release(
+                key, data, lock_id=None, timeout=60, new_item=True
+            )
+            assert await provider.abind_user(key, user, ip="192.0.2.0", user_agent="UA")
+            await provider.atouch_user(key, ip=None, user_agent="UA2")
+            (info,) = await provider.auser_sessions(user)
+            assert info.session_key == key and info.user_agent == "UA2"
+            page, total = await provider.alist_sessions(user_id=user)
+            assert total == 1 and page[0].session_key == key
+            await provider.aunbind_user(key)
+            assert await provider.auser_sessions(user) == []
+            assert await provider.aremove(key)
+
+        # As Django runs async code from a sync caller: calls a provider makes back on the
+        # caller's thread (thread_sensitive) find it, as they do in a request.
+        async_to_sync(scenario)()
+
 
 # The engine contract: stores driven through the sync API or the async one.
 
@@ -801,6 +1015,19 @@ class EngineContract(_ClockHook):
         with pytest.raises(SessionLockLost):
             stale.finish(save=True)
         assert sessions(session_key)["counter"] == 1
+
+    def test_a_session_ended_while_its_request_holds_the_lock_stays_ended(
+        self, sessions: SessionAPI, session_key: str, engine: type[StateModeSessionBase]
+    ) -> None:
+        # Ending a session from outside (sessions by user, the admin) is a removal whatever the
+        # lock: the request holding it must not save it back.
+        holder = sessions(session_key, access=READ_WRITE)
+        holder["counter"] = 7  # loaded and locked; not saved yet
+        assert engine.get_provider().remove(session_key) is True
+        with pytest.raises(SessionLockLost):
+            holder.finish(save=True)
+        assert not sessions().exists(session_key)
+        assert engine.get_provider().get(session_key) is None
 
     def test_the_queue_limit_refuses_extra_waiters(
         self, sessions: SessionAPI, session_key: str, settings: Any

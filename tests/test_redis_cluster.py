@@ -141,6 +141,53 @@ def test_purge_visits_the_buckets_and_reports_expired_sessions_with_their_data(
     assert all(provider.get(key) is None for key in keys)
 
 
+def test_a_users_sessions_on_every_primary_are_listed_from_the_users_own_set(
+    provider: RedisProvider, cluster_settings: RedisCluster
+) -> None:
+    # The index of sessions by user: the set is one key in its own slot; its members' hashes
+    # are on any primary, read in one pipeline (redis-py splits it per node).
+    user = new_key()
+    keys = [new_key() for _ in range(30)]
+    primaries = set()
+    for key in keys:
+        assert provider.set_and_release(key, b"x", lock_id=None, timeout=60, new_item=True)
+        assert provider.bind_user(key, user, ip="192.0.2.0", user_agent="UA")
+        primaries.add(node(cluster_settings, provider._keys(key)[0]).connection_pool)
+    assert len({pool.connection_kwargs["port"] for pool in primaries}) == 3
+    user_set = provider._user_set(user)
+    assert node(cluster_settings, user_set).scard(user_set) == len(keys)
+    assert {i.session_key for i in provider.user_sessions(user)} == set(keys)
+    # Removal in a cluster: the script cannot reach the set's slot; the client removes the
+    # member right after it.
+    assert provider.remove(keys[0])
+    assert node(cluster_settings, user_set).sismember(user_set, keys[0]) == 0
+    page, total = provider.list_sessions(user_id=user, offset=0, limit=10)
+    assert total == len(keys) - 1 and len(page) == 10
+    for key in keys[1:]:
+        assert provider.remove(key)
+    assert node(cluster_settings, user_set).exists(user_set) == 0
+
+
+def test_the_admin_listing_pages_through_the_buckets_without_overlap(
+    provider: RedisProvider,
+) -> None:
+    keys = [new_key() for _ in range(25)]
+    for key in keys:
+        assert provider.set_and_release(key, b"x", lock_id=None, timeout=60, new_item=True)
+    try:
+        _, total = provider.list_sessions(limit=0)
+        assert total >= len(keys)
+        seen: list[str] = []
+        for offset in range(0, total, 7):
+            page, again = provider.list_sessions(offset=offset, limit=7)
+            assert len(page) <= 7 and again == total
+            seen += [info.session_key for info in page]
+        assert set(keys) <= set(seen) and len(seen) == len(set(seen))
+    finally:
+        for key in keys:
+            provider.remove(key)
+
+
 def test_a_waiter_on_another_primary_is_woken_by_the_broadcast_release(
     provider: RedisProvider,
 ) -> None:

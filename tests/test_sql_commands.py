@@ -83,10 +83,12 @@ def test_persisted_creates_ordinary_tables_and_the_expires_index(clean: str) -> 
     assert primary_key(schema.APPLICATIONS) == ["AppId"]
 
 
-# ASP.NET's ASPStateTempSessions, column for column.
+# ASP.NET's ASPStateTempSessions, column for column, and schema version 2's index of sessions
+# by user (docs/sessions-by-user.md).
 SESSION_COLUMNS = {
     "SessionId", "Created", "Expires", "LockDate", "LockDateLocal", "LockCookie",
     "Timeout", "Locked", "SessionItemShort", "SessionItemLong", "Flags",
+    "UserId", "IpAddress", "UserAgent", "LastSeen",
 }  # fmt: skip
 
 
@@ -289,7 +291,8 @@ def test_without_the_setting_the_routers_choose_the_sessions_database(
     settings.SESSION_ENGINE = "django_statemodes.backends.sql"
     assert conf.STATEMODES_SQL_DATABASE == "default"  # no router: Django's default alias
     settings.DATABASE_ROUTERS = [f"{__name__}.SessionTablesOn"]
-    assert conf.STATEMODES_SQL_DATABASE == clean
+    routed = conf.STATEMODES_SQL_DATABASE
+    assert routed == clean
     run("installsqlstate")  # the command follows: the routed alias
     assert ddl.existing_tables(connections[clean]) == set(schema.TABLES)
     store = SessionStore()

@@ -20,6 +20,15 @@ lock_ids = st.integers(min_value=0, max_value=(1 << 64) - 2)
 u32 = st.integers(min_value=0, max_value=(1 << 32) - 1)
 rids = st.integers(min_value=1, max_value=(1 << 32) - 1)
 
+user_ids = st.text(min_size=1, max_size=63)  # at most 252 bytes of UTF-8
+ips = st.none() | st.text(max_size=60)
+agents = st.none() | st.text(max_size=500)
+times = st.floats(0, 1e10, allow_nan=False)
+entries = st.builds(
+    p.SessionEntry, keys, st.just("") | user_ids, times, times, times, times,
+    st.integers(0, (1 << 32) - 2), st.booleans(), ips, agents,
+)  # fmt: skip
+
 requests = st.one_of(
     st.builds(p.Get, rids, keys),
     st.builds(p.GetExclusive, rids, keys),
@@ -36,6 +45,16 @@ requests = st.one_of(
     st.builds(p.Ping, rids, payloads),
     st.builds(p.Stats, rids),
     st.builds(p.Purge, rids),
+    # Version 2: the index of sessions by user.
+    st.builds(
+        lambda rid, key, user, ip, agent, times: p.BindUser(rid, key, user, ip, agent, *times),
+        rids, keys, user_ids, ips, agents,
+        st.tuples(st.none(), st.none()) | st.tuples(times, times),
+    ),
+    st.builds(p.TouchUser, rids, keys, ips, agents),
+    st.builds(p.UnbindUser, rids, keys),
+    st.builds(p.SessionInfoRequest, rids, keys),
+    st.builds(p.ListSessions, rids, st.none() | user_ids, u32, st.integers(0, p.MAX_SESSIONS_PAGE)),
 )  # fmt: skip
 replies = st.one_of(
     st.builds(
@@ -49,6 +68,7 @@ replies = st.one_of(
     st.builds(p.Pong, rids, payloads),
     st.builds(p.StatsReply, rids, st.dictionaries(st.text(max_size=8), st.integers(), max_size=4)),
     st.builds(p.Error, rids, st.sampled_from(list(p.ErrorCode)), st.text(max_size=50)),
+    st.builds(p.Sessions, rids, st.integers(0, (1 << 64) - 1), st.lists(entries, max_size=4).map(tuple)),
 )  # fmt: skip
 
 
@@ -173,6 +193,30 @@ def test_unknown_frame_types_are_refused_with_their_code() -> None:
     with pytest.raises(p.RemoteProtocolError) as info:
         server.next_event()
     assert info.value.code == p.ErrorCode.UNKNOWN_TYPE
+
+
+def test_index_strings_the_wire_cannot_carry_are_refused_locally() -> None:
+    client, _ = pair()
+    with pytest.raises(p.LocalProtocolError, match="user id of 256 bytes"):
+        client.send(p.BindUser(1, "k", "x" * 256))
+    with pytest.raises(p.LocalProtocolError, match="non-empty"):
+        client.send(p.ListSessions(1, ""))
+    with pytest.raises(p.LocalProtocolError, match="user agent"):
+        client.send(p.TouchUser(1, "k", None, "u" * 5000))
+
+
+def test_malformed_index_frames_are_remote_protocol_errors() -> None:
+    bodies = {
+        p.BindUser.TYPE: b"\x01k\x05ab",  # the user id runs past the frame
+        p.TouchUser.TYPE: b"\x01k\x08\x00\x00\x00",  # unknown client flag
+        p.ListSessions.TYPE: b"\x02\x00\x00\x00\x00\x00\x01",  # unknown flag
+        p.SessionInfoRequest.TYPE: b"\x01kk",  # trailing bytes
+    }
+    for type_, body in bodies.items():
+        _, server = pair()
+        server.receive_data(struct.pack("!IBI", 5 + len(body), type_, 1) + body)
+        with pytest.raises(p.RemoteProtocolError):
+            server.next_event()
 
 
 def test_keys_the_wire_cannot_carry_are_refused_locally() -> None:

@@ -223,7 +223,7 @@ def test_the_snapshot_is_binary_and_a_corrupt_one_stops_the_start(tmp_path: Path
             "snap", b"\x00data", lock_id=None, timeout=60, new_item=True
         )
     content = snapshot.read_bytes()
-    assert content.startswith(b"SMSNAP\x01")
+    assert content.startswith(b"SMSNAP\x02")  # version 2: with the index of sessions by user
     assert b"\x80\x04" not in content[:8]  # not a pickle stream
     snapshot.write_bytes(content[:-3])  # cut off
     result = _run_main("--port", str(free_port()), "--snapshot", str(snapshot))
@@ -276,7 +276,11 @@ def test_stats_report_sessions_locks_waiters_and_rates(
     assert client.get_exclusive("stats") is not None
     stats = client.stats()
     # Charged: the payload, the key and the per-item overhead (--max-memory counts them all).
-    assert stats["applications"]["stats"] == {"sessions": 1, "bytes": 5 + 5 + ITEM_OVERHEAD}
+    assert stats["applications"]["stats"] == {
+        "sessions": 1,
+        "bytes": 5 + 5 + ITEM_OVERHEAD,
+        "bound": 0,
+    }
     assert stats["locks"] >= 1
     assert stats["operations"] >= 3
     assert {"waiters", "operations_per_second", "connections", "uptime"} <= set(stats)

@@ -48,7 +48,7 @@ from django_statemodes.modes import DISABLED, READ_ONLY, READ_WRITE, SessionStat
 from django_statemodes.providers.base import ExpiredItem, SessionStateProvider, StateItem
 from django_statemodes.signals import session_end, session_start
 
-from . import locking, registry
+from . import locking, registry, users
 from .calls import NO_KEYWORDS, Op, Steps, arun, run, steps_of
 from .cancellation import refuse_sync
 from .codec import OBJECTS, Codec, codec_for, codec_named
@@ -71,6 +71,10 @@ class StateModeSessionBase(SessionBase):
     #: Gives the mode when it is first needed, if the middleware could not know it yet (see
     #: ``access``); None once the mode is known. A class default: most requests never set it.
     _mode_source: Callable[[], SessionStateMode] | None = None
+    #: The user to bind the session to once it is stored, with the client's IP address and
+    #: User-Agent (``bind_to_user``; the index of sessions by user). A class default: set only
+    #: at a sign-in.
+    _bind: tuple[str, str | None, str | None] | None = None
 
     def __init__(
         self,
@@ -320,6 +324,8 @@ class StateModeSessionBase(SessionBase):
                 return ("release", (key, item.lock_id), NO_KEYWORDS, _nothing_loaded)
         if item.initialize:
             self._initializing = True
+        if users.ON is not False and self._provider.indexes_users and users.index_on():
+            users.current_session.set(key)  # kept by a password change in this request
         data = (self._codec or self._serializing_codec()).decode(item.data)
         if "_session_expiry" in data and _past(data["_session_expiry"]):
             # set_expiry(datetime) is absolute: the store slides, so the date is checked here.
@@ -442,20 +448,20 @@ class StateModeSessionBase(SessionBase):
         self._storing = (key, keywords)  # for _stored, the continuation
         return ("set_and_release", (key, payload), keywords, self._stored)
 
-    def _stored(self, stored: bool) -> None:
+    def _stored(self, stored: bool) -> Op:
         """Act on the store's answer to ``_store``: signals, a refused write, the lock's end."""
         key, keywords = self._storing
         must_create, release = keywords["new_item"], not keywords["keep_lock"]
         if stored and not must_create and not self._initializing:  # nearly every save
             if release:
                 self._lock_id = self._locked_key = None
-            return
+            return None if self._bind is None else self._bind_op(key)
         if must_create:
             if not stored:
                 raise CreateError
             if not self._cycling:
                 session_start.send(sender=type(self), session_key=key, session=self)
-            return
+            return None if self._bind is None else self._bind_op(key)
         if not stored:
             if keywords["lock_id"] is not None:  # this request's lock was broken meanwhile
                 locking.refused(key)
@@ -469,6 +475,47 @@ class StateModeSessionBase(SessionBase):
         session_start.send(sender=type(self), session_key=key, session=self)
         if release:
             self._lock_id = self._locked_key = None
+        return None if self._bind is None else self._bind_op(key)
+
+    # The index of sessions by user (STATEMODES_USER_INDEX, core.users).
+
+    def bind_to_user(self, user_id: str, *, ip: str | None, user_agent: str | None) -> None:
+        """Bind the session to ``user_id`` in the store's index once it is next stored.
+
+        Called at a sign-in (``user_logged_in``): the record may not exist yet, and the key
+        may still change (``login()`` cycles it), so the bind follows the save.
+        """
+        self._bind = (user_id, ip, user_agent)
+
+    def _bind_op(self, key: str) -> Op:
+        assert self._bind is not None
+        user_id, ip, agent = self._bind
+        self._bind = None
+        users.seen(key)  # just bound: no touch is due for an interval
+        keywords = {"ip": ip, "user_agent": agent}
+        return ("bind_user", (key, user_id), keywords, _nothing)
+
+    def _touching(self, op: Op) -> Op:
+        """``op`` (the request's end), then a ``touch_user`` if the session's is due."""
+        key = self._session_key
+        if self._bind is not None or not users.index_on():
+            return op  # bound by this very save: last_seen is now
+        try:
+            data = self._session_cache
+        except AttributeError:
+            return op  # never read: nothing to say the client was here signed in
+        if key is None or users.AUTH_SESSION_KEY not in data or not users.touch_due(key):
+            return op
+        return self._then_touch(op, key)
+
+    def _then_touch(self, op: Op, key: str) -> Steps[Any]:
+        result = yield from steps_of(op)
+        try:
+            yield ("touch_user", (key,), {"ip": None, "user_agent": None})
+        except Exception:
+            # "Last seen" is best effort: the request itself was served and saved.
+            users.logger.warning("Could not record when session %s... was last seen.", key[:8])
+        return result
 
     # The request's end (called by SessionStateMiddleware).
 
@@ -478,6 +525,8 @@ class StateModeSessionBase(SessionBase):
         A ReadOnly session is never saved: nothing in it can have changed.
         """
         op = self._finish(save)
+        if users.ON is not False and self._provider.indexes_users:  # sessions by user
+            op = self._touching(op)
         if type(op) is tuple:  # run()'s first step, inlined: one call ends nearly every request
             if _get_running_loop() is not None:  # C-level; the call only in a loop's thread
                 refuse_sync()
@@ -487,7 +536,10 @@ class StateModeSessionBase(SessionBase):
             run(op, self._provider)
 
     async def afinish(self, save: bool) -> None:
-        await arun(self._finish(save), self._provider)
+        op = self._finish(save)
+        if users.ON is not False and self._provider.indexes_users:  # sessions by user
+            op = self._touching(op)
+        await arun(op, self._provider)
 
     def _finish(self, save: bool) -> Op:
         if self._released:
@@ -599,12 +651,24 @@ class StateModeSessionBase(SessionBase):
         try:
             data = yield from self._session_data()
             key = self._session_key
+            user_id = data.get(users.AUTH_SESSION_KEY)
+            if key and user_id and self._provider.indexes_users and users.index_on():
+                # Signed in (update_session_auth_hash): the new key is bound as the old one was.
+                yield from self._rebind(key, str(user_id))
             yield from self._create()
             self._session_cache = data
             if key:
                 yield from self._delete(key)
         finally:
             self._cycling = False
+
+    def _rebind(self, key: str, user_id: str) -> Steps[None]:
+        if self._bind is not None:
+            return
+        infos = yield ("user_sessions", (user_id,), NO_KEYWORDS)
+        old = next((info for info in infos if info.session_key == key), None)
+        if old is not None:
+            self._bind = (user_id, old.ip, old.user_agent)
 
     def _end(self, session_key: str, data: dict[str, Any] | None, reason: str) -> None:
         session_end.send(sender=type(self), session_key=session_key, data=data, reason=reason)

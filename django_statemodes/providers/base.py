@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 
 from asgiref.sync import sync_to_async
 
-from django_statemodes.items import ExpiredItem, StateItem
+from django_statemodes.items import ExpiredItem, SessionInfo, StateItem
 
-__all__ = ["ExpiredItem", "SessionStateProvider", "StateItem"]
+__all__ = ["ExpiredItem", "SessionInfo", "SessionStateProvider", "StateItem"]
 
 
 class SessionStateProvider:
@@ -42,6 +42,9 @@ class SessionStateProvider:
 
     #: Longest sleep of the default ``wait_for_release`` back-off, in seconds.
     poll_interval: ClassVar[float] = 0.05
+
+    #: True if this provider keeps the index of sessions by user (``bind_user`` and the rest).
+    indexes_users: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         """Take provider options (``STATEMODES_CUSTOM_PROVIDER_OPTIONS`` in Custom mode)."""
@@ -136,6 +139,53 @@ class SessionStateProvider:
     def close(self) -> None:
         """Release connections and other resources (called when settings change)."""
 
+    # The index of sessions by user (``STATEMODES_USER_INDEX``): providers that keep it set
+    # ``indexes_users = True`` and implement these five methods. Removing a session (remove,
+    # expiry, purge) removes its entry, or the listings never return it and prune it.
+
+    def bind_user(
+        self, session_key: str, user_id: str, *, ip: str | None, user_agent: str | None
+    ) -> bool:
+        """Record that the live session belongs to ``user_id`` (replacing any earlier owner).
+
+        ``created`` and ``last_seen`` become now. Return False, recording nothing, if the
+        session does not exist.
+        """
+        raise self._no_index("bind_user")
+
+    def touch_user(self, session_key: str, *, ip: str | None, user_agent: str | None) -> None:
+        """Set ``last_seen`` to now (and ``ip``/``user_agent`` if given) on a bound live session.
+
+        A no-op for a session that is missing or bound to no user.
+        """
+        raise self._no_index("touch_user")
+
+    def unbind_user(self, session_key: str) -> None:
+        """Forget the session's owner (the session itself stays); a no-op if it has none."""
+        raise self._no_index("unbind_user")
+
+    def user_sessions(self, user_id: str) -> list[SessionInfo]:
+        """Return the live sessions bound to ``user_id``, in O(their number), never a scan.
+
+        May prune index entries of sessions that expired or were removed.
+        """
+        raise self._no_index("user_sessions")
+
+    def list_sessions(
+        self, *, user_id: str | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[list[SessionInfo], int]:
+        """Return a bounded page of live sessions (bound or not) and their total, for the admin.
+
+        Sessions bound to no user have ``user_id == ""``. May scan the store.
+        """
+        raise self._no_index("list_sessions")
+
+    def _no_index(self, method: str) -> NotImplementedError:
+        return NotImplementedError(
+            f"{type(self).__module__}.{type(self).__qualname__} keeps no index of sessions by "
+            f"user (indexes_users is False): it has no {method}() method"
+        )
+
     # Async twins. The defaults run the sync method in a thread (Django's SessionBase does the
     # same); a provider with a native async client overrides them.
 
@@ -173,3 +223,26 @@ class SessionStateProvider:
     async def await_for_release(self, session_key: str, lock_id: int, timeout: float) -> None:
         """Async ``wait_for_release``: the default sleeps on the event loop, never blocking it."""
         await asyncio.sleep(min(timeout, self.poll_interval))
+
+    async def abind_user(
+        self, session_key: str, user_id: str, *, ip: str | None, user_agent: str | None
+    ) -> bool:
+        return await sync_to_async(self.bind_user)(
+            session_key, user_id, ip=ip, user_agent=user_agent
+        )
+
+    async def atouch_user(
+        self, session_key: str, *, ip: str | None, user_agent: str | None
+    ) -> None:
+        await sync_to_async(self.touch_user)(session_key, ip=ip, user_agent=user_agent)
+
+    async def aunbind_user(self, session_key: str) -> None:
+        await sync_to_async(self.unbind_user)(session_key)
+
+    async def auser_sessions(self, user_id: str) -> list[SessionInfo]:
+        return await sync_to_async(self.user_sessions)(user_id)
+
+    async def alist_sessions(
+        self, *, user_id: str | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[list[SessionInfo], int]:
+        return await sync_to_async(self.list_sessions)(user_id=user_id, offset=offset, limit=limit)

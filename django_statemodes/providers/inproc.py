@@ -15,7 +15,12 @@ from typing import Any, ClassVar
 
 from django_statemodes.exceptions import SessionStoreFull, StoreFull
 from django_statemodes.memory import MemoryStore
-from django_statemodes.providers.base import ExpiredItem, SessionStateProvider, StateItem
+from django_statemodes.providers.base import (
+    ExpiredItem,
+    SessionInfo,
+    SessionStateProvider,
+    StateItem,
+)
 
 # Expired sessions are swept (and session_end sent) lazily, at most this often.
 SWEEP_INTERVAL = 1.0
@@ -40,6 +45,8 @@ class InProcProvider(SessionStateProvider):
     """A provider over a ``MemoryStore`` with event-driven lock hand-off."""
 
     stores_objects: ClassVar[bool] = True
+    #: The index lives beside the sessions in the store: per process, like the sessions.
+    indexes_users: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -188,6 +195,27 @@ class InProcProvider(SessionStateProvider):
             on_batch(count)  # one step: one batch
         return count
 
+    # The index of sessions by user: the store keeps it beside the items.
+
+    def bind_user(
+        self, session_key: str, user_id: str, *, ip: str | None, user_agent: str | None
+    ) -> bool:
+        return self.store.bind_user(session_key, user_id, ip=ip, user_agent=user_agent)
+
+    def touch_user(self, session_key: str, *, ip: str | None, user_agent: str | None) -> None:
+        self.store.touch_user(session_key, ip=ip, user_agent=user_agent)
+
+    def unbind_user(self, session_key: str) -> None:
+        self.store.unbind_user(session_key)
+
+    def user_sessions(self, user_id: str) -> list[SessionInfo]:
+        return self.store.user_sessions(user_id)
+
+    def list_sessions(
+        self, *, user_id: str | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[list[SessionInfo], int]:
+        return self.store.list_sessions(user_id=user_id, offset=offset, limit=limit)
+
     # In-memory calls never block on I/O: no thread hop for async callers.
 
     async def aget(self, session_key: str) -> StateItem | None:
@@ -220,3 +248,24 @@ class InProcProvider(SessionStateProvider):
 
     async def aremove(self, session_key: str, lock_id: int | None = None) -> bool:
         return self.remove(session_key, lock_id)
+
+    async def abind_user(
+        self, session_key: str, user_id: str, *, ip: str | None, user_agent: str | None
+    ) -> bool:
+        return self.bind_user(session_key, user_id, ip=ip, user_agent=user_agent)
+
+    async def atouch_user(
+        self, session_key: str, *, ip: str | None, user_agent: str | None
+    ) -> None:
+        self.touch_user(session_key, ip=ip, user_agent=user_agent)
+
+    async def aunbind_user(self, session_key: str) -> None:
+        self.unbind_user(session_key)
+
+    async def auser_sessions(self, user_id: str) -> list[SessionInfo]:
+        return self.user_sessions(user_id)
+
+    async def alist_sessions(
+        self, *, user_id: str | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[list[SessionInfo], int]:
+        return self.list_sessions(user_id=user_id, offset=offset, limit=limit)

@@ -31,6 +31,16 @@ session's server; each shard keeps its own expiry set and subscriber.
 Redis Cluster (``OPTIONS["CLUSTER"]`` on the alias): redis-py's cluster clients, and keys
 bucketed so that a session's hash and its expiry set share a hash slot (see redis_cluster.py).
 
+The index of sessions by user (STATEMODES_USER_INDEX): a bound session's hash also holds ``u``
+(user id), ``c`` (bound at, ms), ``ls`` (last seen, ms), ``ip`` and ``ua``; a set per user,
+``<prefix>:<application>:u:{<user id>}`` (its own hash slot in a cluster; on each session's
+own shard with ShardClient), has the session keys as members. A save keeps the fields (it
+writes others), a new item replaces the hash (so a reused key is never someone else's), the
+removal script takes the member out of the set (in a cluster, where a script reaches one slot,
+the client does, after it), and a listing reads the set, then every member's fields in one
+pipeline, and removes the members whose session is gone, expired or now someone else's. The
+set's TTL follows its longest-lived session, so a user who never comes back leaves nothing.
+
 Failover (Sentinel or Cluster): an exclusive get or a save carries a random token stored with
 the item, so a call redis-py sends again after its reply was lost is recognised (a lock granted
 to itself, a write already applied); a call that takes or ends a lock and fails hands the release
@@ -74,8 +84,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from django_statemodes.conf import conf
 from django_statemodes.exceptions import SessionStoreUnavailable
+from django_statemodes.memory import MAX_IP_LENGTH, MAX_USER_AGENT_LENGTH, check_user_id
 from django_statemodes.providers import redis_cluster
-from django_statemodes.providers.base import ExpiredItem, SessionStateProvider, StateItem
+from django_statemodes.providers.base import (
+    ExpiredItem,
+    SessionInfo,
+    SessionStateProvider,
+    StateItem,
+)
 from django_statemodes.providers.pool import PerLoop, exhausted
 from django_statemodes.providers.wakeups import Wakeups
 
@@ -237,10 +253,12 @@ released(f[5])
 return 1
 """
 
-# KEYS[2] expiry set; ARGV[1] session key, ARGV[2] lock id or ''.
-# Deletes the item unless another request holds its lock.
+# KEYS[2] expiry set; ARGV[1] session key, ARGV[2] lock id or '', ARGV[3] '1' to take the key
+# out of its user's set here (one server), else '0' (a cluster: the set is in another slot).
+# Deletes the item unless another request holds its lock. Returns 0, 1, or (ARGV[3] '0', a
+# bound session) its user id: the caller removes the member from the user's set.
 _REMOVE = """
-local f = redis.call('HMGET', KEYS[1], 'lk', 'lid', 'wt')
+local f = redis.call('HMGET', KEYS[1], 'lk', 'lid', 'wt', 'u')
 if not f[1] then
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 0
@@ -249,12 +267,66 @@ if ARGV[2] ~= '' and f[1] == '1' and tonumber(f[2]) ~= tonumber(ARGV[2]) then re
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 released(f[3])
+if f[4] then
+  if ARGV[3] ~= '1' then return f[4] end
+  local ns = string.match(KEYS[1], '^(.*)s:{')
+  redis.call('SREM', ns .. 'u:{' .. f[4] .. '}', ARGV[1])
+end
+return 1
+"""
+
+# The index of sessions by user. KEYS[1] the item. _BIND: ARGV[1] user id, ARGV[2] ip,
+# ARGV[3] user agent, ARGV[4] two flags (ip given, user agent given). Returns nil if the item
+# is missing or expired, else {previous user id or '', timeout}. Neither slides the expiry:
+# binding and touching are not session writes.
+_BIND = """
+local f = redis.call('HMGET', KEYS[1], 'ex', 'u', 'to')
+if not f[1] or tonumber(f[1]) <= now then return nil end
+redis.call('HSET', KEYS[1], 'u', ARGV[1], 'c', now, 'ls', now)
+if string.sub(ARGV[4], 1, 1) == '1' then
+  redis.call('HSET', KEYS[1], 'ip', ARGV[2])
+else
+  redis.call('HDEL', KEYS[1], 'ip')
+end
+if string.sub(ARGV[4], 2, 2) == '1' then
+  redis.call('HSET', KEYS[1], 'ua', ARGV[3])
+else
+  redis.call('HDEL', KEYS[1], 'ua')
+end
+return {f[2] or '', f[3]}
+"""
+
+# ARGV[1] ip, ARGV[2] user agent, ARGV[3] two flags (replace the ip, the user agent).
+_TOUCH = """
+local f = redis.call('HMGET', KEYS[1], 'ex', 'u')
+if not f[1] or tonumber(f[1]) <= now or not f[2] then return 0 end
+redis.call('HSET', KEYS[1], 'ls', now)
+if string.sub(ARGV[3], 1, 1) == '1' then redis.call('HSET', KEYS[1], 'ip', ARGV[1]) end
+if string.sub(ARGV[3], 2, 2) == '1' then redis.call('HSET', KEYS[1], 'ua', ARGV[2]) end
+return 1
+"""
+
+# Returns the user id it was bound to ('' if none).
+_UNBIND = """
+local u = redis.call('HGET', KEYS[1], 'u')
+if not u then return '' end
+redis.call('HDEL', KEYS[1], 'u', 'c', 'ls', 'ip', 'ua')
+return u
+"""
+
+# KEYS[1] a user's set; ARGV[1] session key, ARGV[2] its lifetime in ms. Adds the member and
+# keeps the set alive as long as its longest-lived session.
+_INDEX = """
+redis.call('SADD', KEYS[1], ARGV[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 1
 """
 
 # KEYS[1] expiry set; ARGV[1] and ARGV[2] what comes before and after a session key in its
 # item's key, ARGV[3] wake-up channel, ARGV[4] batch size, ARGV[5] '1' to return payloads,
-# ARGV[6] '1' for a dry run (count only).
+# ARGV[6] '1' for a dry run (count only), ARGV[7] '1' to take a bound item's key out of its
+# user's set (one server: the set is reachable from here).
 # Returns {session key, payload or nil, ...} for the expired items it removed.
 _PURGE = """
 local t = redis.call('TIME')
@@ -264,7 +336,7 @@ local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, to
 local out = {}
 for _, m in ipairs(members) do
   local k = ARGV[1] .. m .. ARGV[2]
-  local f = redis.call('HMGET', k, 'ex', 'lk', 'd')
+  local f = redis.call('HMGET', k, 'ex', 'lk', 'd', 'u')
   if f[1] and tonumber(f[1]) > now then
     redis.call('ZADD', KEYS[1], f[1], m)
   else
@@ -272,6 +344,9 @@ for _, m in ipairs(members) do
     if f[1] then
       redis.call('DEL', k)
       if f[2] == '1' then redis.call('PUBLISH', ARGV[3], m) end
+      if f[4] and ARGV[7] == '1' then
+        redis.call('SREM', string.sub(ARGV[1], 1, -4) .. 'u:{' .. f[4] .. '}', m)
+      end
     end
     out[#out + 1] = m
     if ARGV[5] == '1' and f[3] then out[#out + 1] = f[3] else out[#out + 1] = false end
@@ -291,6 +366,10 @@ return 1
 """
 
 
+#: What a listing reads of each session's hash (besides HSTRLEN of ``d``, its size).
+_ROW_FIELDS = ("ex", "u", "c", "ls", "ip", "ua", "lk", "lt")
+
+
 def _compile(end_grace_ms: int) -> dict[str, tuple[str, str]]:
     """Return ``{name: (sha1, source)}`` of the scripts for one end_grace."""
     scripts = {
@@ -300,6 +379,10 @@ def _compile(end_grace_ms: int) -> dict[str, tuple[str, str]]:
         "remove": _PRELUDE + _REMOVE,
         "purge": _PURGE,
         "watch": _WATCH,
+        "bind": _PRELUDE + _BIND,
+        "touch": _PRELUDE + _TOUCH,
+        "unbind": _UNBIND,
+        "index": _INDEX,
     }
     compiled = {}
     for name, source in scripts.items():
@@ -505,6 +588,9 @@ class RedisProvider(SessionStateProvider):
     (seconds an expired session's data is kept for ``session_end``, default 3600).
     """
 
+    #: A set per user beside the sessions' hashes (see the module's docstring).
+    indexes_users: ClassVar[bool] = True
+
     settings: ClassVar[frozenset[str]] = frozenset(
         {
             "CACHES",
@@ -523,6 +609,7 @@ class RedisProvider(SessionStateProvider):
         end_grace: int = 3600,
     ) -> None:
         super().__init__(cache_alias=cache_alias, key_prefix=key_prefix, end_grace=end_grace)
+        self.end_grace = int(end_grace)
         self.cache_alias = cache_alias or conf.STATEMODES_REDIS_ALIAS
         # Redis Cluster: OPTIONS["CLUSTER"] on the alias (django-redis ignores the key).
         self.cluster = is_cluster_alias(self.cache_alias)
@@ -809,7 +896,13 @@ class RedisProvider(SessionStateProvider):
             self._run("release", session_key, lock, "")
 
     def remove(self, session_key: str, lock_id: int | None = None) -> bool:
-        return bool(self._run("remove", session_key, self._lock_arg(lock_id)))
+        reply = self._run("remove", session_key, self._lock_arg(lock_id), self._unindex)
+        if isinstance(reply, bytes):  # a cluster: the member is taken out here
+            with self._unavailable():
+                self._server(self._keys(session_key)[0]).client.srem(
+                    self._user_set(reply.decode()), session_key
+                )
+        return bool(reply)
 
     def create_uninitialized(self, session_key: str, timeout: int) -> bool:
         return bool(self._run("set", session_key, b"", "", str(int(timeout)), "101", _token()))
@@ -843,10 +936,11 @@ class RedisProvider(SessionStateProvider):
             for client, expiry, before, after in sets:
                 args = [before, after, *tail]
                 if dry_run:
-                    total += int(self._eval(client, "purge", [expiry], [*args, "1"]))
+                    total += int(self._eval(client, "purge", [expiry], [*args, "1", "0"]))
                     continue
+                unindex = "0" if self.cluster else "1"
                 while True:  # one batch per script run: Redis is never blocked for long
-                    reply = self._eval(client, "purge", [expiry], [*args, "0"])
+                    reply = self._eval(client, "purge", [expiry], [*args, "0", unindex])
                     pairs = list(zip(reply[::2], reply[1::2], strict=True))
                     total += len(pairs)
                     if on_expired is not None:
@@ -920,7 +1014,296 @@ class RedisProvider(SessionStateProvider):
             await self._arun("release", session_key, lock, "")
 
     async def aremove(self, session_key: str, lock_id: int | None = None) -> bool:
-        return bool(await self._arun("remove", session_key, self._lock_arg(lock_id)))
+        reply = await self._arun("remove", session_key, self._lock_arg(lock_id), self._unindex)
+        if isinstance(reply, bytes):
+            await self._apipeline(
+                self._keys(session_key)[0], [("SREM", self._user_set(reply.decode()), session_key)]
+            )
+        return bool(reply)
+
+    # The index of sessions by user. Each operation is the same steps for both twins: a
+    # script on the session's hash (_run/_arun), then pipelined commands (_pipeline /
+    # _apipeline) built and read by shared helpers.
+
+    async def abind_user(
+        self, session_key: str, user_id: str, *, ip: str | None, user_agent: str | None
+    ) -> bool:
+        args = self._bind_args(user_id, ip, user_agent)
+        reply = await self._arun("bind", session_key, *args)
+        if reply is None:
+            return False
+        item = self._keys(session_key)[0]
+        previous, ttl = self._bound(reply)
+        index = self._index_call(session_key, user_id, ttl)
+        await self._arun_on(item, "index", *index)
+        if previous and previous != user_id:
+            await self._apipeline(item, [("SREM", self._user_set(previous), session_key)])
+        return True
+
+    async def atouch_user(
+        self, session_key: str, *, ip: str | None, user_agent: str | None
+    ) -> None:
+        await self._arun("touch", session_key, *self._touch_args(ip, user_agent))
+
+    async def aunbind_user(self, session_key: str) -> None:
+        previous = await self._arun("unbind", session_key)
+        if previous:
+            item = self._keys(session_key)[0]
+            await self._apipeline(item, [("SREM", self._user_set(previous.decode()), session_key)])
+
+    async def auser_sessions(self, user_id: str) -> list[SessionInfo]:
+        check_user_id(user_id)
+        sessions: list[SessionInfo] = []
+        for server in self._index_servers():
+            key = self._user_set(user_id)
+            members, now = await self._apipeline_on(server, [("SMEMBERS", key), ("TIME",)])
+            keys = sorted(m.decode() for m in members)
+            rows = await self._apipeline_on(server, self._row_commands(keys))
+            found, dead = self._rows(keys, rows, self._now_ms(now), user_id)
+            if dead:
+                await self._apipeline_on(server, [("SREM", key, *dead)])
+            sessions += found
+        return sessions
+
+    async def alist_sessions(
+        self, *, user_id: str | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[list[SessionInfo], int]:
+        offset, limit = max(0, offset), max(0, limit)
+        if user_id is not None:
+            sessions = await self.auser_sessions(user_id)
+            return sessions[offset : offset + limit], len(sessions)
+        page: list[SessionInfo] = []
+        total = 0
+        for server, sets in self._expiry_sets():
+            counts = await self._apipeline_on(server, [("ZCARD", z) for z in sets])
+            wanted = self._page_ranges(sets, counts, offset - total, limit - len(page))
+            total += sum(counts)
+            if not wanted:
+                continue
+            ranges = await self._apipeline_on(server, [("ZRANGE", *r) for r in wanted])
+            keys = [m.decode() for members in ranges for m in members]
+            replies = await self._apipeline_on(server, [("TIME",), *self._row_commands(keys)])
+            found, _ = self._rows(keys, replies[1:], self._now_ms(replies[0]), None)
+            page += found
+        return page, total
+
+    def bind_user(
+        self, session_key: str, user_id: str, *, ip: str | None, user_agent: str | None
+    ) -> bool:
+        args = self._bind_args(user_id, ip, user_agent)
+        reply = self._run("bind", session_key, *args)
+        if reply is None:
+            return False
+        item = self._keys(session_key)[0]
+        previous, ttl = self._bound(reply)
+        self._run_on(item, "index", *self._index_call(session_key, user_id, ttl))
+        if previous and previous != user_id:
+            self._pipeline(item, [("SREM", self._user_set(previous), session_key)])
+        return True
+
+    def touch_user(self, session_key: str, *, ip: str | None, user_agent: str | None) -> None:
+        self._run("touch", session_key, *self._touch_args(ip, user_agent))
+
+    def unbind_user(self, session_key: str) -> None:
+        previous = self._run("unbind", session_key)
+        if previous:
+            item = self._keys(session_key)[0]
+            self._pipeline(item, [("SREM", self._user_set(previous.decode()), session_key)])
+
+    def user_sessions(self, user_id: str) -> list[SessionInfo]:
+        check_user_id(user_id)
+        sessions: list[SessionInfo] = []
+        for server in self._index_servers():
+            key = self._user_set(user_id)
+            members, now = self._pipeline_on(server, [("SMEMBERS", key), ("TIME",)])
+            keys = sorted(m.decode() for m in members)
+            rows = self._pipeline_on(server, self._row_commands(keys))
+            found, dead = self._rows(keys, rows, self._now_ms(now), user_id)
+            if dead:
+                self._pipeline_on(server, [("SREM", key, *dead)])
+            sessions += found
+        return sessions
+
+    def list_sessions(
+        self, *, user_id: str | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[list[SessionInfo], int]:
+        offset, limit = max(0, offset), max(0, limit)
+        if user_id is not None:
+            sessions = self.user_sessions(user_id)
+            return sessions[offset : offset + limit], len(sessions)
+        page: list[SessionInfo] = []
+        total = 0
+        for server, sets in self._expiry_sets():
+            counts = self._pipeline_on(server, [("ZCARD", z) for z in sets])
+            wanted = self._page_ranges(sets, counts, offset - total, limit - len(page))
+            total += sum(counts)
+            if not wanted:
+                continue
+            ranges = self._pipeline_on(server, [("ZRANGE", *r) for r in wanted])
+            keys = [m.decode() for members in ranges for m in members]
+            replies = self._pipeline_on(server, [("TIME",), *self._row_commands(keys)])
+            found, _ = self._rows(keys, replies[1:], self._now_ms(replies[0]), None)
+            page += found
+        return page, total
+
+    # The index's shared steps.
+
+    @property
+    def _unindex(self) -> str:
+        """REMOVE's third argument: '1' when its script can reach the user's set."""
+        return "0" if self.cluster else "1"
+
+    def _user_set(self, user_id: str) -> str:
+        return f"{self.namespace}u:{{{user_id}}}"
+
+    @staticmethod
+    def _bind_args(user_id: str, ip: str | None, user_agent: str | None) -> tuple[str, ...]:
+        check_user_id(user_id)
+        ip = None if ip is None else ip[:MAX_IP_LENGTH]
+        user_agent = None if user_agent is None else user_agent[:MAX_USER_AGENT_LENGTH]
+        flags = ("0" if ip is None else "1") + ("0" if user_agent is None else "1")
+        return user_id, ip or "", user_agent or "", flags
+
+    @staticmethod
+    def _touch_args(ip: str | None, user_agent: str | None) -> tuple[str, ...]:
+        ip = None if ip is None else ip[:MAX_IP_LENGTH]
+        user_agent = None if user_agent is None else user_agent[:MAX_USER_AGENT_LENGTH]
+        flags = ("0" if ip is None else "1") + ("0" if user_agent is None else "1")
+        return ip or "", user_agent or "", flags
+
+    @staticmethod
+    def _bound(reply: list[Any]) -> tuple[str, int]:
+        """BIND's reply: the previous owner ('' if none) and the session's timeout (s)."""
+        previous, timeout = reply
+        return previous.decode() if isinstance(previous, bytes) else "", int(timeout or 0)
+
+    def _index_call(self, session_key: str, user_id: str, timeout: int) -> tuple[str, ...]:
+        """The user's set and INDEX's arguments: the member and how long it may live (ms)."""
+        ttl = (timeout + self.end_grace) * 1000
+        return self._user_set(user_id), session_key, str(ttl)
+
+    def _index_servers(self) -> list[_Server]:
+        """Where a user's sets are: the one server (or cluster), or every shard."""
+        if not self._connected:
+            self._connect()
+        return list(self._servers.values())
+
+    def _expiry_sets(self) -> list[tuple[_Server, list[str]]]:
+        """Every expiry set (each lists its server's sessions), by server."""
+        if not self._connected:
+            self._connect()
+        if self.cluster:
+            assert self._primary is not None
+            return [(self._primary, [f"{self.expiry_key}:{{{t}}}" for t in redis_cluster.tags()])]
+        return [(server, [self.expiry_key]) for server in self._servers.values()]
+
+    @staticmethod
+    def _page_ranges(
+        sets: list[str], counts: list[int], offset: int, limit: int
+    ) -> list[tuple[str, int, int]]:
+        """ZRANGE (set, start, stop) calls for ``limit`` members after ``offset`` of ``sets``."""
+        wanted: list[tuple[str, int, int]] = []
+        for key, count in zip(sets, counts, strict=True):
+            if limit <= 0:
+                break
+            if offset >= count:
+                offset -= count
+                continue
+            start = max(0, offset)
+            stop = min(count, start + limit) - 1
+            wanted.append((key, start, stop))
+            limit -= stop - start + 1
+            offset = 0
+        return wanted
+
+    def _row_commands(self, keys: list[str]) -> list[tuple[Any, ...]]:
+        commands: list[tuple[Any, ...]] = []
+        for key in keys:
+            item = self._keys(key)[0]
+            commands.append(("HMGET", item, *_ROW_FIELDS))
+            commands.append(("HSTRLEN", item, "d"))
+        return commands
+
+    @staticmethod
+    def _now_ms(reply: Any) -> int:
+        seconds, micros = reply if isinstance(reply, (list, tuple)) else (reply, 0)
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    @staticmethod
+    def _rows(
+        keys: list[str], replies: list[Any], now: int, user_id: str | None
+    ) -> tuple[list[SessionInfo], list[str]]:
+        """SessionInfo of the live ``keys`` (of ``user_id`` if given), and the dead ones."""
+        found: list[SessionInfo] = []
+        dead: list[str] = []
+        for index, key in enumerate(keys):
+            fields, size = replies[2 * index], replies[2 * index + 1]
+            ex, owner, created, seen, ip, agent, locked, lock_date = (
+                None if value is None else value.decode() for value in fields
+            )
+            if ex is None or int(ex) <= now or (user_id is not None and owner != user_id):
+                dead.append(key)
+                continue
+            found.append(
+                SessionInfo(
+                    session_key=key,
+                    user_id=owner or "",
+                    created=int(created or 0) / 1000,
+                    last_seen=int(seen or 0) / 1000,
+                    expires=int(ex) / 1000,
+                    ip=ip,
+                    user_agent=agent,
+                    locked=locked == "1",
+                    lock_age=(now - int(lock_date or now)) / 1000 if locked == "1" else 0.0,
+                    size=int(size or 0),
+                )
+            )
+        return found, dead
+
+    def _run_on(self, item: str, name: str, key: str, *args: Any) -> Any:
+        """Run script ``name`` on ``key`` (not a session's hash), on ``item``'s server."""
+        with self._unavailable():
+            return self._eval(self._server(item).client, name, [key], list(args))
+
+    async def _arun_on(self, item: str, name: str, key: str, *args: Any) -> Any:
+        server = self._server(item)
+        if server.params is None:  # Sentinel: the blocking client, in our own threads
+            loop = asyncio.get_running_loop()
+            run = functools.partial(self._run_on, item, name, key, *args)
+            return await loop.run_in_executor(self._thread_pool(), run)
+        with self._unavailable():
+            return await self._aeval(self._aclients.get()[server.name], name, [key], list(args))
+
+    def _pipeline(self, item: str, commands: list[tuple[Any, ...]]) -> list[Any]:
+        return self._pipeline_on(self._server(item), commands)
+
+    async def _apipeline(self, item: str, commands: list[tuple[Any, ...]]) -> list[Any]:
+        return await self._apipeline_on(self._server(item), commands)
+
+    def _pipeline_on(self, server: _Server, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` in one pipeline (per node in a cluster); return their replies."""
+        if not commands:
+            return []
+        with self._unavailable():
+            client = server.client
+            pipe = client.pipeline() if server.cluster else client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(pipe.execute())
+
+    async def _apipeline_on(self, server: _Server, commands: list[tuple[Any, ...]]) -> list[Any]:
+        if not commands:
+            return []
+        if server.params is None:  # Sentinel: the blocking client, in our own threads
+            loop = asyncio.get_running_loop()
+            run = functools.partial(self._pipeline_on, server, commands)
+            return await loop.run_in_executor(self._thread_pool(), run)
+        with self._unavailable():
+            client = self._aclients.get()[server.name]
+            pipe = client.pipeline() if server.cluster else client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute())
 
     def close(self) -> None:
         # Our pools and threads; django-redis keeps its own (Sentinel's) pools.

@@ -31,7 +31,12 @@ from django.utils.module_loading import import_string
 
 from django_statemodes.conf import conf
 from django_statemodes.exceptions import StateServerUnavailable
-from django_statemodes.providers.base import ExpiredItem, SessionStateProvider, StateItem
+from django_statemodes.providers.base import (
+    ExpiredItem,
+    SessionInfo,
+    SessionStateProvider,
+    StateItem,
+)
 from django_statemodes.stateserver import operations as ops
 from django_statemodes.stateserver.addresses import (
     Address,
@@ -136,6 +141,9 @@ class StateServerProvider(SessionStateProvider):
     clients' pools follow STATEMODES_MAX_CONNECTIONS, STATEMODES_CONNECTION_WAIT and
     STATEMODES_CONNECTION_IDLE_TIMEOUT; the asyncio client pipelines one connection per loop.
     """
+
+    #: Each server keeps the index of its own sessions (protocol version 2).
+    indexes_users: ClassVar[bool] = True
 
     settings: ClassVar[frozenset[str]] = frozenset(
         {
@@ -447,11 +455,30 @@ class StateServerProvider(SessionStateProvider):
             yield (before, "release", (session_key, held.lock_id), NO_KEYWORDS)
         # The lock on the owner: this request's, or another's that took the copy first (the
         # core then waits for it on the owner).
+        if copied and conf.STATEMODES_USER_INDEX:
+            yield from self._carry_binding(session_key, before, owner)
         item = yield (owner, "get_exclusive", (session_key,), NO_KEYWORDS)
         if copied:
             yield (before, "remove", (session_key, held.lock_id), NO_KEYWORDS)
             self.moved += 1
         return self._found(item, owner)
+
+    def _carry_binding(self, session_key: str, before: Address, owner: Address) -> FarmSteps[None]:
+        """Bind the moved copy as the old one was, times included, before the old one goes.
+
+        Servers without the index (an upgrade in progress) carry nothing, and move as before.
+        """
+        tolerant = {"tolerate_old": True}
+        info = yield (before, "session_info", (session_key,), tolerant)
+        if info is not None and info.user_id:
+            keywords = {
+                "ip": info.ip,
+                "user_agent": info.user_agent,
+                "created": info.created,
+                "last_seen": info.last_seen,
+                **tolerant,
+            }
+            yield (owner, "bind_user", (session_key, info.user_id), keywords)
 
     def _set_steps(self, session_key: str, data: Any, keywords: dict[str, Any]) -> FarmSteps[bool]:
         owner, before = self._owners(session_key)
@@ -474,6 +501,96 @@ class StateServerProvider(SessionStateProvider):
         if before is not None:  # wherever it is: a flushed session must not come back
             removed = (yield (before, "remove", (session_key, None), NO_KEYWORDS)) or removed
         return bool(removed)
+
+    # The index of sessions by user: each server indexes the sessions it holds. A session's
+    # entry is on its server (found like the session); a user's sessions are asked of every
+    # server: one LIST_SESSIONS round trip each, costing O(that user's sessions) there.
+
+    def _bind_steps(self, name: str, session_key: str, keywords: dict[str, Any]) -> FarmSteps[bool]:
+        owner, before = self._owners(session_key)
+        done = yield (owner, name, (session_key,), keywords)
+        if not done and before is not None:  # not moved yet: where it is
+            done = yield (before, name, (session_key,), keywords)
+        return bool(done)
+
+    def _user_steps(self, user_id: str) -> FarmSteps[list[SessionInfo]]:
+        sessions: dict[str, SessionInfo] = {}
+        for address in self._all():
+            found = yield (address, "user_sessions", (user_id,), NO_KEYWORDS)
+            for info in found:
+                sessions.setdefault(info.session_key, info)
+        return list(sessions.values())
+
+    def _list_steps(
+        self, user_id: str | None, offset: int, limit: int
+    ) -> FarmSteps[tuple[list[SessionInfo], int]]:
+        # Servers in a fixed order, as one list: each is asked for the part of the page it
+        # holds (or, past the page, its total only). One round trip per server.
+        page: list[SessionInfo] = []
+        before = 0  # sessions on the servers already asked
+        offset, limit = max(0, offset), max(0, limit)
+        for address in self._all():
+            keywords = {
+                "user_id": user_id,
+                "offset": max(0, offset - before),
+                "limit": limit - len(page),
+            }
+            found, total = yield (address, "list_sessions", (), keywords)
+            page += found[: limit - len(page)]
+            before += total
+        return page, before
+
+    def bind_user(
+        self, session_key: str, user_id: str, *, ip: str | None, user_agent: str | None
+    ) -> bool:
+        if not _storable(session_key):
+            return False
+        keywords = {"user_id": user_id, "ip": ip, "user_agent": user_agent}
+        return self._run(self._bind_steps("bind_user", session_key, keywords))
+
+    def touch_user(self, session_key: str, *, ip: str | None, user_agent: str | None) -> None:
+        if _storable(session_key):
+            keywords = {"ip": ip, "user_agent": user_agent}
+            self._run(self._bind_steps("touch_user", session_key, keywords))
+
+    def unbind_user(self, session_key: str) -> None:
+        if _storable(session_key):
+            self._run(self._bind_steps("unbind_user", session_key, NO_KEYWORDS))
+
+    def user_sessions(self, user_id: str) -> list[SessionInfo]:
+        return self._run(self._user_steps(user_id))
+
+    def list_sessions(
+        self, *, user_id: str | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[list[SessionInfo], int]:
+        return self._run(self._list_steps(user_id, offset, limit))
+
+    async def abind_user(
+        self, session_key: str, user_id: str, *, ip: str | None, user_agent: str | None
+    ) -> bool:
+        if not _storable(session_key):
+            return False
+        keywords = {"user_id": user_id, "ip": ip, "user_agent": user_agent}
+        return await self._arun(self._bind_steps("bind_user", session_key, keywords))
+
+    async def atouch_user(
+        self, session_key: str, *, ip: str | None, user_agent: str | None
+    ) -> None:
+        if _storable(session_key):
+            keywords = {"ip": ip, "user_agent": user_agent}
+            await self._arun(self._bind_steps("touch_user", session_key, keywords))
+
+    async def aunbind_user(self, session_key: str) -> None:
+        if _storable(session_key):
+            await self._arun(self._bind_steps("unbind_user", session_key, NO_KEYWORDS))
+
+    async def auser_sessions(self, user_id: str) -> list[SessionInfo]:
+        return await self._arun(self._user_steps(user_id))
+
+    async def alist_sessions(
+        self, *, user_id: str | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[list[SessionInfo], int]:
+        return await self._arun(self._list_steps(user_id, offset, limit))
 
     def _all(self) -> list[Address]:
         """Every server, of both layouts in a farm change, each once."""

@@ -14,6 +14,11 @@ Layout (network byte order)::
              SET     snapshot.encode_record(app, key, data, timeout, seconds_left)
              REMOVE  snapshot.encode_names(app, key)
              PURGE   snapshot.encode_names(app, "")
+             BIND    snapshot.encode_names(app, key) snapshot.encode_binding(binding)
+             UNBIND  snapshot.encode_names(app, key)
+
+BIND and UNBIND (the index of sessions by user) come with protocol version 2; a log without
+them reads as before. A BIND states the binding's whole state too (a touch logs a BIND).
 
 Every record states a session's whole new state (never a delta), so replaying a log over a
 snapshot taken after some of its records gives the same sessions: a crash between the steps of
@@ -38,10 +43,15 @@ import time
 import zlib
 from typing import Any, Final
 
+from django_statemodes.memory import Binding
+
 from .errors import SnapshotError
 from .snapshot import (
     FILE_MODE,
+    BindingRecord,
     Record,
+    decode_binding,
+    encode_binding,
     encode_names,
     encode_record,
     read_names,
@@ -54,6 +64,7 @@ __all__ = [
     "DEFAULT_REWRITE_SIZE",
     "FSYNC_INTERVAL",
     "AppendOnlyLog",
+    "Bindings",
     "Sessions",
     "load",
     "log_path",
@@ -69,7 +80,7 @@ logger = logging.getLogger("django_statemodes.stateserver")
 MAGIC: Final = b"SMAOF"
 VERSION: Final = 1
 HEADER: Final = MAGIC + bytes([VERSION])
-SET, REMOVE, PURGE = 1, 2, 3
+SET, REMOVE, PURGE, BIND, UNBIND = 1, 2, 3, 4, 5
 #: Seconds between fsyncs (Redis's ``appendfsync everysec``): what a power loss may lose.
 FSYNC_INTERVAL: Final = 1.0
 #: ``--appendonly-rewrite-size``'s default (Redis's ``auto-aof-rewrite-min-size``): the log is
@@ -82,6 +93,8 @@ _OP = struct.Struct("!Bd")
 #: What a start rebuilds before restoring: ``{application: {key: (data, timeout, seconds_left,
 #: wall_time)}}``; ``wall_time`` is None for what came from the snapshot.
 Sessions = dict[str, dict[str, tuple[Any, int, float, float | None]]]
+#: The index's bindings a start rebuilds beside them: ``{application: {key: binding}}``.
+Bindings = dict[str, dict[str, Binding]]
 
 
 def log_path(snapshot: str) -> str:
@@ -128,6 +141,13 @@ class AppendOnlyLog:
     def purge(self, app: str) -> None:
         self._append(_OP.pack(PURGE, time.time()) + encode_names(app, ""))
 
+    def bind(self, app: str, key: str, binding: Binding) -> None:
+        body = encode_names(app, key) + encode_binding(binding)
+        self._append(_OP.pack(BIND, time.time()) + body)
+
+    def unbind(self, app: str, key: str) -> None:
+        self._append(_OP.pack(UNBIND, time.time()) + encode_names(app, key))
+
     def _append(self, body: bytes) -> None:
         """Append one record, or raise OSError leaving the file as it was (no torn record)."""
         frame = _FRAME.pack(len(body), zlib.crc32(body)) + body
@@ -168,8 +188,10 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def replay(sessions: Sessions, path: str) -> int:
-    """Apply the log at ``path`` (if it exists) to ``sessions``; return the records applied.
+def replay(sessions: Sessions, path: str, bindings: Bindings | None = None) -> int:
+    """Apply the log at ``path`` (if it exists) to ``sessions`` (and ``bindings``).
+
+    Returns the records applied.
 
     A cut-off last record is dropped with a warning; corruption raises SnapshotError.
     """
@@ -182,10 +204,10 @@ def replay(sessions: Sessions, path: str) -> int:
         if size == 0:
             return 0
         with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            return _replay(sessions, path, view, size)
+            return _replay(sessions, {} if bindings is None else bindings, path, view, size)
 
 
-def _replay(sessions: Sessions, path: str, view: mmap.mmap, size: int) -> int:
+def _replay(sessions: Sessions, bindings: Bindings, path: str, view: mmap.mmap, size: int) -> int:
     header = view[: len(HEADER)]
     if header != HEADER:
         if size < len(HEADER) and HEADER.startswith(header):
@@ -209,7 +231,7 @@ def _replay(sessions: Sessions, path: str, view: mmap.mmap, size: int) -> int:
                 f"the append-only log {path} is corrupt at byte {offset} (a bad record followed "
                 "by others): move it aside to start from the snapshot alone, or restore a backup"
             )
-        _apply(sessions, path, offset, body)
+        _apply(sessions, bindings, path, offset, body)
         applied += 1
         offset = record_end
     return applied
@@ -225,7 +247,7 @@ def _dropped(path: str, offset: int, size: int) -> None:
     )
 
 
-def _apply(sessions: Sessions, path: str, offset: int, body: bytes) -> None:
+def _apply(sessions: Sessions, bindings: Bindings, path: str, offset: int, body: bytes) -> None:
     position = _OP.size
 
     def read(size: int) -> bytes:
@@ -244,9 +266,17 @@ def _apply(sessions: Sessions, path: str, offset: int, body: bytes) -> None:
     elif op == REMOVE:
         app, key = read_names(read, where)
         sessions.get(app, {}).pop(key, None)
+        bindings.get(app, {}).pop(key, None)
     elif op == PURGE:
         app, _ = read_names(read, where)
         sessions.pop(app, None)
+        bindings.pop(app, None)
+    elif op == BIND:
+        app, key = read_names(read, where)
+        bindings.setdefault(app, {})[key] = decode_binding(read, where)
+    elif op == UNBIND:
+        app, key = read_names(read, where)
+        bindings.get(app, {}).pop(key, None)
     else:
         raise SnapshotError(f"{where} has an unknown record type {op} at byte {offset}")
     if position != len(body):
@@ -270,14 +300,21 @@ def restorable(sessions: Sessions) -> dict[str, list[tuple[str, Any, int, float]
     }
 
 
-def load(snapshot: dict[str, list[tuple[str, Any, int, float]]], path: str) -> Sessions:
-    """The snapshot's sessions with ``PATH.aof`` and ``PATH.aof.next`` replayed over them."""
+def load(
+    snapshot: dict[str, list[tuple[str, Any, int, float]]],
+    path: str,
+    bindings: Bindings | None = None,
+) -> Sessions:
+    """The snapshot's sessions with ``PATH.aof`` and ``PATH.aof.next`` replayed over them.
+
+    ``bindings`` (the snapshot's, by application and key) are updated in place.
+    """
     sessions: Sessions = {
         app: {key: (data, timeout, left, None) for key, data, timeout, left in items}
         for app, items in snapshot.items()
     }
     for log in (log_path(path), next_log_path(path)):
-        applied = replay(sessions, log)
+        applied = replay(sessions, log, bindings)
         if applied:
             logger.info("Replayed %d write(s) from %s", applied, log)
     return sessions
@@ -292,7 +329,11 @@ def switch(snapshot: str, current: AppendOnlyLog) -> None:
 
 
 def rewrite(
-    snapshot: str, records: list[Record], old: AppendOnlyLog | None, current: AppendOnlyLog
+    snapshot: str,
+    records: list[Record],
+    old: AppendOnlyLog | None,
+    current: AppendOnlyLog,
+    bindings: list[BindingRecord] | None = None,
 ) -> int:
     """A rewrite's file work, in a worker thread; return the sessions written.
 
@@ -303,6 +344,6 @@ def rewrite(
     """
     if old is not None:
         old.close()
-    count = write_snapshot(snapshot, records)
+    count = write_snapshot(snapshot, records, bindings or ())
     switch(snapshot, current)
     return count

@@ -32,7 +32,8 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from django_statemodes.exceptions import StateServerError
-from django_statemodes.items import ExpiredItem, StateItem
+from django_statemodes.items import ExpiredItem, SessionInfo, StateItem
+from django_statemodes.memory import MAX_IP_LENGTH, MAX_USER_AGENT_LENGTH, check_user_id
 from django_statemodes.providers.pool import Pool, PoolStats
 
 from . import operations as ops
@@ -48,6 +49,22 @@ WAIT_SLOT_PAUSE = 0.05
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+#: Most LIST_SESSIONS pages one ``user_sessions`` reads (a million sessions of one user).
+MAX_PAGES = 1000
+
+
+def _client_details(
+    user_id: str | None, ip: str | None, user_agent: str | None
+) -> tuple[str | None, str | None]:
+    """Check a user id (ValueError before any I/O) and cut ip and user agent as the store does."""
+    if user_id is not None:
+        check_user_id(user_id)
+    return (
+        None if ip is None else ip[:MAX_IP_LENGTH],
+        None if user_agent is None else user_agent[:MAX_USER_AGENT_LENGTH],
+    )
+
 
 # Forked children (gunicorn workers) must not share their parent's sockets.
 _generation = 0
@@ -369,6 +386,8 @@ class StateServerClient(_Client):
             link = held[0] = self._connect()
         # A link that served a request before may have broken while idle in the pool.
         reused = link.next_id != 0
+        if op.version > link.conn.version:
+            raise ops.too_old(self.address, link.conn.version, op)
         read_timeout = self.timeout + op.hold if op.hold else None
         for attempt in (1, 2):
             link.next_id = request_id = ops.next_request_id(link.next_id)
@@ -463,6 +482,69 @@ class StateServerClient(_Client):
     def purge(self) -> int:
         """Remove every session of this client's application; return how many."""
         return self.run(ops.PURGE)
+
+    # The index of sessions by user (protocol version 2).
+
+    def bind_user(
+        self,
+        key: str,
+        user_id: str,
+        *,
+        ip: str | None = None,
+        user_agent: str | None = None,
+        created: float | None = None,
+        last_seen: float | None = None,
+        tolerate_old: bool = False,
+    ) -> bool:
+        """Bind the live session ``key`` to ``user_id``; False if there is no such session.
+
+        ``created`` and ``last_seen`` carry a binding from another server (else: now).
+        ``tolerate_old``: False, instead of an error, from a server without the index.
+        """
+        ip, user_agent = _client_details(user_id, ip, user_agent)
+        try:
+            return self.run(ops.BIND_USER, key, user_id, ip, user_agent, created, last_seen)
+        except ops.ServerTooOld:
+            if tolerate_old:
+                return False
+            raise
+
+    def session_info(self, key: str, *, tolerate_old: bool = False) -> SessionInfo | None:
+        """What the index knows of the live session ``key`` (None: no such session).
+
+        ``tolerate_old``: None, instead of an error, from a server without the index.
+        """
+        try:
+            return self.run(ops.SESSION_INFO, key)
+        except ops.ServerTooOld:
+            if tolerate_old:
+                return None
+            raise
+
+    def touch_user(self, key: str, *, ip: str | None = None, user_agent: str | None = None) -> bool:
+        ip, user_agent = _client_details(None, ip, user_agent)
+        return self.run(ops.TOUCH_USER, key, ip, user_agent)
+
+    def unbind_user(self, key: str) -> bool:
+        return self.run(ops.UNBIND_USER, key)
+
+    def list_sessions(
+        self, *, user_id: str | None = None, offset: int = 0, limit: int = p.MAX_SESSIONS_PAGE
+    ) -> tuple[list[SessionInfo], int]:
+        """One page (at most ``p.MAX_SESSIONS_PAGE``) of sessions, and their total."""
+        if user_id is not None:
+            check_user_id(user_id)
+        return self.run(ops.LIST_SESSIONS, user_id, offset, limit)
+
+    def user_sessions(self, user_id: str) -> list[SessionInfo]:
+        """Every live session of ``user_id``: pages of LIST_SESSIONS, O(their number)."""
+        sessions: list[SessionInfo] = []
+        for _ in range(MAX_PAGES):
+            page, total = self.list_sessions(user_id=user_id, offset=len(sessions))
+            sessions += page
+            if not page or len(sessions) >= total:
+                break
+        return sessions
 
 
 # The asyncio client.
@@ -645,6 +727,8 @@ class AsyncStateServerClient(_Client):
         reused = link is not None and link.broken is None
         if link is None or link.broken is not None:
             link = self._links[loop] = await self._connect()
+        if op.version > link.conn.version:
+            raise ops.too_old(self.address, link.conn.version, op)
         read_timeout = self.timeout + op.hold if op.hold else self.timeout
         for attempt in (1, 2):
             link.next_id = request_id = ops.next_request_id(link.next_id)
@@ -752,6 +836,58 @@ class AsyncStateServerClient(_Client):
     async def purge(self) -> int:
         """Remove every session of this client's application; return how many."""
         return await self.run(ops.PURGE)
+
+    async def bind_user(
+        self,
+        key: str,
+        user_id: str,
+        *,
+        ip: str | None = None,
+        user_agent: str | None = None,
+        created: float | None = None,
+        last_seen: float | None = None,
+        tolerate_old: bool = False,
+    ) -> bool:
+        ip, user_agent = _client_details(user_id, ip, user_agent)
+        try:
+            return await self.run(ops.BIND_USER, key, user_id, ip, user_agent, created, last_seen)
+        except ops.ServerTooOld:
+            if tolerate_old:
+                return False
+            raise
+
+    async def session_info(self, key: str, *, tolerate_old: bool = False) -> SessionInfo | None:
+        try:
+            return await self.run(ops.SESSION_INFO, key)
+        except ops.ServerTooOld:
+            if tolerate_old:
+                return None
+            raise
+
+    async def touch_user(
+        self, key: str, *, ip: str | None = None, user_agent: str | None = None
+    ) -> bool:
+        ip, user_agent = _client_details(None, ip, user_agent)
+        return await self.run(ops.TOUCH_USER, key, ip, user_agent)
+
+    async def unbind_user(self, key: str) -> bool:
+        return await self.run(ops.UNBIND_USER, key)
+
+    async def list_sessions(
+        self, *, user_id: str | None = None, offset: int = 0, limit: int = p.MAX_SESSIONS_PAGE
+    ) -> tuple[list[SessionInfo], int]:
+        if user_id is not None:
+            check_user_id(user_id)
+        return await self.run(ops.LIST_SESSIONS, user_id, offset, limit)
+
+    async def user_sessions(self, user_id: str) -> list[SessionInfo]:
+        sessions: list[SessionInfo] = []
+        for _ in range(MAX_PAGES):
+            page, total = await self.list_sessions(user_id=user_id, offset=len(sessions))
+            sessions += page
+            if not page or len(sessions) >= total:
+                break
+        return sessions
 
     async def aclose(self) -> None:
         for link in list(self._links.values()):

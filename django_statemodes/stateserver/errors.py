@@ -31,6 +31,7 @@ class ErrorCode(enum.IntEnum):
     NOT_READY = 8
     SHUTTING_DOWN = 9
     INTERNAL = 10
+    BAD_REQUEST = 11
 
 
 class ProtocolError(Exception):

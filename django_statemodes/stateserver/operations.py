@@ -23,13 +23,19 @@ from django_statemodes.exceptions import (
     StateServerProtocolError,
     StateServerUnavailable,
 )
-from django_statemodes.items import ExpiredItem, StateItem
+from django_statemodes.items import ExpiredItem, SessionInfo, StateItem
 
 from . import protocol as p
 from .addresses import Address
 
 __all__ = [
+    "BIND_USER",
     "CREATE_UNINITIALIZED",
+    "LIST_SESSIONS",
+    "SESSION_INFO",
+    "ServerTooOld",
+    "TOUCH_USER",
+    "UNBIND_USER",
     "GET",
     "GET_EXCLUSIVE",
     "MORE",
@@ -144,6 +150,11 @@ def error(address: Address, event: p.Error) -> StateServerError:
         )
     if event.code == p.ErrorCode.SHUTTING_DOWN:
         return unavailable(address, event.message)
+    if event.code == p.ErrorCode.UNSUPPORTED_VERSION and event.request_id:
+        return StateServerProtocolError(
+            f"The state server at {address} refused a request of a newer protocol: "
+            f"{event.message}. Upgrade the state server to this django-statemodes release."
+        )
     return StateServerProtocolError(
         f"The state server at {address} answered error {event.code}: {event.message}"
     )
@@ -188,7 +199,7 @@ class Op(Generic[P, T]):
     timeout).
     """
 
-    __slots__ = ("hold", "interpret", "make", "parts")
+    __slots__ = ("hold", "interpret", "make", "parts", "version")
 
     def __init__(
         self,
@@ -197,11 +208,28 @@ class Op(Generic[P, T]):
         *,
         hold: float = 0.0,
         parts: bool = False,
+        version: int = p.MIN_PROTOCOL_VERSION,
     ) -> None:
         self.make = make
         self.interpret = interpret
         self.hold = hold
         self.parts = parts
+        #: The protocol version the request needs (checked before it is sent).
+        self.version = version
+
+
+class ServerTooOld(StateServerProtocolError):
+    """The server speaks an older protocol version, without the request asked for."""
+
+
+def too_old(address: Address, spoken: int, op: Op[Any, Any]) -> StateServerProtocolError:
+    """A request the connection's protocol version lacks: the server is older than the client."""
+    return ServerTooOld(
+        f"The state server at {address} speaks protocol version {spoken}, and this request "
+        f"needs version {op.version} (the index of sessions by user, STATEMODES_USER_INDEX): "
+        "upgrade the state server to this django-statemodes release, or turn the setting off. "
+        "Everything else keeps working with the older server."
+    )
 
 
 def expect(address: Address, reply: p.Event, kind: type[E]) -> E:
@@ -268,6 +296,39 @@ STATS: Final = Op(p.Stats, stats_of)
 PURGE: Final = Op(p.Purge, count)
 
 
+def sessions_page(address: Address, reply: p.Event) -> tuple[list[SessionInfo], int]:
+    page = expect(address, reply, p.Sessions)
+    return [
+        SessionInfo(
+            session_key=entry.key,
+            user_id=entry.user_id,
+            created=entry.created,
+            last_seen=entry.last_seen,
+            expires=entry.expires,
+            ip=entry.ip,
+            user_agent=entry.user_agent,
+            locked=entry.locked,
+            lock_age=entry.lock_age,
+            size=entry.size,
+        )
+        for entry in page.sessions
+    ], page.total
+
+
+BIND_USER: Final = Op(p.BindUser, flag, version=p.USER_INDEX_VERSION)
+TOUCH_USER: Final = Op(p.TouchUser, flag, version=p.USER_INDEX_VERSION)
+UNBIND_USER: Final = Op(p.UnbindUser, flag, version=p.USER_INDEX_VERSION)
+LIST_SESSIONS: Final = Op(p.ListSessions, sessions_page, version=p.USER_INDEX_VERSION)
+
+
+def one_session(address: Address, reply: p.Event) -> SessionInfo | None:
+    sessions, _ = sessions_page(address, reply)
+    return sessions[0] if sessions else None
+
+
+SESSION_INFO: Final = Op(p.SessionInfoRequest, one_session, version=p.USER_INDEX_VERSION)
+
+
 # Built per call: they carry more than the request (a callback, a longer wait for the reply).
 
 
@@ -302,11 +363,14 @@ def handshake(address: Address, application: str, secret: bytes | None) -> Hands
     welcome = yield None  # the server speaks first
     if not isinstance(welcome, p.Welcome):
         raise StateServerProtocolError(f"{address} did not greet with WELCOME")
-    if not welcome.min_version <= p.PROTOCOL_VERSION <= welcome.max_version:
+    # The highest version both speak: a newer client keeps working with an older server, and
+    # only the requests the older version lacks are refused (``too_old``).
+    version = min(p.PROTOCOL_VERSION, welcome.max_version)
+    if version < max(welcome.min_version, p.MIN_PROTOCOL_VERSION):
         raise StateServerProtocolError(
             f"the state server at {address} speaks protocol versions "
             f"{welcome.min_version}-{welcome.max_version}, this client "
-            f"{p.PROTOCOL_VERSION}: upgrade the older side"
+            f"{p.MIN_PROTOCOL_VERSION}-{p.PROTOCOL_VERSION}: upgrade the older side"
         )
     if welcome.auth_required and secret is None:
         raise StateServerUnavailable(
@@ -325,7 +389,7 @@ def handshake(address: Address, application: str, secret: bytes | None) -> Hands
     proof = b""
     if secret is not None:
         proof = p.client_proof(secret, welcome.nonce, client_nonce, application)
-    ready = yield p.Hello(p.PROTOCOL_VERSION, application, client_nonce, proof)
+    ready = yield p.Hello(version, application, client_nonce, proof)
     if isinstance(ready, p.Error):
         raise error(address, ready)
     if not isinstance(ready, p.Ready):

@@ -9,6 +9,7 @@ import stat
 from typing import Any
 
 from .appendonly import DEFAULT_REWRITE_SIZE
+from .protocol import PROTOCOL_VERSION
 from .server import DEFAULT_MAX_APPLICATIONS, DEFAULT_MAX_TIMEOUT, LOOPS, ServerConfig
 
 __all__ = [
@@ -150,6 +151,13 @@ def add_arguments(parser: Any, *, with_address: bool = True) -> None:
         help="event loop: auto (uvloop if installed, else asyncio), asyncio or uvloop",
     )
     parser.add_argument(
+        "--protocol-version",
+        type=int,
+        default=None,
+        help="speak at most this protocol version (1 or 2), to try clients against an older "
+        "server; the latest by default",
+    )
+    parser.add_argument(
         "--stats",
         action="store_true",
         help="print the statistics of the server running at the address, then exit",
@@ -245,6 +253,7 @@ def build_config(options: dict[str, Any], host: str, port: int) -> ServerConfig:
         tls_client_ca=options.get("tls_client_ca"),
         insecure_allow_plaintext=options.get("insecure_allow_plaintext", False),
         app_secrets=read_app_secrets(options.get("app_secrets")),
+        protocol_version=options.get("protocol_version") or PROTOCOL_VERSION,
     )
 
 
@@ -252,6 +261,7 @@ def format_stats(stats: dict[str, Any]) -> str:
     """Render the STATS reply for a terminal."""
     lines = [
         f"sessions:              {stats['sessions']}",
+        f"signed-in sessions:    {stats.get('bound_sessions', 0)}",
         f"bytes:                 {stats['bytes']}"
         + (f" of {stats['max_memory']}" if stats.get("max_memory") else ""),
         f"locks:                 {stats['locks']}",

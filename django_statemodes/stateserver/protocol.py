@@ -37,8 +37,10 @@ __all__ = [
     "RemoteProtocolError",
 ]
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 MIN_PROTOCOL_VERSION: Final = 1
+#: The version that added the index of sessions by user (BIND_USER to LIST_SESSIONS, SESSIONS).
+USER_INDEX_VERSION: Final = 2
 # Room for STATEMODES_MAX_SESSION_SIZE (4 MiB by default) plus headers, with margin.
 DEFAULT_MAX_FRAME_SIZE: Final = 8 * 1024 * 1024
 # Bytes a peer may send beyond one frame before the receiver drains its events (a read's worth).
@@ -48,6 +50,12 @@ MAX_KEY_LENGTH: Final = 255
 MAX_APPLICATION_LENGTH: Final = 1024
 NO_LOCK: Final = (1 << 64) - 1  # lock_id=None on the wire
 NO_DATA: Final = (1 << 32) - 1  # data=None inside an expired-items batch
+#: Bounds of the index's strings on the wire, in UTF-8 bytes (memory.py keeps the same ones).
+MAX_USER_ID_LENGTH: Final = 255
+MAX_IP_LENGTH: Final = 255
+MAX_USER_AGENT_LENGTH: Final = 4096
+#: Most sessions one SESSIONS reply carries; clients page past it.
+MAX_SESSIONS_PAGE: Final = 1000
 
 _HEADER = struct.Struct("!IBI")
 _U8 = struct.Struct("!B")
@@ -61,6 +69,10 @@ _SET = struct.Struct("!BQI")
 _LOCK = struct.Struct("!Q")
 _WAIT = struct.Struct("!QI")
 _ERROR = struct.Struct("!H")
+_LIST = struct.Struct("!BIH")
+_SESSIONS = struct.Struct("!QI")
+_SESSION = struct.Struct("!ddddIB")
+_TIMES = struct.Struct("!dd")
 HEADER_SIZE: Final = _HEADER.size
 # length counts type and request id too.
 _MIN_LENGTH: Final = HEADER_SIZE - _U32.size
@@ -217,6 +229,53 @@ class Purge(Request):
     TYPE: ClassVar[int] = 0x1B
 
 
+# Version 2: the index of sessions by user.
+
+
+@dataclass(slots=True)
+class BindUser(KeyRequest):
+    """Bind a live session to ``user_id``; answered by RESULT 1, or 0 without the session."""
+
+    TYPE: ClassVar[int] = 0x30
+    user_id: str = ""
+    ip: str | None = None
+    user_agent: str | None = None
+    #: The binding's times when it is carried from another server (a farm change), else None.
+    created: float | None = None
+    last_seen: float | None = None
+
+
+@dataclass(slots=True)
+class TouchUser(KeyRequest):
+    """Set a bound session's last-seen time (and its ip/user agent unless None)."""
+
+    TYPE: ClassVar[int] = 0x31
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+@dataclass(slots=True)
+class UnbindUser(KeyRequest):
+    TYPE: ClassVar[int] = 0x32
+
+
+@dataclass(slots=True)
+class ListSessions(Request):
+    """A page of the application's live sessions, or of one user's (``user_id``)."""
+
+    TYPE: ClassVar[int] = 0x33
+    user_id: str | None = None
+    offset: int = 0
+    limit: int = MAX_SESSIONS_PAGE
+
+
+@dataclass(slots=True)
+class SessionInfoRequest(KeyRequest):
+    """What the index knows of one session: SESSIONS with that session, or none."""
+
+    TYPE: ClassVar[int] = 0x34
+
+
 @dataclass(slots=True)
 class Reply(Event):
     request_id: int = 0
@@ -274,6 +333,31 @@ class Pong(Reply):
 class StatsReply(Reply):
     TYPE: ClassVar[int] = 0x26
     stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class SessionEntry:
+    """One session in a SESSIONS reply (times are the server's unix seconds)."""
+
+    key: str
+    user_id: str
+    created: float
+    last_seen: float
+    expires: float
+    lock_age: float
+    size: int
+    locked: bool
+    ip: str | None
+    user_agent: str | None
+
+
+@dataclass(slots=True)
+class Sessions(Reply):
+    """Answer to LIST_SESSIONS: a page of sessions and the total they were taken from."""
+
+    TYPE: ClassVar[int] = 0x27
+    total: int = 0
+    sessions: tuple[SessionEntry, ...] = ()
 
 
 @dataclass(slots=True)
@@ -384,6 +468,91 @@ def _e_stats(event: StatsReply) -> bytes:
     return json.dumps(event.stats, separators=(",", ":")).encode()
 
 
+def _text(value: str, limit: int, what: str, size: struct.Struct = _U8) -> bytes:
+    raw = value.encode("utf-8")
+    if len(raw) > limit:
+        raise LocalProtocolError(f"{what} of {len(raw)} bytes is over the limit of {limit} bytes")
+    return size.pack(len(raw)) + raw
+
+
+def _read_text(body: bytes, offset: int, what: str, size: struct.Struct = _U8) -> tuple[str, int]:
+    _need(body, offset + size.size, what)
+    (length,) = size.unpack_from(body, offset)
+    start = offset + size.size
+    end = start + length
+    if end > len(body):
+        raise RemoteProtocolError(f"{what} runs past the frame")
+    try:
+        return body[start:end].decode("utf-8"), end
+    except UnicodeDecodeError:
+        raise RemoteProtocolError(f"{what} is not UTF-8") from None
+
+
+def _client_details(ip: str | None, user_agent: str | None) -> bytes:
+    flags = (ip is not None) | (user_agent is not None) << 1
+    return (
+        _U8.pack(flags)
+        + _text(ip or "", MAX_IP_LENGTH, "IP address")
+        + _text(user_agent or "", MAX_USER_AGENT_LENGTH, "user agent", _U16)
+    )
+
+
+def _read_client_details(
+    body: bytes, offset: int, allowed: int = 3
+) -> tuple[str | None, str | None, int, int]:
+    """Read ``client``; return ip, user agent, the offset after it and its flags."""
+    _need(body, offset + 1, "client details")
+    flags = _flags(body[offset], allowed)
+    ip, offset = _read_text(body, offset + 1, "IP address")
+    user_agent, offset = _read_text(body, offset, "user agent", _U16)
+    return (ip if flags & 1 else None), (user_agent if flags & 2 else None), offset, flags
+
+
+def _user_id(user_id: str) -> bytes:
+    if not user_id:
+        raise LocalProtocolError("a user id is a non-empty string")
+    return _text(user_id, MAX_USER_ID_LENGTH, "user id")
+
+
+def _e_bind(event: BindUser) -> bytes:
+    head = _key(event.key) + _user_id(event.user_id)
+    details = _client_details(event.ip, event.user_agent)
+    if event.created is None:
+        return head + details
+    # Flag bit 2: the binding's own times follow (a session carried from another server).
+    last_seen = event.created if event.last_seen is None else event.last_seen
+    return head + bytes([details[0] | 4]) + details[1:] + _TIMES.pack(event.created, last_seen)
+
+
+def _e_touch(event: TouchUser) -> bytes:
+    return _key(event.key) + _client_details(event.ip, event.user_agent)
+
+
+def _e_list(event: ListSessions) -> bytes:
+    limit = min(max(0, event.limit), MAX_SESSIONS_PAGE)
+    head = _LIST.pack(event.user_id is not None, _u32(event.offset, "offset"), limit)
+    return head if event.user_id is None else head + _user_id(event.user_id)
+
+
+def _e_sessions(event: Sessions) -> bytes:
+    parts = [_SESSIONS.pack(event.total, len(event.sessions))]
+    for entry in event.sessions:
+        parts.append(_key(entry.key))
+        parts.append(_text(entry.user_id, MAX_USER_ID_LENGTH, "user id"))
+        parts.append(
+            _SESSION.pack(
+                entry.created,
+                entry.last_seen,
+                entry.expires,
+                entry.lock_age,
+                min(entry.size, NO_DATA),
+                entry.locked,
+            )
+        )
+        parts.append(_client_details(entry.ip, entry.user_agent))
+    return b"".join(parts)
+
+
 def _e_error(event: Error) -> bytes:
     return _ERROR.pack(event.code) + event.message.encode("utf-8", "replace")
 
@@ -433,6 +602,12 @@ _ENCODERS: dict[type[Event], Any] = {
     Welcome: _e_welcome,
     Hello: _e_hello,
     Ready: _e_ready,
+    BindUser: _e_bind,
+    TouchUser: _e_touch,
+    UnbindUser: _e_key,
+    SessionInfoRequest: _e_key,
+    ListSessions: _e_list,
+    Sessions: _e_sessions,
 }
 
 
@@ -517,6 +692,81 @@ def _d_wait(rid: int, body: bytes) -> Event:
     _need(body, _WAIT.size, "WAIT")
     lock_id, millis = _WAIT.unpack_from(body)
     return Wait(rid, _exact_key(body, _WAIT.size), lock_id, millis / 1000)
+
+
+def _d_bind(rid: int, body: bytes) -> Event:
+    key, offset = _read_key(body, 0)
+    user_id, offset = _read_text(body, offset, "user id")
+    ip, user_agent, offset, flags = _read_client_details(body, offset, 7)
+    created = last_seen = None
+    if flags & 4:
+        _need(body, offset + _TIMES.size, "BIND_USER")
+        created, last_seen = _TIMES.unpack_from(body, offset)
+        offset += _TIMES.size
+    if offset != len(body):
+        raise RemoteProtocolError("trailing bytes after BIND_USER")
+    return BindUser(rid, key, user_id, ip, user_agent, created, last_seen)
+
+
+def _d_touch(rid: int, body: bytes) -> Event:
+    key, offset = _read_key(body, 0)
+    ip, user_agent, offset, _ = _read_client_details(body, offset)
+    if offset != len(body):
+        raise RemoteProtocolError("trailing bytes after TOUCH_USER")
+    return TouchUser(rid, key, ip, user_agent)
+
+
+def _d_unbind(rid: int, body: bytes) -> Event:
+    return UnbindUser(rid, _exact_key(body, 0))
+
+
+def _d_session_info(rid: int, body: bytes) -> Event:
+    return SessionInfoRequest(rid, _exact_key(body, 0))
+
+
+def _d_list(rid: int, body: bytes) -> Event:
+    _need(body, _LIST.size, "LIST_SESSIONS")
+    flags, offset, limit = _LIST.unpack_from(body)
+    _flags(flags, 1)
+    user_id: str | None = None
+    end = _LIST.size
+    if flags & 1:
+        user_id, end = _read_text(body, end, "user id")
+    if end != len(body):
+        raise RemoteProtocolError("trailing bytes after LIST_SESSIONS")
+    return ListSessions(rid, user_id, offset, min(limit, MAX_SESSIONS_PAGE))
+
+
+def _d_sessions(rid: int, body: bytes) -> Event:
+    _need(body, _SESSIONS.size, "SESSIONS")
+    total, count = _SESSIONS.unpack_from(body)
+    offset = _SESSIONS.size
+    entries: list[SessionEntry] = []
+    for _ in range(count):
+        key, offset = _read_key(body, offset)
+        user_id, offset = _read_text(body, offset, "user id")
+        _need(body, offset + _SESSION.size, "SESSIONS")
+        created, last_seen, expires, lock_age, size, locked = _SESSION.unpack_from(body, offset)
+        if locked > 1:
+            raise RemoteProtocolError("bad locked flag in SESSIONS")
+        ip, user_agent, offset, _ = _read_client_details(body, offset + _SESSION.size)
+        entries.append(
+            SessionEntry(
+                key,
+                user_id,
+                created,
+                last_seen,
+                expires,
+                lock_age,
+                size,
+                bool(locked),
+                ip,
+                user_agent,
+            )
+        )
+    if offset != len(body):
+        raise RemoteProtocolError("trailing bytes after the sessions")
+    return Sessions(rid, total, tuple(entries))
 
 
 def _d_ping(rid: int, body: bytes) -> Event:
@@ -646,6 +896,11 @@ _FROM_CLIENT = {
     Ping.TYPE: _d_ping,
     Stats.TYPE: _empty(Stats),
     Purge.TYPE: _empty(Purge),
+    BindUser.TYPE: _d_bind,
+    TouchUser.TYPE: _d_touch,
+    UnbindUser.TYPE: _d_unbind,
+    SessionInfoRequest.TYPE: _d_session_info,
+    ListSessions.TYPE: _d_list,
 }
 _FROM_SERVER = {
     Item.TYPE: _d_item,
@@ -655,16 +910,18 @@ _FROM_SERVER = {
     Released.TYPE: _d_released,
     Pong.TYPE: _d_pong,
     StatsReply.TYPE: _d_stats,
+    Sessions.TYPE: _d_sessions,
     Error.TYPE: _d_error,
 }
 
 
 _REQUEST_TYPES: frozenset[type[Event]] = frozenset(
     {Get, GetExclusive, SetAndRelease, Release, Remove, ResetTimeout, CreateUninitialized}
-    | {PurgeExpired, Wait, Ping, Stats, Purge}
+    | {PurgeExpired, Wait, Ping, Stats, Purge, BindUser, TouchUser, UnbindUser, ListSessions}
+    | {SessionInfoRequest}
 )
 _REPLY_TYPES: frozenset[type[Event]] = frozenset(
-    {Item, NotFound, Result, ExpiredBatch, Released, Pong, StatsReply, Error}
+    {Item, NotFound, Result, ExpiredBatch, Released, Pong, StatsReply, Sessions, Error}
 )
 
 
@@ -695,6 +952,8 @@ class Connection:
         self._eof = False
         self._broken: RemoteProtocolError | None = None
         # Handshake progress: what we sent and received.
+        #: The version HELLO chose (sent by a client, received by a server).
+        self.version = MIN_PROTOCOL_VERSION
         self.welcomed = False  # Welcome sent (server) or received (client)
         self.hello_done = False  # Hello received (server) or sent (client)
         self.ready = False  # Ready sent (server) or received (client)
@@ -810,6 +1069,7 @@ class Connection:
         event = _HANDSHAKE_DECODERS[type_](request_id, body)
         if isinstance(event, Hello):
             self.hello_done = True
+            self.version = event.version
             self._steady_decoders = self._receivable
             self._receive_limit = self.max_frame_size
         elif isinstance(event, Welcome):
@@ -859,6 +1119,7 @@ class Connection:
             if not self.welcomed or self.hello_done:
                 raise LocalProtocolError("HELLO must answer one WELCOME")
             self.hello_done = True
+            self.version = event.version
         elif isinstance(event, Request):
             if not self.hello_done:
                 raise LocalProtocolError("send HELLO before any request")

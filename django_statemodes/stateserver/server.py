@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import functools
 import hmac
 import ipaddress
 import logging
@@ -30,8 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from django_statemodes.items import ExpiredItem, StateItem
-from django_statemodes.memory import Budget, MemoryStore
+from django_statemodes.items import ExpiredItem, SessionInfo, StateItem
+from django_statemodes.memory import Binding, Budget, MemoryStore
 
 from . import protocol as p
 from .appendonly import (
@@ -46,7 +47,13 @@ from .appendonly import (
 )
 from .appendonly import load as load_appendonly
 from .errors import StoreFull
-from .snapshot import Record, check_snapshot_path, read_snapshot, write_snapshot
+from .snapshot import (
+    BindingRecord,
+    Record,
+    check_snapshot_path,
+    read_snapshot_file,
+    write_snapshot,
+)
 from .tls import server_context
 
 __all__ = [
@@ -190,6 +197,8 @@ class ServerConfig:
     #: --app-secrets: an application's own secret. A connection proving one may use that
     #: application only (Redis ACL users, one per site); other names need the global secret.
     app_secrets: dict[str, bytes] = field(default_factory=dict)
+    #: --protocol-version: the highest version spoken (an older server, for trying clients).
+    protocol_version: int = p.PROTOCOL_VERSION
 
     @property
     def auth_required(self) -> bool:
@@ -233,6 +242,10 @@ class ServerConfig:
             raise ValueError("--handshake-timeout must be a positive number of seconds")
         if self.idle_timeout < 0:
             raise ValueError("--idle-timeout must be 0 (never) or a positive number of seconds")
+        if not p.MIN_PROTOCOL_VERSION <= self.protocol_version <= p.PROTOCOL_VERSION:
+            raise ValueError(
+                f"--protocol-version must be {p.MIN_PROTOCOL_VERSION} to {p.PROTOCOL_VERSION}"
+            )
         loop_factory(self.loop)  # raises for an unknown loop or a missing uvloop
         if self.appendonly and not self.snapshot:
             raise ValueError(
@@ -454,10 +467,24 @@ class ServerState:
             for key, data, timeout, seconds_left in store.snapshot()
         ]
 
-    def restore(self, snapshot: dict[str, list[tuple[str, Any, int, float]]]) -> int:
+    def binding_records(self) -> list[BindingRecord]:
+        return [
+            (application, key, binding)
+            for application, store in self.stores.items()
+            for key, binding in store.bindings()
+        ]
+
+    def restore(
+        self,
+        snapshot: dict[str, list[tuple[str, Any, int, float]]],
+        bindings: dict[str, dict[str, Binding]] | None = None,
+    ) -> int:
         restored = 0
         for application, items in snapshot.items():
-            restored += self.store(application, bounded=False).restore(items)
+            store = self.store(application, bounded=False)
+            restored += store.restore(items)
+            if bindings and application in bindings:
+                store.restore_bindings(list(bindings[application].items()))
             self.free_if_empty(application)
         return restored
 
@@ -527,7 +554,11 @@ class _Peer(asyncio.Protocol):
             return
         server.peers.add(self)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
-        welcome = p.Welcome(nonce=self.nonce, auth_required=self.config.auth_required)
+        welcome = p.Welcome(
+            max_version=self.config.protocol_version,
+            nonce=self.nonce,
+            auth_required=self.config.auth_required,
+        )
         transport.write(self.conn.send(welcome))
         self._charge()
         self._timer = asyncio.get_running_loop().call_later(
@@ -719,11 +750,12 @@ class _Peer(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not p.MIN_PROTOCOL_VERSION <= hello.version <= p.PROTOCOL_VERSION:
+        highest = self.config.protocol_version
+        if not p.MIN_PROTOCOL_VERSION <= hello.version <= highest:
             self._refuse(
                 p.ErrorCode.UNSUPPORTED_VERSION,
                 f"protocol version {hello.version} is not supported; this server speaks "
-                f"{p.MIN_PROTOCOL_VERSION} to {p.PROTOCOL_VERSION}",
+                f"{p.MIN_PROTOCOL_VERSION} to {highest}",
             )
             return
         proof = b""
@@ -1025,6 +1057,126 @@ class _Peer(asyncio.Protocol):
                 return
         self.answer(p.Result(event.request_id, count))
 
+    # The index of sessions by user (protocol version 2). The connection's application is
+    # the only one it reaches: with --app-secrets, a site lists and binds its own sessions only.
+
+    def _index_refused(self, event: p.Request) -> bool:
+        """Answer an error and return True if this connection chose a version without it."""
+        if self.conn.version >= p.USER_INDEX_VERSION:
+            return False
+        self.answer(
+            p.Error(
+                event.request_id,
+                p.ErrorCode.UNSUPPORTED_VERSION,
+                f"{type(event).__name__} needs protocol version {p.USER_INDEX_VERSION}; this "
+                f"connection chose version {self.conn.version} in its HELLO",
+            )
+        )
+        return True
+
+    def _journal_binding(self, request_id: int, store: MemoryStore, key: str) -> bool:
+        """Log the binding of ``key`` as it is now (its whole state); False: answered an error."""
+        aof = self.server.aof
+        if aof is None:
+            return True
+        binding = store.binding(key)
+        application = self.application
+        if binding is None:
+            return self._journaled(request_id, lambda: aof.unbind(application, key))
+        return self._journaled(request_id, lambda: aof.bind(application, key, binding))
+
+    def _bind_user(self, store: MemoryStore, event: p.BindUser) -> None:
+        if self._index_refused(event):
+            return
+        if not event.user_id:
+            message = "BIND_USER needs a non-empty user id"
+            self.answer(p.Error(event.request_id, p.ErrorCode.BAD_REQUEST, message))
+            return
+        if store is self.state.empty:
+            self.answer(p.Result(event.request_id, 0))  # no session of this application
+            return
+        bind = functools.partial(
+            store.bind_user,
+            event.key,
+            event.user_id,
+            ip=event.ip,
+            user_agent=event.user_agent,
+            created=event.created,
+            last_seen=event.last_seen,
+        )
+        try:
+            try:
+                ok = bind()
+            except StoreFull:
+                self.state.purge_all_expired()  # expired items still charged: room, maybe
+                ok = bind()
+        except StoreFull as exc:
+            message = f"the state server is full (--max-memory {self.state.max_memory}): {exc}"
+            self.answer(p.Error(event.request_id, p.ErrorCode.STORE_FULL, message))
+            return
+        except ValueError as exc:
+            self.answer(p.Error(event.request_id, p.ErrorCode.BAD_REQUEST, str(exc)))
+            return
+        if ok and not self._journal_binding(event.request_id, store, event.key):
+            return
+        self.answer(p.Result(event.request_id, ok))
+
+    def _touch_user(self, store: MemoryStore, event: p.TouchUser) -> None:
+        if self._index_refused(event):
+            return
+        ok = store.touch_user(event.key, ip=event.ip, user_agent=event.user_agent)
+        if ok and not self._journal_binding(event.request_id, store, event.key):
+            return
+        self.answer(p.Result(event.request_id, ok))
+
+    def _unbind_user(self, store: MemoryStore, event: p.UnbindUser) -> None:
+        if self._index_refused(event):
+            return
+        ok = store.unbind_user(event.key)
+        if ok and not self._journal_binding(event.request_id, store, event.key):
+            return
+        self.answer(p.Result(event.request_id, ok))
+
+    def _list_sessions(self, store: MemoryStore, event: p.ListSessions) -> None:
+        if self._index_refused(event):
+            return
+        sessions, total = store.list_sessions(
+            user_id=event.user_id, offset=event.offset, limit=event.limit
+        )
+        self._answer_sessions(event.request_id, sessions, total)
+
+    def _session_info(self, store: MemoryStore, event: p.SessionInfoRequest) -> None:
+        if self._index_refused(event):
+            return
+        info = store.session_info(event.key)
+        self._answer_sessions(event.request_id, [] if info is None else [info], info is not None)
+
+    def _answer_sessions(self, request_id: int, sessions: list[SessionInfo], total: int) -> None:
+        # A page is cut to fit one frame (each entry at most about 5 KB): the client pages on
+        # from the count it received.
+        room = self.config.max_frame_size // 2
+        entries: list[p.SessionEntry] = []
+        for info in sessions:
+            room -= 96 + len(info.session_key) + len(info.user_id.encode())
+            room -= len((info.ip or "").encode()) + len((info.user_agent or "").encode())
+            if room < 0 and entries:
+                break
+            entries.append(
+                p.SessionEntry(
+                    info.session_key,
+                    info.user_id,
+                    info.created,
+                    info.last_seen,
+                    info.expires or 0.0,
+                    info.lock_age,
+                    info.size,
+                    info.locked,
+                    info.ip,
+                    info.user_agent,
+                )
+            )
+        self.answer(p.Sessions(request_id, total, tuple(entries)))
+
 
 _HANDLERS: dict[type[p.Event], Any] = {
     p.Get: _Peer._get,
@@ -1039,6 +1191,11 @@ _HANDLERS: dict[type[p.Event], Any] = {
     p.Ping: _Peer._ping,
     p.Stats: _Peer._stats,
     p.Purge: _Peer._purge,
+    p.BindUser: _Peer._bind_user,
+    p.TouchUser: _Peer._touch_user,
+    p.UnbindUser: _Peer._unbind_user,
+    p.ListSessions: _Peer._list_sessions,
+    p.SessionInfoRequest: _Peer._session_info,
 }
 
 
@@ -1077,12 +1234,15 @@ class StateServer:
         """Load ``--snapshot`` if the file exists; a bad file raises SnapshotError."""
         if not self.config.snapshot:
             return 0
-        snapshot = read_snapshot(self.config.snapshot)
+        snapshot, bound = read_snapshot_file(self.config.snapshot)
+        bindings: dict[str, dict[str, Binding]] = {}
+        for application, key, binding in bound:
+            bindings.setdefault(application, {})[key] = binding
         if self.config.appendonly:
             # The snapshot, then every write logged since (PATH.aof, then PATH.aof.next if a
             # rewrite was cut off): Redis loads its base RDB and replays its AOF the same way.
-            snapshot = restorable(load_appendonly(snapshot, self.config.snapshot))
-        restored = self.state.restore(snapshot)
+            snapshot = restorable(load_appendonly(snapshot, self.config.snapshot, bindings))
+        restored = self.state.restore(snapshot, bindings)
         logger.info("Restored %d session(s) from %s", restored, self.config.snapshot)
         return restored
 
@@ -1095,7 +1255,7 @@ class StateServer:
         """
         assert self.config.snapshot is not None
         path = self.config.snapshot
-        write_snapshot(path, self.state.records())
+        write_snapshot(path, self.state.records(), self.state.binding_records())
         self._snapshot_size = os.path.getsize(path)
         self.aof = AppendOnlyLog(next_log_path(path))
         switch(path, self.aof)
@@ -1253,10 +1413,11 @@ class StateServer:
         assert path is not None
         async with self._rewrite_lock:
             records = self.state.records()  # on the loop thread: the stores are not shared
+            bindings = self.state.binding_records()
             started = time.monotonic()
             aof = self.aof
             if aof is None:
-                count = await asyncio.to_thread(write_snapshot, path, records)
+                count = await asyncio.to_thread(write_snapshot, path, records, bindings)
             else:
                 # Appends move to PATH.aof.next at the moment the records are taken (no await
                 # in between); one left there by a failed rewrite keeps taking them.
@@ -1264,7 +1425,7 @@ class StateServer:
                 if aof.path != next_log_path(path):
                     old = aof
                     aof = self.aof = AppendOnlyLog(next_log_path(path))
-                count = await asyncio.to_thread(rewrite, path, records, old, aof)
+                count = await asyncio.to_thread(rewrite, path, records, old, aof, bindings)
             self._snapshot_size = os.path.getsize(path)
         self.last_snapshot = time.time()
         logger.info(
@@ -1337,8 +1498,9 @@ class StateServer:
             "refused_connections": state.refused_connections,
             "operations": operations,
             "operations_per_second": round(rate, 1),
+            "bound_sessions": sum(store.bound for store in state.stores.values()),
             "applications": {
-                app: {"sessions": len(store), "bytes": store.bytes}
+                app: {"sessions": len(store), "bytes": store.bytes, "bound": store.bound}
                 for app, store in state.stores.items()
             },
             "uptime": round(time.time() - state.started, 1),
@@ -1347,7 +1509,7 @@ class StateServer:
             "appendonly_size": None if self.aof is None else self.aof.size,
             "last_snapshot": self.last_snapshot,
             "pid": os.getpid(),
-            "protocol_version": p.PROTOCOL_VERSION,
+            "protocol_version": self.config.protocol_version,
             "loop": _loop_name(asyncio.get_running_loop()),
         }
 
@@ -1363,7 +1525,10 @@ class StateServer:
             locks=sum(len(peer.held) for peer in peers),
             waiters=sum(len(w) for (app, _), w in self.state.waiters.items() if app == application),
             connections=len(peers),
-            applications={application: {"sessions": len(store), "bytes": store.bytes}}
+            bound_sessions=store.bound if store is not None else 0,
+            applications={
+                application: {"sessions": len(store), "bytes": store.bytes, "bound": store.bound}
+            }
             if store is not None
             else {},
             scope=application,

@@ -8,6 +8,13 @@ start. Layout (network byte order)::
     record*: app_len:u16 app:utf8 key_len:u8 key:ascii timeout:u32 seconds_left:f64
              data_len:u32 data            (data_len 0xFFFFFFFF means no data)
     app_len:u16 = 0   count:u64           (end marker: a cut-off file is detected)
+    binding*: app_len:u16 app key_len:u8 key binding     (version 2: the index by user)
+    app_len:u16 = 0   count:u64
+
+    binding: uid_len:u8 uid:utf8 created:f64 last_seen:f64 flags:u8 (1: ip, 2: user agent)
+             ip_len:u8 ip:utf8 ua_len:u16 ua:utf8
+
+A version 1 file (no bindings section) is still read.
 
 Locks are not kept: a restarted server starts with every session unlocked. The append-only log
 (``appendonly.py``) frames the same records (``encode_record``, ``read_record``): one encoding.
@@ -21,10 +28,16 @@ import struct
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO, Final
 
+from django_statemodes.memory import Binding
+
 from .errors import SnapshotError
 
 __all__ = [
+    "BindingRecord",
     "SnapshotError",
+    "decode_binding",
+    "encode_binding",
+    "read_snapshot_file",
     "check_snapshot_path",
     "encode_names",
     "encode_record",
@@ -36,15 +49,49 @@ __all__ = [
 ]
 
 MAGIC: Final = b"SMSNAP"
-VERSION: Final = 1
+VERSION: Final = 2
 NO_DATA: Final = (1 << 32) - 1
 
 _U16 = struct.Struct("!H")
 _TAIL = struct.Struct("!IdI")
 _COUNT = struct.Struct("!Q")
+_BINDING = struct.Struct("!ddB")
 
 #: One record: (application, key, data, timeout, seconds_left), as MemoryStore.snapshot() plus app.
 Record = tuple[str, str, Any, int, float]
+#: One binding of the index by user: (application, key, binding).
+BindingRecord = tuple[str, str, Binding]
+
+
+def encode_binding(binding: Binding) -> bytes:
+    """A binding's fields as the snapshot and the append-only log store them."""
+    user_id = binding.user_id.encode("utf-8")
+    ip = (binding.ip or "").encode("utf-8")
+    agent = (binding.user_agent or "").encode("utf-8")
+    flags = (binding.ip is not None) | (binding.user_agent is not None) << 1
+    return (
+        bytes([len(user_id)])
+        + user_id
+        + _BINDING.pack(binding.created, binding.last_seen, flags)
+        + bytes([len(ip)])
+        + ip
+        + _U16.pack(len(agent))
+        + agent
+    )
+
+
+def decode_binding(read: Callable[[int], bytes], path: str) -> Binding:
+    """Read what ``encode_binding`` wrote."""
+    try:
+        user_id = read(read(1)[0]).decode("utf-8")
+        created, last_seen, flags = _BINDING.unpack(read(_BINDING.size))
+        ip = read(read(1)[0]).decode("utf-8")
+        agent = read(_U16.unpack(read(_U16.size))[0]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise SnapshotError(f"{path} is corrupt (bad binding)") from None
+    return Binding(
+        user_id, created, last_seen, ip if flags & 1 else None, agent if flags & 2 else None
+    )
 
 
 def encode_names(app: str, key: str) -> bytes:
@@ -82,7 +129,9 @@ def read_record(read: Reader, path: str, app_length: int | None = None) -> Recor
     return app, key, data, timeout, seconds_left
 
 
-def _records(stream: BinaryIO, path: str) -> Iterator[Record]:
+def _read_file(stream: BinaryIO, path: str, bindings: list[BindingRecord]) -> Iterator[Record]:
+    """Yield the records, then fill ``bindings`` (version 2)."""
+
     def read(size: int) -> bytes:
         chunk = stream.read(size)
         if len(chunk) != size:
@@ -92,34 +141,58 @@ def _records(stream: BinaryIO, path: str) -> Iterator[Record]:
     if read(len(MAGIC)) != MAGIC:
         raise SnapshotError(f"{path} is not a state server snapshot (bad magic bytes)")
     version = read(1)[0]
-    if version != VERSION:
-        raise SnapshotError(f"snapshot {path} has version {version}; this server reads {VERSION}")
+    if version not in (1, VERSION):
+        raise SnapshotError(
+            f"snapshot {path} has version {version}; this server reads 1 to {VERSION}"
+        )
     count = 0
     while True:
         (app_length,) = _U16.unpack(read(_U16.size))
         if app_length == 0:
-            (expected,) = _COUNT.unpack(read(_COUNT.size))
-            if expected != count:
-                raise SnapshotError(f"snapshot {path} lists {expected} sessions, holds {count}")
-            if stream.read(1):
-                raise SnapshotError(f"snapshot {path} has bytes after its end marker")
-            return
+            _end(read, path, count, "sessions")
+            break
         record = read_record(read, f"snapshot {path}", app_length)
         count += 1
         yield record
+    if version >= 2:
+        count = 0
+        while True:
+            (app_length,) = _U16.unpack(read(_U16.size))
+            if app_length == 0:
+                _end(read, path, count, "bindings")
+                break
+            app, key = read_names(read, f"snapshot {path}", app_length)
+            bindings.append((app, key, decode_binding(read, f"snapshot {path}")))
+            count += 1
+    if stream.read(1):
+        raise SnapshotError(f"snapshot {path} has bytes after its end marker")
+
+
+def _end(read: Reader, path: str, count: int, what: str) -> None:
+    (expected,) = _COUNT.unpack(read(_COUNT.size))
+    if expected != count:
+        raise SnapshotError(f"snapshot {path} lists {expected} {what}, holds {count}")
+
+
+def read_snapshot_file(
+    path: str,
+) -> tuple[dict[str, list[tuple[str, Any, int, float]]], list[BindingRecord]]:
+    """Return the sessions as ``read_snapshot`` does, and the index's bindings."""
+    result: dict[str, list[tuple[str, Any, int, float]]] = {}
+    bindings: list[BindingRecord] = []
+    try:
+        stream = open(path, "rb")  # noqa: SIM115 - closed below, and the error kept precise
+    except FileNotFoundError:
+        return result, bindings
+    with stream:
+        for app, key, data, timeout, seconds_left in _read_file(stream, path, bindings):
+            result.setdefault(app, []).append((key, data, timeout, seconds_left))
+    return result, bindings
 
 
 def read_snapshot(path: str) -> dict[str, list[tuple[str, Any, int, float]]]:
     """Return ``{application: MemoryStore.snapshot()-style items}``; {} if there is no file."""
-    result: dict[str, list[tuple[str, Any, int, float]]] = {}
-    try:
-        stream = open(path, "rb")  # noqa: SIM115 - closed below, and the error kept precise
-    except FileNotFoundError:
-        return result
-    with stream:
-        for app, key, data, timeout, seconds_left in _records(stream, path):
-            result.setdefault(app, []).append((key, data, timeout, seconds_left))
-    return result
+    return read_snapshot_file(path)[0]
 
 
 #: Snapshots hold every session's key and data: readable by the server's user only (Redis
@@ -148,7 +221,9 @@ def check_snapshot_path(path: str) -> None:
         ) from None
 
 
-def write_snapshot(path: str, records: Iterable[Record]) -> int:
+def write_snapshot(
+    path: str, records: Iterable[Record], bindings: Iterable[BindingRecord] = ()
+) -> int:
     """Write records atomically (a temporary file, fsync, then rename); return how many.
 
     A failed write (a full disk, a rename refused) removes the temporary file, as Redis removes
@@ -156,7 +231,7 @@ def write_snapshot(path: str, records: Iterable[Record]) -> int:
     """
     tmp = f"{path}.tmp"
     try:
-        count = _write_tmp(tmp, records)
+        count = _write_tmp(tmp, records, bindings)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -175,7 +250,7 @@ def sync_directory(path: str) -> None:
         os.close(directory)
 
 
-def _write_tmp(tmp: str, records: Iterable[Record]) -> int:
+def _write_tmp(tmp: str, records: Iterable[Record], bindings: Iterable[BindingRecord]) -> int:
     count = 0
     descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     os.fchmod(descriptor, FILE_MODE)  # a leftover .tmp keeps its old mode through O_TRUNC
@@ -189,6 +264,11 @@ def _write_tmp(tmp: str, records: Iterable[Record]) -> int:
                 write(data)  # not joined to the head: a 4 MiB payload is not copied
             count += 1
         write(_U16.pack(0) + _COUNT.pack(count))
+        bound = 0
+        for app, key, binding in bindings:
+            write(encode_names(app, key) + encode_binding(binding))
+            bound += 1
+        write(_U16.pack(0) + _COUNT.pack(bound))
         stream.flush()
         os.fsync(stream.fileno())
     return count

@@ -8,13 +8,14 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
 from django_statemodes.conf import conf
-from django_statemodes.providers.sql import commands, ddl, schema
+from django_statemodes.providers.sql import commands, ddl, index, schema
 
 
 class Command(BaseCommand):
     help = (
         "Create the SQL session-state tables ASPStateTempSessions and ASPStateTempApplications "
-        "(like aspnet_regsql -ssadd). Does nothing for tables that already exist."
+        "(like aspnet_regsql -ssadd). Tables that already exist are kept; a sessions table of an "
+        "earlier schema version is upgraded in place (new columns and index)."
     )
     requires_system_checks: list[str] = []
 
@@ -54,18 +55,27 @@ class Command(BaseCommand):
                 self._check_type(connection, table, options["type"])
         missing = [table for table in schema.TABLES if table not in existing]
         statements = ddl.install_statements(connection, type_, missing)
+        # An installed sessions table of an earlier schema version is upgraded in place.
+        upgrade = [] if schema.SESSIONS in missing else ddl.upgrade_statements(connection)
         if options["dry_run"]:
-            for sql in statements:
+            for sql in statements + upgrade:
                 self.stdout.write(sql + ";")
             return
-        if statements:
+        if statements or upgrade:
             commands.install(alias, type_)
-            if verbose:
+            if verbose and statements:
                 kind = "UNLOGGED (temp)" if "UNLOGGED" in statements[0] else "ordinary"
                 self.stdout.write(
                     self.style.SUCCESS(
                         f"Created {kind} session-state table(s) {', '.join(missing)} in "
                         f"database {alias!r}."
+                    )
+                )
+            if verbose and upgrade:
+                self.stdout.write(
+                    self.style.SUCCESS(
+                        f"Upgraded table {schema.SESSIONS!r} in database {alias!r} to schema "
+                        f"version {index.SCHEMA_VERSION} (the index of sessions by user)."
                     )
                 )
         self._register_application(alias)

@@ -26,16 +26,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, NoReturn, TypeVar
 
+from asgiref.sync import sync_to_async
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from django_statemodes.conf import conf
 from django_statemodes.exceptions import SessionStoreUnavailable
-from django_statemodes.providers.base import ExpiredItem, SessionStateProvider, StateItem
+from django_statemodes.providers.base import (
+    ExpiredItem,
+    SessionInfo,
+    SessionStateProvider,
+    StateItem,
+)
 from django_statemodes.providers.pool import Pool
 from django_statemodes.providers.wakeups import Wakeups
 
-from . import schema, statements
+from . import index, schema, statements
 from .schema import ITEM_SHORT_LENGTH
 
 logger = logging.getLogger("django_statemodes")
@@ -127,6 +133,9 @@ class SQLStateProvider(SessionStateProvider):
     #: How this dialect spells the tables' column types (``installsqlstate``).
     column_types: ClassVar[schema.ColumnTypes]
 
+    #: The index of sessions by user is in the sessions table (schema version 2, index.py).
+    indexes_users: ClassVar[bool] = True
+
     @classmethod
     def table_persistence(cls, connection: BaseDatabaseWrapper, table: str) -> str | None:
         """Return TEMP or PERSISTED for an installed table (PERSISTED: no UNLOGGED tables)."""
@@ -144,6 +153,7 @@ class SQLStateProvider(SessionStateProvider):
         wrapper = connections[self.alias]
         schema.check_vendor(wrapper)
         self.sql = self.make_statements(wrapper.ops.quote_name)
+        self.index_sql = index.index_statements(self.vendor, wrapper.ops.quote_name)
         marker = self.placeholder
         self._register_sql = (
             schema.register_application_statement(wrapper).replace("%s", marker),
@@ -442,6 +452,118 @@ class SQLStateProvider(SessionStateProvider):
         """Return True while the item is locked with ``lock_id``."""
         return self.query(self._holds_query(session_key, lock_id))
 
+    # The index of sessions by user (columns of schema version 2: index.py).
+
+    def _indexed(self, work: Callable[[], T]) -> T:
+        errors: tuple[type[Exception], ...] = (SessionStoreUnavailable, *self.driver_errors)
+        try:
+            return work()
+        except errors as exc:
+            # SQLite and MySQL report a missing column as an operational error, which run()
+            # turns into SessionStoreUnavailable: the driver's message is then its cause.
+            message = f"{exc} {exc.__cause__}".lower()
+            if "userid" in message or "lastseen" in message or "ipaddress" in message:
+                # A table of schema version 1: the index needs the upgrade.
+                raise SessionStoreUnavailable(
+                    f"The SQL session-state table in database {self.alias!r} has no columns "
+                    "for the index of sessions by user (STATEMODES_USER_INDEX). Run "
+                    f"'manage.py installsqlstate --database {self.alias}' to upgrade it.",
+                    setting="STATEMODES_USER_INDEX",
+                ) from exc
+            raise
+
+    def _rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        def work(conn: Any) -> list[Any]:
+            return list(self._execute(conn, sql, params, prepare=False).fetchall())
+
+        return self._indexed(lambda: self.run(work))
+
+    def _info(self, row: Any) -> SessionInfo:
+        sid, user_id, created, seen, expires, ip, agent, locked, age, size = row
+        return SessionInfo(
+            session_key=sid[: -len(self.suffix)],
+            user_id=user_id or "",
+            created=float(created),
+            last_seen=float(seen),
+            expires=float(expires),
+            ip=ip,
+            user_agent=agent,
+            locked=bool(locked),
+            lock_age=float(age or 0.0),
+            size=int(size or 0),
+        )
+
+    def bind_user(
+        self, session_key: str, user_id: str, *, ip: str | None, user_agent: str | None
+    ) -> bool:
+        if not user_id or len(user_id) > index.USER_ID_LENGTH:
+            raise ValueError(f"a user id is 1 to {index.USER_ID_LENGTH} characters")
+        params = (
+            user_id,
+            None if ip is None else ip[: index.IP_LENGTH],
+            None if user_agent is None else user_agent[: index.USER_AGENT_LENGTH],
+            self.sid(session_key),
+        )
+        query = Query(self.index_sql.bind, params, _one_row, prepare=False)
+        return self._indexed(lambda: self.query(query))
+
+    def touch_user(self, session_key: str, *, ip: str | None, user_agent: str | None) -> None:
+        params = (
+            None if ip is None else ip[: index.IP_LENGTH],
+            None if user_agent is None else user_agent[: index.USER_AGENT_LENGTH],
+            self.sid(session_key),
+        )
+        query = Query(self.index_sql.touch, params, _nothing, prepare=False)
+        self._indexed(lambda: self.query(query))
+
+    def unbind_user(self, session_key: str) -> None:
+        query = Query(self.index_sql.unbind, (self.sid(session_key),), _nothing, prepare=False)
+        self._indexed(lambda: self.query(query))
+
+    def user_sessions(self, user_id: str) -> list[SessionInfo]:
+        rows = self._rows(self.index_sql.by_user, (user_id, self.suffix))
+        return [self._info(row) for row in rows]
+
+    def list_sessions(
+        self, *, user_id: str | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[list[SessionInfo], int]:
+        offset, limit = max(0, int(offset)), max(0, int(limit))
+        if user_id is None:
+            rows = self._rows(self.index_sql.page, (self.suffix, limit, offset))
+            total = self._rows(self.index_sql.total, (self.suffix,))[0][0]
+        else:
+            rows = self._rows(self.index_sql.page_of_user, (user_id, self.suffix, limit, offset))
+            total = self._rows(self.index_sql.total_of_user, (user_id, self.suffix))[0][0]
+        return [self._info(row) for row in rows], int(total)
+
+    async def _aindex(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run an index method for async code (in a thread: none is on a request's path)."""
+        call: Callable[[], T] = functools.partial(method, *args, **kwargs)
+        return await sync_to_async(call, thread_sensitive=False)()
+
+    async def abind_user(
+        self, session_key: str, user_id: str, *, ip: str | None, user_agent: str | None
+    ) -> bool:
+        return await self._aindex(
+            self.bind_user, session_key, user_id, ip=ip, user_agent=user_agent
+        )
+
+    async def atouch_user(
+        self, session_key: str, *, ip: str | None, user_agent: str | None
+    ) -> None:
+        await self._aindex(self.touch_user, session_key, ip=ip, user_agent=user_agent)
+
+    async def aunbind_user(self, session_key: str) -> None:
+        await self._aindex(self.unbind_user, session_key)
+
+    async def auser_sessions(self, user_id: str) -> list[SessionInfo]:
+        return await self._aindex(self.user_sessions, user_id)
+
+    async def alist_sessions(
+        self, *, user_id: str | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[list[SessionInfo], int]:
+        return await self._aindex(self.list_sessions, user_id=user_id, offset=offset, limit=limit)
+
     # Purge: ASP.NET's DeleteExpiredSessions, in short batches (KB 973849's lesson).
 
     def now(self) -> Any:
@@ -685,6 +807,9 @@ class ExecutorStateProvider(SQLStateProvider):
 
     async def acreate_uninitialized(self, session_key: str, timeout: int) -> bool:
         return await self._in_executor(self.create_uninitialized, session_key, timeout)
+
+    async def _aindex(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self._in_executor(method, *args, **kwargs)
 
     def close(self) -> None:
         """Close the connections and stop the executor (both are rebuilt if used again)."""

@@ -56,7 +56,10 @@ def install(alias: str, type_: str = schema.TEMP) -> list[str]:
     """Create the tables missing from ``alias`` in one transaction; return their names."""
     connection = connections[alias]
     missing = [table for table in schema.TABLES if table not in ddl.existing_tables(connection)]
-    statements = ddl.install_statements(connection, type_, missing)
+    # Tables of an earlier schema version are upgraded in place (ALTER TABLE ... ADD COLUMN).
+    statements = ddl.install_statements(connection, type_, missing) + (
+        [] if schema.SESSIONS in missing else ddl.upgrade_statements(connection)
+    )
     if statements:
         # Both tables or neither where DDL is transactional (PostgreSQL, SQLite; not MySQL).
         atomic = transaction.atomic(using=alias, savepoint=connection.features.can_rollback_ddl)

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.module_loading import import_string
 
+from . import index
 from .base import SQLStateProvider
 from .schema import (
     APPLICATIONS,
@@ -28,6 +29,7 @@ __all__ = [
     "install_statements",
     "persistence",
     "uninstall_statements",
+    "upgrade_statements",
 ]
 
 
@@ -52,6 +54,8 @@ def _columns(types: ColumnTypes, q: Callable[[str], str]) -> list[str]:
         f"{short} {blob} NULL CHECK ({length}({short}) <= {ITEM_SHORT_LENGTH})",
         f"{q('SessionItemLong')} {blob} NULL",
         f"{q('Flags')} integer NOT NULL DEFAULT 0",
+        # Schema version 2: the index of sessions by user.
+        *index.column_ddl(types, q),
     ]
 
 
@@ -71,6 +75,7 @@ def install_statements(
         SESSIONS: [
             f"CREATE {unlogged}TABLE {q(SESSIONS)} (\n    {columns}\n){options}",
             f"CREATE INDEX {q(INDEX_EXPIRES)} ON {q(SESSIONS)} ({q('Expires')})",
+            index.index_ddl(q),
         ],
         APPLICATIONS: [
             f"CREATE {unlogged}TABLE {q(APPLICATIONS)} (\n"
@@ -80,6 +85,12 @@ def install_statements(
         ],
     }
     return [sql for table in TABLES if table in tables for sql in ddl[table]]
+
+
+def upgrade_statements(connection: BaseDatabaseWrapper) -> list[str]:
+    """Return the DDL that upgrades installed tables to the current schema version (or [])."""
+    check_vendor(connection)
+    return index.upgrade_statements(connection, dialect(connection.vendor).column_types)
 
 
 def uninstall_statements(
