@@ -130,6 +130,11 @@ if COOKIELESS:
 # The demo's session timeout (ASP.NET timeout="20" minutes); sliding, as in ASP.NET.
 SESSION_COOKIE_AGE = 20 * 60
 
+# runserver starts a thread per request, so the derived bound on one session's waiting threads
+# (half the most requests served at once) would answer some of the counter page's 20 parallel
+# increments with 503. A site under gunicorn or uvicorn leaves it derived.
+STATEMODES_LOCK_WAITING_THREADS = 40
+
 USE_TZ = True
 TIME_ZONE = "UTC"
 STATIC_URL = "static/"

@@ -19,4 +19,8 @@ urlpatterns = [
     path("counter/read-only-increment/", views.read_only_increment, name="read-only-increment"),
     path("counter/value/", views.counter_value, name="counter-value"),
     path("counter/reset/", views.counter_reset, name="counter-reset"),
+    path("counter/django/increment/", views.django_increment, name="django-increment"),
+    path("counter/django/value/", views.django_counter_value, name="django-counter-value"),
+    path("counter/django/reset/", views.django_counter_reset, name="django-counter-reset"),
+    path("favicon.ico", views.favicon, name="favicon"),
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import wraps
@@ -10,13 +12,16 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
+from django.contrib.sessions.backends.cache import SessionStore as DjangoCacheSession
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import rotate_token
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.utils.functional import SimpleLazyObject
 from django.views.decorators.http import require_GET, require_POST
 
 from django_statemodes.conf import conf
+from django_statemodes.cookieless_handler import url_state
 from django_statemodes.core.locking import lock_stats
 from django_statemodes.core.session import StateModeSessionBase
 from django_statemodes.decorators import session_disabled, session_readonly
@@ -33,6 +38,42 @@ MODE_NAMES = {
 
 # How many parallel increments the counter page fires.
 PARALLEL_REQUESTS = 20
+
+# What an increment spends between reading the counter and writing it back, as a real view does
+# some work between its reads and its writes: the window in which Django's own engine loses the
+# updates of concurrent requests. Both engines' increments spend it.
+VIEW_WORK_SECONDS = 0.05
+
+# The counter page's second session, in Django's own cache engine: its key travels in this
+# header (not a cookie), so that the comparison runs the same in the cookieless modes.
+DJANGO_SESSION_HEADER = "X-Django-Session"
+DJANGO_SESSION_KEY = re.compile(r"[a-z0-9]{32}")
+
+# What each of lock_stats' counters counts, for the status page.
+LOCK_COUNTERS = {
+    "acquired": "requests that took a session's exclusive lock (ReadWrite views that loaded it)",
+    "waited": "of those, requests that found the lock held and waited for its release",
+    "wait_seconds": "seconds spent waiting for locks, all requests together",
+    "stolen": "locks broken because their holder kept them past STATEMODES_LOCK_TIMEOUT",
+    "refused_writes": (
+        "saves refused because the request's own lock had been broken meanwhile "
+        "(not the ReadOnly view's refused writes, which raise in the view)"
+    ),
+    "queue_full": (
+        "requests answered 503 because too many already waited for one session "
+        "(STATEMODES_LOCK_QUEUE_LIMIT) or in this process (STATEMODES_LOCK_WAITING_THREADS)"
+    ),
+    "peak_serving": "the most requests this process has served at once",
+}
+
+# The favicon: inline in every page (no request, no session), and at /favicon.ico for clients
+# that ask anyway.
+FAVICON_SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+    '<rect width="16" height="16" rx="3" fill="#2b3a55"/>'
+    '<path d="M5 7V5a3 3 0 0 1 6 0v2" stroke="#fff" stroke-width="1.6" fill="none"/>'
+    '<rect x="3.5" y="7" width="9" height="6.5" rx="1" fill="#fff"/></svg>'
+)
 
 # How many pages the tour has.
 TOUR_PAGES = 5
@@ -55,12 +96,33 @@ class StudentForm(forms.Form):
     name = forms.CharField(label="Name", max_length=100)
 
 
+@dataclass
+class Visitor:
+    """Who the navigation bar greets: ``known`` is False where this page may not read the
+    session (a ``@session_disabled`` view, or Off mode)."""
+
+    known: bool
+    name: str | None = None
+
+
+def visitor(request: HttpRequest) -> Visitor:
+    try:
+        return Visitor(known=True, name=request.session.get("user_name"))
+    except SessionStateDisabled:
+        return Visitor(known=False)
+
+
 def demo_context(request: HttpRequest) -> dict[str, Any]:
-    """Template context for every page: the mode in use. Never touches the session."""
+    """Template context for every page: the mode in use, whether this request is cookieless, and
+    the visitor, read from the session only when the navigation bar is rendered."""
     return {
         "demo_engine": settings.SESSION_ENGINE,
         "demo_mode": MODE_NAMES.get(settings.SESSION_ENGINE, "Custom"),
         "demo_cookieless": conf.STATEMODES_COOKIELESS,
+        # This request's key travels in the URL (not merely a cookieless-capable site).
+        "demo_is_cookieless": url_state(request) is not None,
+        "demo_visitor": SimpleLazyObject(lambda: visitor(request)),
+        "favicon_svg": FAVICON_SVG,
     }
 
 
@@ -106,12 +168,21 @@ def login(request: HttpRequest) -> HttpResponse:
     return render(request, "testproject/login.html", {"form": form})
 
 
-@require_POST
 @explains_off
 def logout(request: HttpRequest) -> HttpResponse:
+    # A GET (the navigation bar's link) only asks: a link must not change state.
+    if request.method != "POST":
+        return render(request, "testproject/logout.html")
     # Session.Abandon(): the data goes (session_end is sent) and the key is not reused.
     request.session.flush()
     return redirect("login")
+
+
+@session_disabled
+def favicon(request: HttpRequest) -> HttpResponse:
+    response = HttpResponse(FAVICON_SVG, content_type="image/svg+xml")
+    response["Cache-Control"] = "public, max-age=86400"
+    return response
 
 
 # The tour: five linked pages, each reading the name stored at login, joined by {% url %}
@@ -181,8 +252,9 @@ def student(request: HttpRequest) -> HttpResponse:
 @session_readonly
 def status(request: HttpRequest) -> HttpResponse:
     session = request.session
+    counters = lock_stats.as_dict()
     context: dict[str, Any] = {
-        "lock_stats": lock_stats.as_dict(),
+        "lock_stats": [(name, LOCK_COUNTERS[name], counters[name]) for name in LOCK_COUNTERS],
         "stores_objects": stores_objects(session),
         "serializer": settings.SESSION_SERIALIZER,
         "access": getattr(session, "access", None),
@@ -230,15 +302,43 @@ def disabled(request: HttpRequest) -> HttpResponse:
     return render(request, "testproject/disabled.html", {"error": error})
 
 
-# The counter: parallel increments of one session, none lost.
+# The counter: parallel increments of one session, none lost here; the same increments of a
+# session in Django's own cache engine, beside it, lose updates.
+
+
+def add_one(session: SessionBase) -> int:
+    """The increment both engines run: read, the view's work, write."""
+    value = int(session.get("counter", 0)) + 1
+    time.sleep(VIEW_WORK_SECONDS)
+    session["counter"] = value
+    return value
+
+
+def django_session(request: HttpRequest) -> DjangoCacheSession | None:
+    """The counter page's session in Django's cache engine, by the key in the header."""
+    key = request.headers.get(DJANGO_SESSION_HEADER, "")
+    if not DJANGO_SESSION_KEY.fullmatch(key):  # Django's own keys: 32 of [a-z0-9]
+        return None
+    store = DjangoCacheSession(key)
+    return store if store.exists(key) else None
 
 
 @require_GET
 @explains_off
 def counter(request: HttpRequest) -> HttpResponse:
-    # Stored now, so the parallel requests all carry the cookie of one existing session.
+    # Stored now, so the parallel requests all carry the key of one existing session.
     value = request.session.setdefault("counter", 0)
-    context = {"counter": value, "parallel": PARALLEL_REQUESTS}
+    # And a session of Django's own engine (SESSION_CACHE_ALIAS), for the same increments.
+    theirs = DjangoCacheSession()
+    theirs["counter"] = 0
+    theirs.save()
+    context = {
+        "counter": value,
+        "parallel": PARALLEL_REQUESTS,
+        "django_session": theirs.session_key,
+        "django_header": DJANGO_SESSION_HEADER,
+        "work_ms": round(VIEW_WORK_SECONDS * 1000),
+    }
     return render(request, "testproject/counter.html", context)
 
 
@@ -246,8 +346,40 @@ def counter(request: HttpRequest) -> HttpResponse:
 @explains_off
 def increment(request: HttpRequest) -> JsonResponse:
     # A read-modify-write that Django's own engines race on; the session lock serializes it.
-    request.session["counter"] = request.session.get("counter", 0) + 1
-    return JsonResponse({"counter": request.session["counter"]})
+    return JsonResponse({"counter": add_one(request.session)})
+
+
+@require_POST
+@session_readonly  # our session is only read (the CSRF check), never locked
+def django_increment(request: HttpRequest) -> JsonResponse:
+    # The same increment on Django's cache engine, saved as SessionMiddleware saves after the
+    # view: nothing stops two requests from reading the same value and both writing value + 1.
+    session = django_session(request)
+    if session is None:
+        return JsonResponse({"error": "No such session of Django's engine: reload."}, status=404)
+    value = add_one(session)
+    session.save()
+    return JsonResponse({"counter": value})
+
+
+@require_GET
+@session_disabled
+def django_counter_value(request: HttpRequest) -> JsonResponse:
+    session = django_session(request)
+    if session is None:
+        return JsonResponse({"error": "No such session of Django's engine: reload."}, status=404)
+    return JsonResponse({"counter": session.get("counter", 0)})
+
+
+@require_POST
+@session_readonly
+def django_counter_reset(request: HttpRequest) -> JsonResponse:
+    session = django_session(request)
+    if session is None:
+        return JsonResponse({"error": "No such session of Django's engine: reload."}, status=404)
+    session["counter"] = 0
+    session.save()
+    return JsonResponse({"counter": 0})
 
 
 @require_POST

@@ -17,6 +17,12 @@ from tests.example_provider import DictProvider
 ENGINES = "django_statemodes.backends."
 
 
+def registered_checks(**kwargs: Any) -> list[CheckMessage]:
+    """``run_checks`` without database checks: Django 6.1 runs model checks against every
+    alias by default, opening connections these tests of settings checks do not need."""
+    return run_checks(databases=[], **kwargs)
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
@@ -75,7 +81,7 @@ ENGINES = "django_statemodes.backends."
 )
 def test_run_checks_reports_each_engine_once(overrides: dict[str, object], expected: str) -> None:
     with override_settings(**overrides):
-        ids = [message.id for message in run_checks()]
+        ids = [message.id for message in registered_checks()]
     assert ids.count(expected) == 1
 
 
@@ -98,5 +104,32 @@ def test_a_custom_provider_checks_its_own_options(
         STATEMODES_CUSTOM_PROVIDER="tests.test_checks_registry.CheckedProvider",
         STATEMODES_CUSTOM_PROVIDER_OPTIONS=options,
     ):
-        ids = [message.id for message in run_checks()]
+        ids = [message.id for message in registered_checks()]
     assert [i for i in ids if i and i.startswith("example.")] == expected
+
+
+def statemodes_ids(messages: list[CheckMessage]) -> list[str]:
+    return [m.id for m in messages if m.id and m.id.startswith("django_statemodes.")]
+
+
+def test_our_checks_run_only_where_the_app_is_installed(settings: Any) -> None:
+    # Our engine without our middleware: W001 where the app is installed...
+    settings.MIDDLEWARE = []
+    settings.SESSION_ENGINE = ENGINES + "inproc"
+    assert "django_statemodes.W001" in statemodes_ids(registered_checks())
+    # ...and nothing in a site whose INSTALLED_APPS leave it out, though the check registered
+    # by ready() stays in Django's registry.
+    others = [app for app in settings.INSTALLED_APPS if app != "django_statemodes"]
+    with override_settings(INSTALLED_APPS=others):
+        assert statemodes_ids(registered_checks()) == []
+
+
+def test_checking_another_app_runs_none_of_ours(settings: Any) -> None:
+    from django.apps import apps
+
+    settings.MIDDLEWARE = []
+    settings.SESSION_ENGINE = ENGINES + "inproc"
+    auth = [apps.get_app_config("auth")]
+    ours = [apps.get_app_config("django_statemodes")]
+    assert statemodes_ids(registered_checks(app_configs=auth)) == []
+    assert "django_statemodes.W001" in statemodes_ids(registered_checks(app_configs=ours))

@@ -23,6 +23,7 @@ from asgiref.sync import async_to_sync
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.test import AsyncClient, Client
+from django.utils.html import escape
 
 from django_statemodes.backends.inproc import SessionStore as InProcStore
 from django_statemodes.core.locking import lock_stats
@@ -31,7 +32,12 @@ from django_statemodes.exceptions import SessionValueError
 from django_statemodes.providers.base import SessionStateProvider
 from django_statemodes.providers.inproc import InProcProvider
 from testproject import settings as demo
-from testproject.views import PARALLEL_REQUESTS, StudentInfo
+from testproject.views import (
+    DJANGO_SESSION_HEADER,
+    LOCK_COUNTERS,
+    PARALLEL_REQUESTS,
+    StudentInfo,
+)
 from tests.conftest import free_port
 from tests.demo_site import demo_env, running_demo
 
@@ -58,6 +64,7 @@ def demo_site(settings: Any) -> None:
     settings.ROOT_URLCONF = "testproject.urls"
     settings.TEMPLATES = demo.TEMPLATES
     settings.MIDDLEWARE = demo.MIDDLEWARE
+    settings.STATEMODES_LOCK_WAITING_THREADS = demo.STATEMODES_LOCK_WAITING_THREADS
 
 
 @pytest.fixture
@@ -123,12 +130,57 @@ def test_an_empty_name_is_refused_with_the_form_again(client: Client) -> None:
 
 def test_logging_out_flushes_the_session(client: Client) -> None:
     key = log_in(client)
-    assert client.get("/logout/").status_code == 405  # POST only, with CSRF
+    asked = client.get("/logout/")  # the navigation bar's link: a form, nothing changed yet
+    assert asked.status_code == 200
+    assert '<form method="post" action="/logout/">' in asked.text
+    assert stored(key) == {"user_name": "Ada"}
     response = client.post("/logout/")
     assert response.status_code == 302
     assert response["Location"] == "/login/"
     assert stored(key) == {}
     assert client.get("/")["Location"] == "/login/"
+
+
+def visitor_bar(page: str) -> str:
+    match = re.search(r'<span class="visitor" id="visitor"[^>]*>(.*?)</span>', page, re.DOTALL)
+    assert match is not None
+    return match[1]
+
+
+def test_the_navigation_offers_log_in_before_and_log_out_after_logging_in(
+    client: Client,
+) -> None:
+    stranger = visitor_bar(client.get("/login/").text)
+    assert stranger == '<a href="/login/" aria-current="page">Log in</a>'
+    log_in(client, "Ada")
+    for url in ["/", "/tour/1/", "/student/", "/counter/", "/read-only/", "/status/"]:
+        bar = visitor_bar(client.get(url).text)
+        assert "signed in as <strong>Ada</strong>" in bar, url
+        assert '<a href="/logout/">Log out</a>' in bar and "Log in" not in bar, url
+    client.post("/logout/")
+    assert "Log in" in visitor_bar(client.get("/login/").text)
+
+
+def test_the_navigation_of_a_disabled_page_does_not_read_the_session(client: Client) -> None:
+    key = log_in(client)
+    locked_before = lock_stats.as_dict()["acquired"]
+    response = client.get("/disabled/")
+    assert "this page does not read the session" in visitor_bar(response.text)
+    assert lock_stats.as_dict()["acquired"] == locked_before
+    assert COOKIE not in response.cookies
+    assert stored(key) == {"user_name": "Ada"}
+
+
+def test_every_page_has_a_favicon_and_favicon_ico_answers_without_a_session(
+    client: Client,
+) -> None:
+    page = client.get("/login/").text
+    assert '<link rel="icon" type="image/svg+xml" href="data:image/svg+xml,%3Csvg' in page
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/svg+xml"
+    assert response.content.startswith(b"<svg")
+    assert COOKIE not in response.cookies
 
 
 # StudentInfo.
@@ -214,7 +266,20 @@ def test_the_status_page_shows_the_mode_the_key_the_expiry_and_the_lock_counters
     assert "django_statemodes.backends.inproc" in page
     assert f"({django_settings.SESSION_COOKIE_AGE} s from now, sliding)" in page
     acquired = int(lock_stats.as_dict()["acquired"])
-    assert f"<th>acquired</th><td>{acquired}</td>" in page
+    assert f'<td id="lock-acquired">{acquired}</td>' in page
+
+
+def test_the_status_page_says_what_each_lock_counter_counts(client: Client) -> None:
+    page = client.get("/status/").text
+    assert set(LOCK_COUNTERS) == set(lock_stats.as_dict())  # none shown without its meaning
+    for name, meaning in LOCK_COUNTERS.items():
+        assert f"<th><code>{name}</code></th><td>{escape(meaning)}</td>" in page
+    # refused_writes counts saves refused after a broken lock, not the ReadOnly view's 409s.
+    refused = int(lock_stats.as_dict()["refused_writes"])
+    client.get("/counter/")
+    assert client.post("/counter/read-only-increment/").status_code == 409
+    assert lock_stats.as_dict()["refused_writes"] == refused
+    assert "lock had been broken" in LOCK_COUNTERS["refused_writes"]
 
 
 def test_the_status_page_says_when_there_is_no_session_yet(client: Client) -> None:
@@ -304,23 +369,68 @@ def test_the_increment_endpoint_increments(client: Client) -> None:
 
 def test_parallel_increments_of_one_session_lose_no_update(client: Client) -> None:
     client.get("/counter/")
-    cookie = client.cookies[COOKIE].value
+    answers = parallel_increments("/counter/increment/", client.cookies[COOKIE].value, {})
+    assert sorted(answers) == list(range(1, PARALLEL_REQUESTS + 1))
+    assert client.get("/counter/value/").json() == {"counter": PARALLEL_REQUESTS}
+
+
+def parallel_increments(url: str, cookie: str, headers: dict[str, str]) -> list[int]:
+    """PARALLEL_REQUESTS increments released at once by a barrier; the counters they answer."""
     start = threading.Barrier(PARALLEL_REQUESTS)
     answers: list[int] = []
 
     def increment() -> None:
-        own = Client()
+        own = Client(headers=headers)
         own.cookies[COOKIE] = cookie
         start.wait()
-        answers.append(own.post("/counter/increment/").json()["counter"])
+        answers.append(own.post(url).json()["counter"])
 
     threads = [threading.Thread(target=increment) for _ in range(PARALLEL_REQUESTS)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(30)
-    assert sorted(answers) == list(range(1, PARALLEL_REQUESTS + 1))
+        thread.join(60)
+    assert len(answers) == PARALLEL_REQUESTS
+    return answers
+
+
+def test_the_same_increments_lose_updates_in_djangos_engine_and_none_in_ours(
+    client: Client,
+) -> None:
+    page = client.get("/counter/").text
+    match = re.search(rf'"{DJANGO_SESSION_HEADER}": "([a-z0-9]+)"', page)
+    assert match is not None
+    theirs = {DJANGO_SESSION_HEADER: match[1]}
+    cookie = client.cookies[COOKIE].value
+
+    ours = parallel_increments("/counter/increment/", cookie, {})
+    assert sorted(ours) == list(range(1, PARALLEL_REQUESTS + 1))
     assert client.get("/counter/value/").json() == {"counter": PARALLEL_REQUESTS}
+
+    # Django's cache engine: requests that read the counter inside one another's 50 ms of work
+    # write the same value. 20 requests released by one barrier all read before any writes.
+    answered = parallel_increments("/counter/django/increment/", cookie, theirs)
+    final = client.get("/counter/django/value/", headers=theirs).json()["counter"]
+    assert final in answered  # the last save wins, whatever the others wrote
+    assert len(set(answered)) < PARALLEL_REQUESTS  # duplicates: lost updates
+    assert final < PARALLEL_REQUESTS
+    # Reset puts both at 0.
+    assert client.post("/counter/reset/").json() == {"counter": 0}
+    assert client.post("/counter/django/reset/", headers=theirs).json() == {"counter": 0}
+    assert client.get("/counter/django/value/", headers=theirs).json() == {"counter": 0}
+
+
+@pytest.mark.parametrize("key", ["", "nosuchsession0000000000000000000", "../../etc", "x" * 500])
+def test_djangos_counter_with_an_unknown_session_is_a_clear_404(client: Client, key: str) -> None:
+    client.get("/counter/")
+    headers = {DJANGO_SESSION_HEADER: key}
+    for response in [
+        client.post("/counter/django/increment/", headers=headers),
+        client.get("/counter/django/value/", headers=headers),
+        client.post("/counter/django/reset/", headers=headers),
+    ]:
+        assert response.status_code == 404
+        assert "reload" in response.json()["error"]
 
 
 def test_an_increment_at_the_read_only_endpoint_is_refused_loudly(client: Client) -> None:
@@ -339,6 +449,24 @@ def test_resetting_the_counter_sets_it_to_zero(client: Client) -> None:
     assert client.get("/counter/value/").json() == {"counter": 0}
 
 
+def test_the_cookieless_explainer_shows_only_where_the_key_is_in_the_url(
+    client: Client, settings: Any
+) -> None:
+    log_in(client)
+    assert 'id="cookieless-explainer"' not in client.get("/tour/1/").text  # cookies
+
+    settings.STATEMODES_COOKIELESS = "UseUri"
+    settings.CSRF_USE_SESSIONS = True
+    cookieless = Client()
+    response = cookieless.post("/login/", {"name": "Ada"})
+    prefix = re.match(r"^/\(S\([a-z0-9]+\)\)/$", response["Location"])
+    assert prefix is not None, response["Location"]
+    page = cookieless.get(prefix[0] + "tour/1/").text
+    assert "Page 1 of 5" in page
+    assert 'id="cookieless-explainer"' in page
+    assert 'STATEMODES_COOKIELESS = "UseUri"' in page
+
+
 # Off mode.
 
 
@@ -350,7 +478,7 @@ def test_in_off_mode_the_pages_explain_instead_of_failing(client: Client, settin
         assert "Session state is off for this site" in response.text, url
     status = client.get("/status/").text
     assert "Session state is off for this site" in status
-    assert "<th>acquired</th>" in status
+    assert 'id="lock-acquired"' in status
     assert COOKIE not in client.cookies
 
 
@@ -508,12 +636,16 @@ def test_the_demo_command_serves_the_site(tmp_path: Path) -> None:
     assert "mode: <strong>InProc</strong>" in page
 
 
-def walk_through(browser: Browser) -> None:
+def walk_through(browser: Browser, cookieless: bool = False) -> None:
     """Every scenario of the demo, over HTTP, as a visitor of the running site."""
     status, page = browser.wait_until_up()
     assert (status, "<h1>Log in</h1>" in page) == (200, True)
     status, page = browser.request("/login/", {"name": "Ada"})
     assert (status, "Welcome back, Ada" in page) == (200, True)
+    assert "signed in as <strong>Ada</strong>" in page
+    status, page = browser.request("/tour/1/")
+    assert (status, "Page 1 of 5" in page) == (200, True)
+    assert ('id="cookieless-explainer"' in page) == cookieless
 
     status, page = browser.request(
         "/student/", {"action": "store", "roll_number": "42", "name": "Grace"}
@@ -587,7 +719,7 @@ def test_every_scenario_works_without_cookies_in_the_cookieless_demo(tmp_path: P
     }
     with running_demo("--noreload", env=env) as url:
         browser = Browser(url)
-        walk_through(browser)
+        walk_through(browser, cookieless=True)
         assert "/(S(" in browser.base
         assert list(browser.cookies) == []  # neither a session nor a CSRF cookie
 

@@ -139,3 +139,11 @@ def test_named_servers_place_keys_by_name_whatever_their_addresses() -> None:
 def test_an_empty_or_unprintable_server_id_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="server id"):
         parse_address(text)
+
+
+def test_an_ipv4_mapped_address_places_keys_alike_on_every_python() -> None:
+    # Python 3.13's ipaddress writes these as ::ffff:127.0.0.1, earlier versions as
+    # ::ffff:7f00:1: web servers on both must agree, whichever spelling they are given.
+    spellings = ["[::ffff:7f00:1]:9", "[::FFFF:127.0.0.1]:9", "[0:0:0:0:0:ffff:7f00:1]:9"]
+    assert {placement(parse_address(text)) for text in spellings} == {"[::ffff:7f00:1]:9"}
+    assert placement(parse_address("[::ffff:0:1]:9")) == "[::ffff:0:1]:9"

@@ -9,6 +9,8 @@ import argparse
 import logging
 import sys
 
+from django_statemodes import __version__
+
 from .addresses import Address
 from .errors import SnapshotError
 from .options import add_arguments, build_config, format_stats, read_secret
@@ -21,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="statemodes-stateserver",
         description="The django-statemodes state server (ASP.NET's aspnet_state).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     add_arguments(parser)
     parser.add_argument("--application", default="default", help="namespace for --stats")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (INFO)")

@@ -76,10 +76,20 @@ def placement(address: Address) -> str:
     if host == "localhost":
         host = "127.0.0.1"
     try:
-        host = ipaddress.ip_address(host).compressed
+        host = _canonical_ip(ipaddress.ip_address(host))
     except ValueError:
         pass  # a hostname
     return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
+
+
+def _canonical_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The IP's compressed form, the same on every Python: 3.13 writes an IPv4-mapped IPv6
+    address as ``::ffff:127.0.0.1`` where earlier versions wrote ``::ffff:7f00:1``, and web
+    servers on both must place keys alike."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        mapped = int(ip.ipv4_mapped)
+        return f"::ffff:{mapped >> 16:x}:{mapped & 0xFFFF:x}"
+    return ip.compressed
 
 
 def endpoint(address: Address) -> str:

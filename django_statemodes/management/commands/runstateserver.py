@@ -9,6 +9,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from django_statemodes import __version__
 from django_statemodes.conf import conf
 from django_statemodes.exceptions import SnapshotError, StateServerError
 from django_statemodes.providers.stateserver import StateServerProvider
@@ -24,6 +25,10 @@ class Command(BaseCommand):
         "STATEMODES_STATE_CONNECTION, or at addr:port. Stops on SIGTERM or Ctrl-C."
     )
     requires_system_checks: list[str] = []
+
+    def get_version(self) -> str:
+        """``--version`` shows the package's version, not Django's."""
+        return f"django-statemodes {__version__}"
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
