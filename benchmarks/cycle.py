@@ -265,14 +265,19 @@ def fill(engine: Engine, count: int, data: dict[str, Any]) -> None:
     registry.use(engine)
     store_class = registry.store_class(engine)
     for _ in range(count):
-        if engine.kind == OURS:
-            session = store_class(access="ReadWrite")
-            session.update(data)
-            session.finish(save=True)
-        else:
-            session = store_class()
-            session.update(data)
-            session.save()
+        store_new(engine, store_class, data)
+
+
+def store_new(engine: Engine, store_class: type[Any], data: dict[str, Any]) -> None:
+    """Store one new session of ``data``: ours as the middleware does, Django's with save()."""
+    if engine.kind == OURS:
+        session = store_class(access="ReadWrite")
+        session.update(data)
+        session.finish(save=True)
+    else:
+        session = store_class()
+        session.update(data)
+        session.save()
 
 
 def server_cpu_ns(engine: Engine) -> int | None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import engines as registry
-from benchmarks.cycle import payload
+from benchmarks.cycle import payload, store_new
 from benchmarks.engines import DJANGO, OURS, Engine
 from benchmarks.processes import free_port, running
 
@@ -60,15 +60,8 @@ def store(engine: Engine, count: int) -> None:
     registry.use(engine)
     store_class = registry.store_class(engine)
     for _ in range(count):
-        data = payload()  # objects of its own, as a real session has (InProc keeps them live)
-        if engine.kind == OURS:
-            session = store_class(access="ReadWrite")
-            session.update(data)
-            session.finish(save=True)
-        else:
-            session = store_class()
-            session.update(data)
-            session.save()
+        # Objects of its own, as a real session has (InProc keeps them live).
+        store_new(engine, store_class, payload())
 
 
 def redis_bytes(count: int) -> dict[str, float]:
