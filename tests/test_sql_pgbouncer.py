@@ -201,22 +201,32 @@ def test_without_a_listen_alias_waiters_recheck_instead(
     assert waiter._listener is None  # no LISTEN was ever sent through the pooler
 
 
+def increments_through(port: int, **extra: str) -> tuple[int, int, set[str]]:
+    """8 x 50 increments through gunicorn (2 workers, ATOMIC_REQUESTS) via the pooler at port.
+
+    Returns (expected, actual) final counters and the worker pids that served them.
+    """
+    env = {
+        "STATEMODES_SQLAPP_NAME": database_name(PG),
+        "STATEMODES_SQLAPP_PORT": str(port),
+        "STATEMODES_SQLAPP_ATOMIC": "1",
+        "STATEMODES_SQLAPP_POOLER": "transaction",
+        "STATEMODES_SQLAPP_LISTEN_PORT": "5432",
+        "DJANGO_SETTINGS_MODULE": "tests.sqlapp.settings",
+        **extra,
+    }
+    with gunicorn("tests.sqlapp.wsgi", workers=2, threads=4, env=env) as site:
+        status, _, body = get(site, "/pid/")
+        assert status == 200 and json.loads(body)["in_atomic"] is True
+        served: set[str] = set()
+        expected, actual = hammer(site, clients=8, increments=50, work_ms=2, served=served)
+    return expected, actual, served
+
+
 @pytest.mark.slow
 def test_atomic_requests_through_pgbouncer_lose_no_update(sql_tables: list[str]) -> None:
     with pgbouncer(pool_size=4) as port:
-        env = {
-            "STATEMODES_SQLAPP_NAME": database_name(PG),
-            "STATEMODES_SQLAPP_PORT": str(port),
-            "STATEMODES_SQLAPP_ATOMIC": "1",
-            "STATEMODES_SQLAPP_POOLER": "transaction",
-            "STATEMODES_SQLAPP_LISTEN_PORT": "5432",
-            "DJANGO_SETTINGS_MODULE": "tests.sqlapp.settings",
-        }
-        with gunicorn("tests.sqlapp.wsgi", workers=2, threads=4, env=env) as site:
-            status, _, body = get(site, "/pid/")
-            assert status == 200 and json.loads(body)["in_atomic"] is True
-            served: set[str] = set()
-            expected, actual = hammer(site, clients=8, increments=50, work_ms=2, served=served)
+        expected, actual, served = increments_through(port)
     assert actual == expected == 401
     assert len(served) == 2, served
 
@@ -226,20 +236,7 @@ def test_atomic_requests_through_pgbouncer_1_24_with_prepared_statements_lose_no
     sql_tables: list[str],
 ) -> None:
     with pgbouncer(pool_size=4, binary=BUILT, max_prepared_statements=100) as port:
-        env = {
-            "STATEMODES_SQLAPP_NAME": database_name(PG),
-            "STATEMODES_SQLAPP_PORT": str(port),
-            "STATEMODES_SQLAPP_ATOMIC": "1",
-            "STATEMODES_SQLAPP_POOLER": "transaction",
-            "STATEMODES_SQLAPP_PREPARE_THRESHOLD": "1",
-            "STATEMODES_SQLAPP_LISTEN_PORT": "5432",
-            "DJANGO_SETTINGS_MODULE": "tests.sqlapp.settings",
-        }
-        with gunicorn("tests.sqlapp.wsgi", workers=2, threads=4, env=env) as site:
-            status, _, body = get(site, "/pid/")
-            assert status == 200 and json.loads(body)["in_atomic"] is True
-            served: set[str] = set()
-            expected, actual = hammer(site, clients=8, increments=50, work_ms=2, served=served)
+        expected, actual, served = increments_through(port, STATEMODES_SQLAPP_PREPARE_THRESHOLD="1")
         totals = stats(port, database_name(PG))
     assert actual == expected == 401
     assert len(served) == 2, served
