@@ -324,7 +324,8 @@ class StateModeSessionBase(SessionBase):
                 return ("release", (key, item.lock_id), NO_KEYWORDS, _nothing_loaded)
         if item.initialize:
             self._initializing = True
-        if users.ON is not False and self._provider.indexes_users and users.index_on():
+        # users.ON is None only until the setting is first read: the common case is one test.
+        if (users.ON or (users.ON is None and users.index_on())) and self._provider.indexes_users:
             users.current_session.set(key)  # kept by a password change in this request
         data = (self._codec or self._serializing_codec()).decode(item.data)
         if "_session_expiry" in data and _past(data["_session_expiry"]):
@@ -498,7 +499,7 @@ class StateModeSessionBase(SessionBase):
     def _touching(self, op: Op) -> Op:
         """``op`` (the request's end), then a ``touch_user`` if the session's is due."""
         key = self._session_key
-        if self._bind is not None or not users.index_on():
+        if self._bind is not None or not (users.ON or users.index_on()):
             return op  # bound by this very save: last_seen is now
         try:
             data = self._session_cache

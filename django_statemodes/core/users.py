@@ -88,9 +88,9 @@ def seen(session_key: str) -> None:
     _seen[session_key] = time.monotonic()
 
 
-def touch_due(session_key: str) -> bool:
+def touch_due(session_key: str, _monotonic: Any = time.monotonic) -> bool:
     """Whether ``last_seen`` of ``session_key`` is due; if so, record the touch as made."""
-    now = time.monotonic()
+    now = _monotonic()  # a default argument: a local, not two lookups, on every request
     last = _seen.get(session_key)
     if last is not None and now - last < INTERVAL:
         return False
