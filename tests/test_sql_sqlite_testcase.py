@@ -241,6 +241,7 @@ def test_a_table_lock_of_another_connection_is_waited_for(provider: SQLiteStateP
     # waits for that write to end, as the busy timeout would, instead of failing.
     key = new_key()
     assert provider.set_and_release(key, b"cart", lock_id=None, timeout=60, new_item=True)
+    opened = provider.pool().stats.opened
     writer = sqlite3.connect(connections[MEMORY].settings_dict["NAME"], uri=True, timeout=0)
     writer.isolation_level = None
     outcome: list[Any] = []
@@ -271,3 +272,6 @@ def test_a_table_lock_of_another_connection_is_waited_for(provider: SQLiteStateP
     held = outcome[0]
     assert held is not None and not held.locked and held.data == b"cart"
     provider.release(key, held.lock_id)
+    # Each refusal rolled back and tried again on the same connection: a table lock says
+    # nothing against it, so neither it nor the pool's idle ones were closed and reopened.
+    assert provider.pool().stats.opened == opened

@@ -278,6 +278,11 @@ class SQLStateProvider(SessionStateProvider):
             raise _Down(str(exc)) from exc
         raise exc
 
+    def _connection_survives(self, exc: Exception, conn: Any) -> bool:
+        """Whether ``conn`` is still good after ``exc``: then it goes back to the pool and the
+        pool's other connections are kept. By default a failed connection is closed."""
+        return False
+
     def _retry_after(self, exc: Exception, reused: bool, retry: Retry) -> float:
         """Return the pause before the next attempt, or raise what the call ends with.
 
@@ -334,10 +339,11 @@ class SQLStateProvider(SessionStateProvider):
                     self._register_or_read_only(lent[0])
                 result = work(lent[0])
             except Exception as exc:
+                survives = lent is not None and self._connection_survives(exc, lent[0])
                 if lent is not None:
-                    pool.release(*lent, broken=True)
+                    pool.release(*lent, broken=not survives)
                 pause = self._retry_after(exc, reused, retry)
-                if reused:
+                if reused and not survives:
                     pool.close()  # the server dropped them all, most likely
                 if pause > 0:
                     time.sleep(pause)

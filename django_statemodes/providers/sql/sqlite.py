@@ -150,12 +150,17 @@ class SQLiteStateProvider(ExecutorStateProvider):
             return _Down  # "database is locked" past the busy timeout, unreadable file, ...
         return None
 
+    def _connection_survives(self, exc: Exception, conn: Any) -> bool:
+        # A table another connection holds is no fault of this one: once its transaction is
+        # rolled back it is as good as before, and so are the pool's idle ones.
+        return _table_locked(exc) and not conn.in_transaction
+
     def _retry_after(self, exc: Exception, reused: bool, retry: Retry) -> float:
         # A shared-cache database (the test runner's in-memory one, or any
         # "file:...?cache=shared") reports a table another connection of this process writes as
         # SQLITE_LOCKED at once: SQLite's busy timeout covers only SQLITE_BUSY. So wait here
         # as the busy timeout would (the call is whole again: its transaction rolled back).
-        if isinstance(exc, sqlite3.OperationalError) and "table is locked" in str(exc):
+        if _table_locked(exc):
             now = time.monotonic()
             if retry.busy_until is None:
                 options = connections[self.alias].settings_dict.get("OPTIONS", {})
@@ -256,3 +261,8 @@ class SQLiteTestDatabaseProvider(SQLiteStateProvider):
     async def _in_executor(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         call: Callable[[], T] = functools.partial(method, *args, **kwargs)
         return await sync_to_async(call, thread_sensitive=True)()
+
+
+def _table_locked(exc: Exception) -> bool:
+    """SQLITE_LOCKED on a shared-cache database: a table another connection is writing."""
+    return isinstance(exc, sqlite3.OperationalError) and "table is locked" in str(exc)
