@@ -7,6 +7,7 @@
 #   PYTHON   interpreter for the virtualenv         (default: python3)
 #   DJANGO   a pip requirement pinning Django        (default: the newest the interpreter takes)
 #   VENV     where the virtualenv lives              (default: .venv)
+#   EXTRAS   the package's extras to install         (default: postgres,redis,mysql)
 #   STATEMODES_INSTALL_SYSTEM_PACKAGES=1             the same as --install
 #
 # System packages: in CI (CI=true) what is missing is installed with apt-get, and a service that
@@ -18,6 +19,8 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
+# Exported: the suite checks that what a leg claims to test (hiredis) is what it runs on.
+export STATEMODES_TEST_EXTRAS=${EXTRAS:-postgres,redis,mysql}
 INSTALL_SYSTEM=${STATEMODES_INSTALL_SYSTEM_PACKAGES:-0}
 if [ "${1:-}" = --install ]; then
     INSTALL_SYSTEM=1
@@ -107,7 +110,7 @@ if [ -x "$PGBOUNCER_HOME/bin/pgbouncer" ]; then
 fi
 PIP=("$VENV/bin/python" -m pip --quiet --disable-pip-version-check)
 "${PIP[@]}" install --upgrade "pip>=25.1"
-"${PIP[@]}" install -e ".[postgres,redis,mysql]" --group test --group lint --group docs \
+"${PIP[@]}" install -e ".[$STATEMODES_TEST_EXTRAS]" --group test --group lint --group docs \
     ${DJANGO:+"$DJANGO"}
 echo "test: $("$VENV/bin/python" --version), Django $("$VENV/bin/python" -m django --version)"
 

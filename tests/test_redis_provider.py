@@ -208,3 +208,41 @@ def test_purge_sessions_sends_session_end_with_the_data_of_expired_redis_session
     redis_client = raw(RedisProvider(cache_alias=ALIAS))
     assert not redis_client.exists(f"statemodes:default:s:{{{expiring.session_key}}}")
     assert redis_client.zscore("statemodes:default:expiry", expiring.session_key) is None
+
+
+def test_replies_are_read_with_hiredis_exactly_where_the_extra_is_installed(
+    provider: RedisProvider,
+) -> None:
+    # redis-py reads replies with hiredis when it is importable (the [hiredis] extra), on the
+    # blocking and the asyncio path alike. One CI leg installs the extra and the others do not
+    # (scripts/test.sh exports the leg's extras), so each parser runs the whole suite.
+    import asyncio
+    import importlib.util
+    import os
+
+    from redis._parsers import _AsyncHiredisParser, _HiredisParser
+
+    installed = importlib.util.find_spec("hiredis") is not None
+    extras = os.environ.get("STATEMODES_TEST_EXTRAS")
+    if extras is not None:
+        assert ("hiredis" in extras.split(",")) == installed, (extras, installed)
+    key = new_key()
+    assert provider.set_and_release(key, b"\x00{}", lock_id=None, timeout=60, new_item=True)
+    try:
+        assert provider.get(key) is not None
+        server = provider._server(f"statemodes:default:s:{{{key}}}")
+        pool = server.client.connection_pool
+        connection = pool.get_connection()  # the one get() just gave back
+        pool.release(connection)
+        assert issubclass(type(connection._parser), _HiredisParser) == installed
+
+        async def async_parser() -> type:
+            assert await provider.aget(key) is not None
+            apool = provider._async_clients()[server.name].connection_pool
+            connection = await apool.get_connection()
+            await apool.release(connection)
+            return type(connection._parser)
+
+        assert issubclass(asyncio.run(async_parser()), _AsyncHiredisParser) == installed
+    finally:
+        provider.remove(key)
