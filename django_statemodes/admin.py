@@ -3,7 +3,8 @@
 - "Live sessions" (``LiveSessionAdmin``): every mode whose store keeps the index of sessions by
   user (InProc, StateServer, SQL, Redis; ``STATEMODES_USER_INDEX``), through
   ``SessionStateProvider.list_sessions``. It shows a key's first characters only.
-- "SQL sessions" (``SessionStateAdmin``): SQL mode's table through unmanaged models.
+- "SQL sessions" (``SessionStateAdmin``): SQL mode's table through unmanaged models, as a list
+  and its action only (a row's URL would hold its key). It shows the same first characters.
 """
 
 from __future__ import annotations
@@ -11,32 +12,53 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import ImproperlyConfigured, PermissionDenied
-from django.db.models import QuerySet, Value
+from django.db.models import Q, QuerySet, Value
 from django.db.models.functions import Coalesce, Length
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString, mark_safe
+from django.utils.translation import gettext
 
 from django_statemodes import sessions
 from django_statemodes.conf import conf
 from django_statemodes.items import SessionInfo
-from django_statemodes.models import LiveSession, SessionState, SessionStateApplication
+from django_statemodes.models import (
+    KEY_PREFIX,
+    LiveSession,
+    SessionState,
+    SessionStateApplication,
+    shown_key,
+)
 from django_statemodes.providers.base import ExpiredItem
 from django_statemodes.providers.sql import schema
 
 
 @admin.register(SessionState)
 class SessionStateAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """SQL mode's table, rows listed and ended by the action: no page per row.
+
+    A row's admin URL would hold its SessionId (the key and the application's suffix), so the
+    admin has the list only (as the live-sessions page), and its checkboxes name rows by a keyed
+    digest (``session_reference``) after the prefix the list shows.
+    """
+
     list_display = ("key", "application", "created", "expires", "locked", "lock_age", "size")
+    list_display_links = None
     list_filter = ("locked",)
     search_fields = ("session_id__startswith",)
     actions = ["end_sessions"]
-    exclude = ("item_short", "item_long")
-    readonly_fields = ("key", "application", "created", "expires", "locked", "lock_age", "size")
     list_per_page = 50
+
+    def get_urls(self) -> list[URLPattern]:
+        name = f"{self.opts.app_label}_{self.opts.model_name}_changelist"
+        return [path("", self.admin_site.admin_view(self.changelist_view), name=name)]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[SessionState]:
         # Live sessions only: an expired row that was not purged yet is never served either.
@@ -53,12 +75,50 @@ class SessionStateAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return {schema.app_suffix(row.app_id): str(row) for row in rows}
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        if request.method == "POST" and helpers.ACTION_CHECKBOX_NAME in request.POST:
+            # Django's actions select rows by primary key: give them the rows the checkboxes name.
+            post = request.POST.copy()
+            chosen = post.getlist(helpers.ACTION_CHECKBOX_NAME)
+            post.setlist(helpers.ACTION_CHECKBOX_NAME, self._chosen_ids(request, chosen))
+            request.POST = post  # type: ignore[assignment]  # the stubs type it read-only
         self._names = self._applications()  # one query per page, not one per row
         return super().changelist_view(request, extra_context)
 
+    def action_checkbox(self, obj: SessionState) -> SafeString:
+        # Django's checkbox carries the primary key, the whole SessionId: this one carries the
+        # row's reference and the prefix the list shows, which finds it again in one lookup.
+        value = f"{sessions.session_reference(obj.session_id)}:{obj.session_id[:KEY_PREFIX]}"
+        label = format_html(gettext("Select this object for an action - {}"), str(obj))
+        attrs = {"class": "action-select", "aria-label": label}
+        checkbox = forms.CheckboxInput(attrs, lambda value: False)  # never ticked beforehand
+        return mark_safe(checkbox.render(helpers.ACTION_CHECKBOX_NAME, value))
+
+    def _chosen_ids(self, request: HttpRequest, chosen: list[str]) -> list[str]:
+        """The SessionIds of the rows ``chosen`` names (``action_checkbox``'s values).
+
+        Any other value is passed on as it is, to match SessionIds as the values of Django's own
+        checkboxes would: a reference whose row is gone matches none (no key holds its colon).
+        """
+        named = [value.partition(":") for value in chosen]
+        among = Q()
+        for prefix in {prefix for _, _, prefix in named if prefix}:
+            among |= Q(session_id__startswith=prefix)
+        found: dict[str, str] = {}
+        if among:
+            found = {
+                sessions.session_reference(session_id): session_id
+                for session_id in self.get_queryset(request)
+                .filter(among)
+                .values_list("session_id", flat=True)
+            }
+        return [
+            found.get(reference, value)
+            for value, (reference, _, _) in zip(chosen, named, strict=True)
+        ]
+
     @admin.display(description="session key", ordering="session_id")
     def key(self, obj: SessionState) -> str:
-        return obj.session_key
+        return shown_key(obj.session_key)
 
     @admin.display(description="application")
     def application(self, obj: SessionState) -> str:
@@ -110,11 +170,6 @@ class SessionStateAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
-
-
-#: How many characters of a session key the live-sessions page shows: enough to tell sessions
-#: apart, far too few to use one.
-KEY_PREFIX = 8
 
 
 def _when(seconds: float | None) -> datetime | None:
@@ -178,7 +233,7 @@ class LiveSessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         rows = [
             {
                 "reference": sessions.session_reference(info.session_key),
-                "key": info.session_key[:KEY_PREFIX] + "\u2026",
+                "key": shown_key(info.session_key),
                 "user_id": info.user_id,
                 "created": _when(info.created),
                 "last_seen": _when(info.last_seen),

@@ -11,6 +11,15 @@ from django.db import models
 
 from django_statemodes.providers.sql import schema
 
+#: How many characters of a session key the admin shows: enough to tell sessions apart, far too
+#: few to use one.
+KEY_PREFIX = 8
+
+
+def shown_key(session_key: str) -> str:
+    """What a page may show of ``session_key``: its first characters, never the whole key."""
+    return session_key[:KEY_PREFIX] + "\u2026"
+
 
 class SessionState(models.Model):
     """A row of ``ASPStateTempSessions``."""
@@ -35,7 +44,8 @@ class SessionState(models.Model):
         ordering = ["-expires"]
 
     def __str__(self) -> str:
-        return self.session_key
+        # The admin writes this into its pages (the checkboxes' labels): a prefix, never the key.
+        return shown_key(self.session_key)
 
     @property
     def session_key(self) -> str:

@@ -60,6 +60,15 @@ def test_the_default_settings_pass() -> None:
         ({"STATEMODES_MAX_SESSION_SIZE": "1MB"}, "django_statemodes.E011"),
         ({"STATEMODES_COMPRESSION": "yes"}, "django_statemodes.E012"),
         ({"STATEMODES_INPROC_MAX_SESSIONS": 0}, "django_statemodes.E013"),
+        ({"STATEMODES_USER_INDEX_IP": "partial"}, "django_statemodes.E090"),
+        ({"STATEMODES_USER_INDEX_IP": None}, "django_statemodes.E090"),
+        ({"STATEMODES_USER_INDEX_INTERVAL": -1}, "django_statemodes.E091"),
+        ({"STATEMODES_USER_INDEX_INTERVAL": "300"}, "django_statemodes.E091"),
+        ({"STATEMODES_USER_INDEX_INTERVAL": True}, "django_statemodes.E091"),
+        ({"STATEMODES_USER_INDEX_INTERVAL": float("nan")}, "django_statemodes.E091"),
+        ({"STATEMODES_USER_INDEX": "False"}, "django_statemodes.E092"),
+        ({"STATEMODES_USER_INDEX_USER_AGENT": 0}, "django_statemodes.E092"),
+        ({"STATEMODES_SIGN_OUT_EVERYWHERE_ON_PASSWORD_CHANGE": "yes"}, "django_statemodes.E092"),
         ({"MIDDLEWARE": []}, "django_statemodes.W001"),
         (
             {
@@ -80,6 +89,35 @@ def test_each_misconfiguration_has_its_id(overrides: dict[str, object], expected
 def test_cookieless_with_csrf_in_sessions_passes() -> None:
     with override_settings(STATEMODES_COOKIELESS="UseUri", CSRF_USE_SESSIONS=True):
         assert "django_statemodes.E009" not in ids()
+
+
+@pytest.mark.parametrize("value", ["truncated", "full", "off"])
+def test_each_user_index_ip_choice_passes(value: str) -> None:
+    with override_settings(STATEMODES_USER_INDEX=True, STATEMODES_USER_INDEX_IP=value):
+        assert ids() == []
+
+
+@pytest.mark.parametrize("value", [0, 2.5, 3600])
+def test_a_user_index_interval_of_zero_or_more_passes(value: float) -> None:
+    with override_settings(STATEMODES_USER_INDEX_INTERVAL=value):
+        assert ids() == []
+
+
+def test_the_user_index_errors_name_the_setting_and_its_value() -> None:
+    with override_settings(
+        STATEMODES_USER_INDEX_IP="Truncated",
+        STATEMODES_USER_INDEX_INTERVAL=-5,
+        STATEMODES_SIGN_OUT_EVERYWHERE_ON_PASSWORD_CHANGE="no",
+    ):
+        messages = {m.id: m.msg for m in check_settings()}
+    assert messages == {
+        "django_statemodes.E090": "STATEMODES_USER_INDEX_IP should be 'truncated', 'full' or "
+        "'off', not 'Truncated'.",
+        "django_statemodes.E091": "STATEMODES_USER_INDEX_INTERVAL should be a number of "
+        "seconds, 0 or more, not -5.",
+        "django_statemodes.E092": "STATEMODES_SIGN_OUT_EVERYWHERE_ON_PASSWORD_CHANGE should be "
+        "a bool, not 'no'.",
+    }
 
 
 def test_errors_have_hints_where_a_fix_is_known() -> None:

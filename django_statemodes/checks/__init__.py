@@ -24,6 +24,7 @@ from .serializer import check_serializer
 from .sql import check_sql
 from .stateserver import check_stateserver
 from .unavailable import check_unavailable
+from .users import check_users
 
 __all__ = ["CHECKS", "check_settings"]
 
@@ -41,6 +42,7 @@ CHECKS: tuple[Callable[[], list[CheckMessage]], ...] = (
     check_middleware,
     check_serializer,
     check_unavailable,
+    check_users,
 )
 
 

@@ -21,6 +21,15 @@ def positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+def not_bools(names: tuple[str, ...], check_id: str) -> list[CheckMessage]:
+    """An error ``check_id``, echoing the value, for each of the ``names`` that is not a bool."""
+    return [
+        Error(f"{name} should be a bool, not {value!r}.", id=check_id)
+        for name in names
+        if not isinstance(value := getattr(conf, name), bool)
+    ]
+
+
 def check_common() -> list[CheckMessage]:
     """Check the locking settings and the store-wide ones."""
     return [*_check_locking(), *_check_store(), *_check_capacity()]
@@ -85,14 +94,7 @@ def _check_store() -> list[CheckMessage]:
                 id="django_statemodes.E011",
             )
         )
-    compression: object = conf.STATEMODES_COMPRESSION
-    if not isinstance(compression, bool):
-        errors.append(
-            Error(
-                f"STATEMODES_COMPRESSION should be a bool, not {conf.STATEMODES_COMPRESSION!r}.",
-                id="django_statemodes.E012",
-            )
-        )
+    errors += not_bools(("STATEMODES_COMPRESSION",), "django_statemodes.E012")
     return errors
 
 

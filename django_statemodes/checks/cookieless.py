@@ -7,7 +7,7 @@ from django.core.checks import CheckMessage, Error, Warning
 
 from django_statemodes.conf import conf
 
-from .common import ENGINE_PREFIX
+from .common import ENGINE_PREFIX, not_bools
 from .middleware import DJANGO_MIDDLEWARE, MIDDLEWARE
 
 COOKIELESS_MODES = ("UseCookies", "UseUri", "AutoDetect")
@@ -74,14 +74,7 @@ def _check_settings() -> list[CheckMessage]:
                 id="django_statemodes.E050",
             )
         )
-    for name in SWITCHES:
-        if not isinstance(getattr(conf, name), bool):
-            errors.append(
-                Error(
-                    f"{name} should be a bool, not {getattr(conf, name)!r}.",
-                    id="django_statemodes.E051",
-                )
-            )
+    errors += not_bools(SWITCHES, "django_statemodes.E051")
     return errors
 
 
