@@ -109,3 +109,47 @@ def test_targets_quick_mode_prints_every_target_with_its_spread_and_verdict() ->
             assert measured, line
         else:
             assert measured or "not measured: " in line, line
+
+
+def test_user_index_harness_measures_the_state_server_and_redis() -> None:
+    import redis
+
+    from benchmarks.settings import REDIS_URL
+    from benchmarks.user_index import REDIS_PREFIX
+
+    need_service("Redis", "127.0.0.1", 6379)
+    result = run_benchmark(
+        "user_index", "--engines", "stateserver,redis", "--iterations", "30", "--rounds", "2",
+        "--stored", "100", "--calls", "5",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+    output = result.stdout
+    for engine in ("stateserver", "redis"):
+        # Index off, on and on with a touch every request, with the ratios and their spread.
+        assert re.search(
+            rf"^{engine}: request cycle, µs \(median of round medians\): off [0-9.]+, "
+            rf"on [0-9.]+ \([0-9.]+x, rounds [0-9.]+-[0-9.]+\), "
+            rf"on with a touch every request [0-9.]+ \([0-9.]+x\)$",
+            output,
+            re.M,
+        ), output
+        assert re.search(
+            rf"^{engine}: request cycle, this process's CPU µs per cycle: off [0-9.]+, "
+            rf"on [0-9.]+ \([0-9.]+x\), touch every request [0-9.]+ \([0-9.]+x\)$",
+            output,
+            re.M,
+        ), output
+        # Printed only once the listing found exactly the user's 5 sessions.
+        assert re.search(
+            rf"^{engine}: user_sessions \(5 sessions\) among 105 stored: [0-9.]+ µs "
+            rf"\(filled in [0-9.]+ s\)$",
+            output,
+            re.M,
+        ), output
+    # The Redis fill is removed (the database is shared: only its own keys, by prefix).
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        assert list(client.scan_iter(match=f"{REDIS_PREFIX}:*")) == []
+    finally:
+        client.close()
