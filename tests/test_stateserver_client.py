@@ -53,26 +53,69 @@ def test_the_async_wait_wakes_at_the_release_not_at_its_timeout(
     assert 0.2 < elapsed < 60  # woken by the release, long before the 600 s timeout
 
 
-def test_async_operations_pipeline_over_one_connection(
+def test_async_operations_pipeline_over_one_connection() -> None:
+    with StateServerProcess() as server:  # its own: other tests' connections close late
+        observer = StateServerClient(address(server), timeout=5)
+        assert observer.stats()["connections"] == 1
+        assert asyncio.run(pipelined(server, observer)) == [
+            f"pipelined-{i}".encode() for i in range(50)
+        ]
+
+
+async def pipelined(server: StateServerProcess, observer: StateServerClient) -> list[bytes | None]:
+    client = AsyncStateServerClient(address(server), timeout=5)
+    try:
+        keys = [f"pipelined-{i}" for i in range(50)]
+        # Fifty calls on a client not yet connected: they all wait for one connect.
+        await asyncio.gather(
+            *(
+                client.set_and_release(k, k.encode(), lock_id=None, timeout=60, new_item=True)
+                for k in keys
+            )
+        )
+        items = await asyncio.gather(*(client.get(k) for k in keys))
+        assert observer.stats()["connections"] == 2  # the observer and this one
+        return [item.data if item else None for item in items]
+    finally:
+        await client.aclose()
+
+
+def test_a_caller_cancelled_while_the_link_connects_leaves_the_others_served(
     stateserver: StateServerProcess,
 ) -> None:
-    async def scenario() -> list[bytes | None]:
+    # The connect is shared by the calls that wait for it: cancelling one of them (a client
+    # gone under ASGI) must not cancel it for the rest.
+    async def scenario() -> list[Any]:
         client = AsyncStateServerClient(address(stateserver), timeout=5)
         try:
-            keys = [f"pipelined-{i}" for i in range(50)]
-            await asyncio.gather(
-                *(
-                    client.set_and_release(k, k.encode(), lock_id=None, timeout=60, new_item=True)
-                    for k in keys
-                )
-            )
-            items = await asyncio.gather(*(client.get(k) for k in keys))
-            assert len(client._links) == 1
-            return [item.data if item else None for item in items]
+            calls = [asyncio.ensure_future(client.ping(b"%d" % i)) for i in range(3)]
+            await asyncio.sleep(0)  # each call is now waiting for the one connect
+            assert len(client._connecting) == 1
+            calls[0].cancel()
+            return await asyncio.gather(*calls, return_exceptions=True)
         finally:
             await client.aclose()
 
-    assert asyncio.run(scenario()) == [f"pipelined-{i}".encode() for i in range(50)]
+    first, *others = asyncio.run(scenario())
+    assert isinstance(first, asyncio.CancelledError)
+    assert others == [b"1", b"2"]
+
+
+def test_calls_that_share_a_failed_connect_each_get_the_error() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # nothing listens on it
+
+    async def scenario() -> list[Any]:
+        client = AsyncStateServerClient(Address("127.0.0.1", port), timeout=2)
+        try:
+            return await asyncio.gather(*(client.ping() for _ in range(5)), return_exceptions=True)
+        finally:
+            await client.aclose()
+
+    failures = asyncio.run(scenario())
+    assert len(failures) == 5
+    assert all(isinstance(failure, StateServerUnavailable) for failure in failures), failures
 
 
 def test_both_clients_reconnect_by_themselves_after_a_server_restart() -> None:

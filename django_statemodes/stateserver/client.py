@@ -654,6 +654,9 @@ class AsyncStateServerClient(_Client):
         # One link per event loop. Not a WeakKeyDictionary: a link refers to its loop through its
         # transport, so the key would never die; links of closed loops are swept instead.
         self._links: dict[asyncio.AbstractEventLoop, _AsyncLink] = {}
+        # The connect in progress per loop: every task that needs the link meanwhile awaits it,
+        # so a burst of calls on a new client opens one connection, not one per call.
+        self._connecting: dict[asyncio.AbstractEventLoop, asyncio.Task[_AsyncLink]] = {}
         # The WAIT in flight per loop (so per link) and key: (lock id, its task).
         self._waits: dict[asyncio.AbstractEventLoop, dict[str, tuple[int, asyncio.Task[bool]]]] = {}
 
@@ -663,6 +666,8 @@ class AsyncStateServerClient(_Client):
             # collector close its socket.
             del self._links[loop]
             self._waits.pop(loop, None)
+        for loop in [loop for loop in self._connecting if loop.is_closed()]:
+            del self._connecting[loop]
         host, port = self.address.host, self.address.port
         tls = self.ssl_context
         try:
@@ -707,6 +712,25 @@ class AsyncStateServerClient(_Client):
         link.task = asyncio.get_running_loop().create_task(link.dispatch())
         return link
 
+    async def _link(self, loop: asyncio.AbstractEventLoop) -> _AsyncLink:
+        """This loop's link, connected if it has none or it broke: one connect at a time."""
+        link = self._links.get(loop)
+        if link is not None and link.broken is None:
+            return link
+        connecting = self._connecting.get(loop)
+        if connecting is None:
+            connecting = self._connecting[loop] = loop.create_task(self._connect_for(loop))
+            connecting.add_done_callback(_retrieve)
+        # Shielded: a caller cancelled while it waits must not cancel the others' connect.
+        return await asyncio.shield(connecting)
+
+    async def _connect_for(self, loop: asyncio.AbstractEventLoop) -> _AsyncLink:
+        try:
+            link = self._links[loop] = await self._connect()
+            return link
+        finally:
+            self._connecting.pop(loop, None)
+
     async def _receive(self, link: _AsyncLink, waiter: _Waiter, read_timeout: float) -> p.Event:
         """The next reply for ``waiter``'s request."""
         try:
@@ -725,8 +749,9 @@ class AsyncStateServerClient(_Client):
         loop = asyncio.get_running_loop()
         link = self._links.get(loop)
         reused = link is not None and link.broken is None
-        if link is None or link.broken is not None:
-            link = self._links[loop] = await self._connect()
+        if not reused:
+            link = await self._link(loop)
+        assert link is not None
         if op.version > link.conn.version:
             raise ops.too_old(self.address, link.conn.version, op)
         read_timeout = self.timeout + op.hold if op.hold else self.timeout
@@ -745,8 +770,9 @@ class AsyncStateServerClient(_Client):
                 link.fail(exc)
                 if attempt == 2 or not reused:
                     raise ops.lost(self.address, exc) from exc
-                # One transparent reconnect: a kept connection broke while idle.
-                link = self._links[loop] = await self._connect()
+                # One transparent reconnect: a kept connection broke while idle (the calls
+                # that met the same break share it).
+                link = await self._link(loop)
         else:
             raise AssertionError("unreachable")
         while True:
@@ -890,6 +916,9 @@ class AsyncStateServerClient(_Client):
         return sessions
 
     async def aclose(self) -> None:
+        for connecting in list(self._connecting.values()):
+            connecting.cancel()
+        self._connecting.clear()
         for link in list(self._links.values()):
             link.fail(Broken("closed"))
             if link.task is not None:
@@ -905,5 +934,11 @@ def _wait_done(
     shared = waits.get(key)
     if shared is not None and shared[1] is task:
         del waits[key]
+    if not task.cancelled():
+        task.exception()
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a shared connect's failure as seen: its callers may all have been cancelled."""
     if not task.cancelled():
         task.exception()
