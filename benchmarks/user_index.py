@@ -198,9 +198,6 @@ def fill_stateserver(count: int, connection: str) -> Any:
 
     async def fill() -> None:
         try:
-            # Connected first: the loop's tasks share one connection once it exists, but
-            # tasks that all start before it does would each open one.
-            await client.ping()
             for start in range(0, count, BATCH):
                 await asyncio.gather(*(store(i) for i in range(start, min(count, start + BATCH))))
         finally:
