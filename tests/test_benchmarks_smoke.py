@@ -153,3 +153,19 @@ def test_user_index_harness_measures_the_state_server_and_redis() -> None:
         assert list(client.scan_iter(match=f"{REDIS_PREFIX}:*")) == []
     finally:
         client.close()
+
+
+def test_pgbouncer_hop_harness_times_plain_statements_through_each_pooler() -> None:
+    need_service("PostgreSQL", "127.0.0.1", 5432)
+    result = run_benchmark("pgbouncer_hop", "--rounds", "2", "--cycles", "5")
+    assert result.returncode == 0, result.stderr
+    # Two kinds of statements, each direct and through both PgBouncers, with the ratio to
+    # direct and its range over the rounds.
+    lines = re.findall(
+        r"^(engine's statements|SELECT\+UPDATE) +(direct|PgBouncer [^ ]+) .* ([0-9.]+) µs +"
+        r"([0-9.]+)x direct \(rounds [0-9.]+-[0-9.]+\)$",
+        result.stdout,
+        re.M,
+    )
+    assert len(lines) == 6, result.stdout
+    assert all(float(line[3]) == 1.0 for line in lines if line[1] == "direct")
