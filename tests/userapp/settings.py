@@ -32,28 +32,19 @@ elif ENGINE == "sql":
 elif ENGINE == "stateserver":
     SESSION_ENGINE = "django_statemodes.backends.stateserver"
     STATEMODES_STATE_CONNECTION = os.environ["STATEMODES_STATE_CONNECTION"]
-elif ENGINE == "redis":
+elif ENGINE in ("redis", "redis-cluster"):
     SESSION_ENGINE = "django_statemodes.backends.custom"
     STATEMODES_CUSTOM_PROVIDER = "django_statemodes.providers.redis.RedisProvider"
     STATEMODES_REDIS_ALIAS = "statemodes-redis"
+    redis_cache: dict[str, object] = {"BACKEND": "django_redis.cache.RedisCache"}
+    if ENGINE == "redis":
+        redis_cache["LOCATION"] = os.environ["STATEMODES_TEST_REDIS_URL"]
+    else:
+        redis_cache["LOCATION"] = os.environ["STATEMODES_TEST_REDIS_CLUSTER"].split(",")
+        redis_cache["OPTIONS"] = {"CLUSTER": True, "SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 5}
     CACHES = {
         "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-        "statemodes-redis": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": os.environ["STATEMODES_TEST_REDIS_URL"],
-        },
-    }
-elif ENGINE == "redis-cluster":
-    SESSION_ENGINE = "django_statemodes.backends.custom"
-    STATEMODES_CUSTOM_PROVIDER = "django_statemodes.providers.redis.RedisProvider"
-    STATEMODES_REDIS_ALIAS = "statemodes-redis"
-    CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-        "statemodes-redis": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": os.environ["STATEMODES_TEST_REDIS_CLUSTER"].split(","),
-            "OPTIONS": {"CLUSTER": True, "SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 5},
-        },
+        "statemodes-redis": redis_cache,
     }
 else:
     raise ValueError(f"unknown STATEMODES_TEST_ENGINE {ENGINE!r}")
