@@ -432,8 +432,10 @@ class ScriptedPeer(_Listener):
         self.connections = 0
 
     def serve(self, sock: socket.socket) -> None:
-        self.connections += 1
-        connection = self.connections
+        # Counted at the handshake, not at accept(): the port is an ephemeral one, which a
+        # client of an earlier test's stopped server (a Redis subscriber reconnecting, say) may
+        # still be dialling.
+        connection = 0
         conn = p.Connection(p.SERVER)
         try:
             sock.sendall(conn.send(p.Welcome()))
@@ -445,6 +447,8 @@ class ScriptedPeer(_Listener):
                 if event is p.CLOSED:
                     return
                 if isinstance(event, p.Hello):
+                    self.connections += 1
+                    connection = self.connections
                     sock.sendall(conn.send(p.Ready()))
                     continue
                 assert isinstance(event, p.Request)
