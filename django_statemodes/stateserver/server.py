@@ -87,6 +87,10 @@ WRITE_COALESCE = 64 * 1024
 NOFILE_MARGIN = 64
 # Redis's default maxclients: the cap when the descriptor limit is higher.
 DEFAULT_MAX_CONNECTIONS = 10000
+# The listen backlog (Redis's tcp-backlog default; the kernel caps it at net.core.somaxconn):
+# asyncio's 100 let a burst of connects (every web worker reconnecting after a restart, or a
+# flood) wait for the kernel's SYN-ACK retries, and drop the ones still waiting after them.
+LISTEN_BACKLOG = 511
 # Connections refused over --max-connections, and accept() failures (EMFILE), are logged at most
 # once per this many seconds, with a count: never a line per event.
 LIMIT_LOG_INTERVAL = 10.0
@@ -1285,6 +1289,7 @@ class StateServer:
                 self.config.host,
                 self.config.port,
                 reuse_address=True,
+                backlog=LISTEN_BACKLOG,
                 ssl=self.ssl_context,
                 # The TLS handshake gets --handshake-timeout too (then the protocol's own
                 # handshake starts its timer): a connection that never finishes it is dropped.
