@@ -445,10 +445,13 @@ class PostgresStateProvider(SQLStateProvider):
                             raise
                 result = await work(lent[0])
             except Exception as exc:
+                # run()'s rule, on this loop's pool: a connection the failure says nothing
+                # against goes back, and keeps the pool's other connections with it.
+                survives = lent is not None and self._connection_survives(exc, lent[0])
                 if lent is not None:
-                    await pool.release(*lent, broken=True)
+                    await pool.release(*lent, broken=not survives)
                 pause = self._retry_after(exc, reused, retry)
-                if reused:
+                if reused and not survives:
                     await pool.aclose()  # the server dropped them all, most likely
                 if pause > 0:
                     await asyncio.sleep(pause)
