@@ -14,12 +14,14 @@ Run: ``python -m benchmarks.session_bytes [--sessions 10000] [--json PATH]``
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import shutil
 import sys
 import tempfile
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,28 +103,31 @@ def inproc_bytes(count: int) -> dict[str, float]:
     result = {}
     for engine in (OURS_INPROC, DJANGO_LOCMEM):
         store(engine, 1)
-        gc.collect()
-        tracemalloc.start()
-        before = tracemalloc.get_traced_memory()[0]
-        store(engine, count)
-        gc.collect()
-        after = tracemalloc.get_traced_memory()[0]
-        tracemalloc.stop()
-        result[engine.name] = (after - before) / count
+        result[engine.name] = traced(functools.partial(store, engine, count)) / count
     result["objects"] = objects_bytes(count)
     return result
 
 
 def objects_bytes(count: int) -> float:
     """The session's own objects, held alive with no store (what InProc keeps by design)."""
+    held: list[dict[str, Any]] = []
+
+    def build() -> None:
+        held.extend(dict(payload()) for _ in range(count))  # a copy, as the session's cache is
+
+    return (traced(build) - sys.getsizeof(held)) / count
+
+
+def traced(work: Callable[[], None]) -> int:
+    """The bytes still allocated after ``work()``, garbage collected (``tracemalloc``)."""
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    held = [dict(payload()) for _ in range(count)]  # a copy, as the session's cache is one
+    work()
     gc.collect()
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    return (after - before - sys.getsizeof(held)) / len(held)
+    return after - before
 
 
 def main(argv: list[str] | None = None) -> None:
