@@ -135,6 +135,12 @@ class Settings:
         return _setting("STATEMODES_REDIS_ALIAS", "default")
 
     @property
+    def STATEMODES_IMPORT_FROM(self) -> str | None:
+        # The engine a site switched from: a key this store lacks is moved out of it on its
+        # first request, so switching SESSION_ENGINE logs nobody out, InProc included.
+        return _setting("STATEMODES_IMPORT_FROM", None)
+
+    @property
     def STATEMODES_COOKIELESS(self) -> str:
         return _setting("STATEMODES_COOKIELESS", "UseCookies")
 

@@ -53,6 +53,31 @@ def test_an_engine_path_that_does_not_import_is_an_error_naming_the_right_one(
     assert "Did you mean 'django_statemodes.backends.inproc'?" in (messages[0].hint or "")
 
 
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [
+        (
+            "django.contrib.sessions.backends.dbb",
+            "Did you mean 'django.contrib.sessions.backends.db'?",
+        ),
+        ("django.contrib.sessions.backends.signed_cookies", "live in the browser"),
+        ("django_statemodes.backends.inproc", "the SESSION_ENGINE itself"),
+        ("django_statemodes.checks", "no SessionStore class"),
+        (42, "not 42"),
+    ],
+)
+def test_an_import_from_engine_sessions_cannot_move_from_is_an_error_echoing_it(
+    settings: Any, source: object, says: str
+) -> None:
+    settings.SESSION_ENGINE = "django_statemodes.backends.inproc"
+    settings.STATEMODES_IMPORT_FROM = source
+    messages = check_settings()
+    assert ids(messages) == ["django_statemodes.E083"]
+    assert says in messages[0].msg + (messages[0].hint or "")
+    settings.STATEMODES_IMPORT_FROM = "django.contrib.sessions.backends.db"
+    assert check_settings() == []
+
+
 @pytest.mark.parametrize("reader", [AUTH, MESSAGES])
 def test_a_middleware_reading_the_session_before_ours_is_an_error(
     settings: Any, reader: str

@@ -1,9 +1,16 @@
-"""``manage.py importsessions``: users logged in under Django's engines stay logged in after the
-switch to each of our modes (real stores: the state server process, SQLite, PostgreSQL, Redis)."""
+"""Switching ``SESSION_ENGINE`` without logging anyone out: ``manage.py importsessions`` copies
+Django's sessions into each out-of-process mode, and ``STATEMODES_IMPORT_FROM`` moves each one on
+its first request, in every mode, InProc included (real stores: the state server process,
+SQLite, PostgreSQL, MariaDB, Redis)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from importlib import import_module
@@ -13,17 +20,20 @@ from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
+from django.contrib.auth import logout
 from django.contrib.auth.models import User
+from django.contrib.sessions.models import Session
 from django.core.cache import caches
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.http import HttpRequest, HttpResponse
-from django.test import Client
+from django.test import AsyncClient, Client
 from django.urls import path
 
 from django_statemodes.core import registry
 from tests.fixtures_sql import ALIASES
 from tests.fixtures_stateserver import StateServerProcess
+from tests.server import ROOT, get, gunicorn, session_cookie
 
 pytestmark = pytest.mark.django_db(databases=["default", *ALIASES])
 
@@ -35,7 +45,20 @@ def whoami(request: HttpRequest) -> HttpResponse:
     return HttpResponse(request.user.get_username() if request.user.is_authenticated else "-")
 
 
-urlpatterns = [path("whoami/", whoami)]
+def sign_out(request: HttpRequest) -> HttpResponse:
+    logout(request)
+    return HttpResponse("signed out")
+
+
+async def async_counter(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(str(await request.session.aget("counter")))
+
+
+urlpatterns = [
+    path("whoami/", whoami),
+    path("sign-out/", sign_out),
+    path("async-counter/", async_counter),
+]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +73,18 @@ TARGETS = ["stateserver", *(f"sql-{alias}" for alias in ALIASES), "redis"]
 
 @pytest.fixture(params=TARGETS)
 def target(request: Any, sql_tables: list[str]) -> dict[str, Any]:
-    name: str = request.param
+    return configured(request, request.param)
+
+
+@pytest.fixture(params=["inproc", *TARGETS])
+def mode(request: Any, sql_tables: list[str]) -> dict[str, Any]:
+    """Every mode of ours that keeps sessions, InProc included."""
+    return configured(request, request.param)
+
+
+def configured(request: Any, name: str) -> dict[str, Any]:
+    if name == "inproc":
+        return {"SESSION_ENGINE": "django_statemodes.backends.inproc"}
     if name == "stateserver":
         server: StateServerProcess = request.getfixturevalue("state_server")
         return {
@@ -79,8 +113,8 @@ def site(settings: Any, tmp_path: Path) -> Any:
 
 
 def log_in(settings: Any, source: str, count: int) -> list[Client]:
-    """Log ``count`` users in under Django's engine ``source``; return their browsers."""
-    settings.SESSION_ENGINE = DJANGO + source
+    """Log ``count`` users in under the engine ``source`` (Django's, or a full path)."""
+    settings.SESSION_ENGINE = source if "." in source else DJANGO + source
     browsers = []
     for n in range(count):
         name = f"user{n}-{os.getpid()}-{time.monotonic_ns()}"
@@ -90,6 +124,17 @@ def log_in(settings: Any, source: str, count: int) -> list[Client]:
         assert browser.get("/whoami/").content.decode() == name
         browsers.append(browser)
     return browsers
+
+
+def reopened(browsers: list[Client]) -> list[Client]:
+    """The same browsers (their cookies) in new clients: a client's handler keeps the middleware
+    it started with, and the middleware the engine it was built with, as a web process does."""
+    fresh = []
+    for browser in browsers:
+        client = Client()
+        client.cookies = browser.cookies
+        fresh.append(client)
+    return fresh
 
 
 def switch(settings: Any, target: dict[str, Any]) -> None:
@@ -111,6 +156,7 @@ def test_users_logged_in_under_djangos_db_engine_stay_logged_in_in_every_mode(
     names = [browser.get("/whoami/").content.decode() for browser in browsers]
     keys = [browser.cookies[django_settings.SESSION_COOKIE_NAME].value for browser in browsers]
     switch(site, target)
+    browsers = reopened(browsers)
     # Before the import, the new store holds none of them: the switch alone logs them out.
     provider = import_module(django_settings.SESSION_ENGINE).SessionStore.get_provider()
     assert [provider.get(key) for key in keys] == [None, None, None]
@@ -136,6 +182,7 @@ def test_file_and_cache_sessions_are_imported_too(
             "STATEMODES_STATE_CONNECTION": state_server.connection,
         },
     )
+    browsers = reopened(browsers)
     report = run("--from", DJANGO + source)
     assert "2 live session(s)" in report and "2 copied" in report, report
     assert [browser.get("/whoami/").content.decode() for browser in browsers] == names
@@ -183,3 +230,140 @@ def test_engines_that_cannot_be_imported_from_or_into_say_why(site: Any) -> None
     site.SESSION_CACHE_ALIAS = "default"  # LocMemCache: in each web process, no key listing
     with pytest.raises(CommandError, match="cannot list its keys"):
         run("--from", DJANGO + "cache")
+
+
+# STATEMODES_IMPORT_FROM: each session moves on its first request.
+
+
+def cookie_of(browser: Client) -> str:
+    return browser.cookies[django_settings.SESSION_COOKIE_NAME].value
+
+
+def test_with_import_from_users_stay_logged_in_in_every_mode_and_sessions_move_once(
+    site: Any, mode: dict[str, Any]
+) -> None:
+    browsers = log_in(site, "db", 3)
+    names = [browser.get("/whoami/").content.decode() for browser in browsers]
+    keys = [cookie_of(browser) for browser in browsers]
+    switch(site, {**mode, "STATEMODES_IMPORT_FROM": DJANGO + "db"})
+    browsers = reopened(browsers)
+    provider = import_module(django_settings.SESSION_ENGINE).SessionStore.get_provider()
+    assert [provider.get(key) for key in keys] == [None, None, None]
+    assert Session.objects.filter(session_key__in=keys).count() == 3
+    # The first request of each moves its session: same key, same user, the old row deleted.
+    assert [browser.get("/whoami/").content.decode() for browser in browsers] == names
+    assert [cookie_of(browser) for browser in browsers] == keys
+    assert all(provider.get(key) is not None for key in keys)
+    assert Session.objects.filter(session_key__in=keys).count() == 0
+    # Later requests read the new store alone.
+    assert [browser.get("/whoami/").content.decode() for browser in browsers] == names
+    # Signed out under the new engine, the old cookie brings nobody back from the old store.
+    assert browsers[0].get("/sign-out/").content == b"signed out"
+    replay = Client()
+    replay.cookies[django_settings.SESSION_COOKIE_NAME] = keys[0]
+    assert replay.get("/whoami/").content.decode() == "-"
+    assert [browser.get("/whoami/").content.decode() for browser in browsers[1:]] == names[1:]
+
+
+def test_sessions_move_between_two_of_our_modes(
+    site: Any, state_server: StateServerProcess
+) -> None:
+    server = {"STATEMODES_STATE_CONNECTION": state_server.connection}
+    switch(site, server)
+    browsers = log_in(site, "django_statemodes.backends.stateserver", 2)
+    names = [browser.get("/whoami/").content.decode() for browser in browsers]
+    keys = [cookie_of(browser) for browser in browsers]
+    old = import_module("django_statemodes.backends.stateserver").SessionStore.get_provider()
+    switch(
+        site,
+        {
+            "SESSION_ENGINE": "django_statemodes.backends.inproc",
+            "STATEMODES_IMPORT_FROM": "django_statemodes.backends.stateserver",
+        },
+    )
+    browsers = reopened(browsers)
+    assert [browser.get("/whoami/").content.decode() for browser in browsers] == names
+    assert [old.get(key) for key in keys] == [None, None]
+
+
+def test_a_session_moves_on_an_async_request_too(site: Any) -> None:
+    # From Django's file engine: the old store's read runs in a thread, away from the test's
+    # database transaction.
+    site.SESSION_ENGINE = DJANGO + "file"
+    old = import_module(DJANGO + "file").SessionStore()
+    old["counter"] = 41
+    old.save()
+    key = old.session_key
+    assert key is not None
+    switch(
+        site,
+        {
+            "SESSION_ENGINE": "django_statemodes.backends.inproc",
+            "STATEMODES_IMPORT_FROM": DJANGO + "file",
+        },
+    )
+    browser = AsyncClient()
+    browser.cookies[django_settings.SESSION_COOKIE_NAME] = key
+    response = asyncio.run(browser.get("/async-counter/"))
+    assert response.content == b"41"
+    assert not import_module(DJANGO + "file").SessionStore().exists(key)
+
+
+def test_a_session_the_new_store_refuses_stays_in_the_old_one(
+    site: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    browsers = log_in(site, "db", 1)
+    key = cookie_of(browsers[0])
+    switch(
+        site,
+        {
+            "SESSION_ENGINE": "django_statemodes.backends.sql",
+            "STATEMODES_SQL_DATABASE": ALIASES[0],
+            "STATEMODES_IMPORT_FROM": DJANGO + "db",
+            "STATEMODES_MAX_SESSION_SIZE": 16,  # smaller than any signed-in session
+        },
+    )
+    browsers = reopened(browsers)
+    with caplog.at_level("WARNING", logger="django_statemodes"):
+        assert browsers[0].get("/whoami/").content.decode() == "-"
+    assert f"Session {key[:8]}... not moved from {DJANGO}db" in caplog.text
+    # Rolling back to Django's engine finds it where it was.
+    assert Session.objects.filter(session_key=key).count() == 1
+
+
+def test_without_import_from_an_unknown_key_is_still_never_adopted(site: Any) -> None:
+    browsers = log_in(site, "db", 1)
+    key = cookie_of(browsers[0])
+    switch(site, {"SESSION_ENGINE": "django_statemodes.backends.inproc"})
+    browsers = reopened(browsers)
+    assert browsers[0].get("/whoami/").content.decode() == "-"
+    assert Session.objects.filter(session_key=key).count() == 1
+
+
+def test_through_gunicorn_an_inproc_site_keeps_the_sessions_of_djangos_db_engine(
+    tmp_path: Path,
+) -> None:
+    # The deployment: one site, its database file, served by Django's engine, then restarted on
+    # InProc with STATEMODES_IMPORT_FROM. The counter a browser had survives the restart.
+    database = str(tmp_path / "site.sqlite3")
+    env = {"STATEMODES_TEST_SQLITE": database, "STATEMODES_DJANGO_TESTS": "0"}
+    migrate = [sys.executable, "-m", "django", "migrate", "sessions", "--verbosity", "0"]
+    site_env = {**os.environ, **env, "DJANGO_SETTINGS_MODULE": "tests.serverapp.settings"}
+    subprocess.run(migrate, cwd=ROOT, env=site_env, check=True)
+    before = {
+        **env,
+        "STATEMODES_TEST_ENGINE": DJANGO + "db",
+        "STATEMODES_TEST_MIDDLEWARE": "django",
+    }
+    with gunicorn("tests.serverapp.wsgi", workers=1, threads=2, env=before) as port:
+        _, headers, _ = get(port, "/increment/")
+        key = session_cookie(headers)
+        assert [json.loads(get(port, "/increment/", key)[2])["counter"] for _ in "ab"] == [2, 3]
+    after = {**env, "STATEMODES_TEST_IMPORT_FROM": DJANGO + "db"}  # InProc, the default here
+    with gunicorn("tests.serverapp.wsgi", workers=1, threads=2, env=after) as port:
+        assert json.loads(get(port, "/read/", key)[2]) == {"counter": 3}
+        assert json.loads(get(port, "/increment/", key)[2]) == {"counter": 4}
+        assert json.loads(get(port, "/read/", key)[2]) == {"counter": 4}
+    with sqlite3.connect(database) as rows:
+        query = "SELECT COUNT(*) FROM django_session WHERE session_key = ?"
+        assert rows.execute(query, (key,)).fetchone() == (0,)

@@ -1,5 +1,6 @@
 """Checks of names a typo breaks silently: W081 (a ``STATEMODES_*`` setting that does not exist),
-E082 (a ``SESSION_ENGINE`` that does not import). Both suggest the nearest right name."""
+E082 (a ``SESSION_ENGINE`` that does not import), E083 (a ``STATEMODES_IMPORT_FROM`` that is not
+an engine sessions can move from). Each suggests the nearest right name."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from importlib import import_module
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
-from django_statemodes.conf import Settings
+from django_statemodes.conf import Settings, conf
 
 from .common import ENGINE_PREFIX
 
@@ -62,4 +63,34 @@ def check_names() -> list[CheckMessage]:
                     id="django_statemodes.E082",
                 )
             )
+    errors.extend(_check_import_from(engine))
     return errors
+
+
+def _check_import_from(engine: object) -> list[CheckMessage]:
+    source: object = conf.STATEMODES_IMPORT_FROM
+    if source is None:
+        return []
+    hint = "Name the engine the site used before, such as 'django.contrib.sessions.backends.db'."
+    if not isinstance(source, str):
+        problem = f"must be the dotted path of a session engine, not {source!r}."
+    elif source == engine:
+        problem = f"is the SESSION_ENGINE itself ({source!r}): there is nothing to move."
+        hint = "Remove the setting, or name the engine the site used before."
+    elif source == "django.contrib.sessions.backends.signed_cookies":
+        problem = (
+            f"is {source!r}: those sessions live in the browser, under a key that is the "
+            "session itself, and cannot move into a store."
+        )
+        hint = "Remove the setting: users of signed cookies sign in again after the switch."
+    else:
+        try:
+            module = import_module(source)
+        except ImportError as exc:
+            problem = f"{source!r} cannot be imported ({exc})."
+            hint = _did_you_mean(source, ENGINES) + hint
+        else:
+            if hasattr(module, "SessionStore"):
+                return []
+            problem = f"{source!r} is not a session engine: it has no SessionStore class."
+    return [Error(f"STATEMODES_IMPORT_FROM {problem}", hint=hint, id="django_statemodes.E083")]

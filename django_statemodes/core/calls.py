@@ -17,6 +17,10 @@ one of them (the sans-IO idea of h11, applied to a session).
 ``run`` refuses to call the store from a thread that runs an event loop and ``arun`` shields
 the lock-changing calls from cancellation (``core.cancellation``).
 
+A step of ``Steps`` may also name a blocking function instead of a provider method (reading the
+engine a site switched from, ``core.adoption``): ``run`` calls it, ``arun`` runs it in a thread
+as Django's ``sync_to_async`` does.
+
 An op's result is never a tuple or a generator: those are its next step.
 """
 
@@ -27,6 +31,8 @@ from collections.abc import Generator
 from types import GeneratorType
 from typing import Any, TypeVar
 
+from asgiref.sync import sync_to_async
+
 from .cancellation import call, refuse_sync
 
 __all__ = ["NO_KEYWORDS", "Call", "Op", "Steps", "arun", "run", "steps_of"]
@@ -35,8 +41,9 @@ T = TypeVar("T")
 
 
 #: A provider method to call: its sync name, positional and keyword arguments. A plain tuple,
-#: not a NamedTuple: a few are built on every request, and a tuple display costs a tenth.
-Call = tuple[str, tuple[Any, ...], dict[str, Any]]
+#: not a NamedTuple: a few are built on every request, and a tuple display costs a tenth. In
+#: ``Steps`` only, the name may be a blocking function to call instead.
+Call = tuple[Any, tuple[Any, ...], dict[str, Any]]
 
 #: The keyword arguments of a call that has none (never mutated).
 NO_KEYWORDS: dict[str, Any] = {}
@@ -103,7 +110,8 @@ def _drive(steps: Steps[T], provider: object) -> T:
             name, args, kwargs = step
             try:
                 refuse_sync()
-                result = getattr(provider, name)(*args, **kwargs)
+                method = getattr(provider, name) if type(name) is str else name
+                result = method(*args, **kwargs)
             except BaseException as exc:
                 # Into the generator, so its ``finally`` and ``with`` blocks see the failure.
                 step = steps.throw(exc)
@@ -119,7 +127,10 @@ async def _adrive(steps: Steps[T], provider: object) -> T:
         while True:
             name, args, kwargs = step
             try:
-                result = await call(provider, name, args, kwargs)
+                if type(name) is str:
+                    result = await call(provider, name, args, kwargs)
+                else:
+                    result = await sync_to_async(name)(*args, **kwargs)
             except BaseException as exc:
                 # Cancellation included: the generator's cleanup runs before it propagates.
                 step = steps.throw(exc)

@@ -39,16 +39,19 @@ from django.utils.crypto import get_random_string
 from django.utils.functional import cached_property
 from django.utils.module_loading import import_string
 
+from django_statemodes.conf import conf
 from django_statemodes.exceptions import (
     SessionLockLost,
     SessionStateDisabled,
     SessionStateReadOnly,
+    SessionTooLarge,
+    SessionValueError,
 )
 from django_statemodes.modes import DISABLED, READ_ONLY, READ_WRITE, SessionStateMode
 from django_statemodes.providers.base import ExpiredItem, SessionStateProvider, StateItem
 from django_statemodes.signals import session_end, session_start
 
-from . import locking, registry, users
+from . import adoption, locking, registry, users
 from .calls import NO_KEYWORDS, Op, Steps, arun, run, steps_of
 from .cancellation import refuse_sync
 from .codec import OBJECTS, Codec, codec_for, codec_named
@@ -67,6 +70,9 @@ class StateModeSessionBase(SessionBase):
     #: the request's hold on the session; only error messages read it. A class default, so
     #: that __init__, run on every request, sets nothing more.
     _released_by_view: bool = False
+    #: This load already looked in the engine the site switched from (``_adopt``): a class
+    #: default, for the same reason.
+    _adopting: bool = False
     _storing: tuple[str, dict[str, Any]]  # the key and keywords of the store call in flight
     #: Gives the mode when it is first needed, if the middleware could not know it yet (see
     #: ``access``); None once the mode is known. A class default: most requests never set it.
@@ -309,6 +315,15 @@ class StateModeSessionBase(SessionBase):
             return self._wait_then_load(item)  # held by another request: wait in the queue
         key = self._session_key
         if item is None or key is None:
+            source = conf.STATEMODES_IMPORT_FROM
+            # Not for the old engine's own reads (when it is one of ours), nor twice per load.
+            if (
+                source is not None
+                and key is not None
+                and not self._adopting
+                and source != type(self).__module__
+            ):
+                return self._adopt(source, key)
             # Never create a record on load (CVE-2015-5143); a fresh key is issued on save.
             self._session_key = None
             return {}
@@ -336,6 +351,34 @@ class StateModeSessionBase(SessionBase):
             self._session_key = None
             return ("remove", (key, lock_id), NO_KEYWORDS, _nothing_loaded)
         return data
+
+    def _adopt(self, source: str, key: str) -> Steps[dict[str, Any]]:
+        """Move the session ``key`` out of the engine the site switched from, then load it.
+
+        ``STATEMODES_IMPORT_FROM`` (``core.adoption``). It is written as a new item, so of two
+        requests that race here one moves it and both then load it, in the usual way (locked
+        for ReadWrite). No ``session_start``: the user's session did not start now.
+        """
+        self._adopting = True
+        found = yield (adoption.read, (source, key), NO_KEYWORDS)
+        if found is not None:
+            data, timeout = found
+            try:
+                payload = self.codec.encode(data)
+            except (SessionValueError, SessionTooLarge, TypeError, ValueError) as exc:
+                # Left in the old store: rolling back finds it there.
+                adoption.logger.warning("Session %s... not moved from %s: %s", key[:8], source, exc)
+            else:
+                keywords = {"lock_id": None, "timeout": timeout, "new_item": True}
+                if (yield ("set_and_release", (key, payload), keywords)):
+                    user_id = data.get(users.AUTH_SESSION_KEY)
+                    if user_id is not None and users.index_on() and self._provider.indexes_users:
+                        no_client = {"ip": None, "user_agent": None}
+                        yield ("bind_user", (key, str(user_id)), no_client)
+                yield (adoption.forget, (source, key), NO_KEYWORDS)
+        # Load by the usual path: a concurrent request of this key may have moved it first.
+        loaded: dict[str, Any] = yield from steps_of(self._load_op())
+        return loaded
 
     def exists(self, session_key: str) -> bool:
         found: bool = run(self._exists(session_key), self._provider)

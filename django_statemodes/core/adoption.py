@@ -1,0 +1,41 @@
+"""Sessions moved on their first request from the engine a site switched from.
+
+``STATEMODES_IMPORT_FROM`` names that engine (one of Django's, or one of ours). When a request
+brings a key the configured store lacks, the core reads the key's live session from the old
+engine through that engine's own ``SessionStore`` (its decoding, signing and expiry rules),
+writes it into the new store as a new item, and deletes it from the old one: a move, not a
+copy, so a session signed out under the new engine cannot come back from the old store when its
+cookie is replayed. Unlike ``manage.py importsessions``, this reaches InProc's memory too, since
+it runs in the web process.
+
+Both functions block (the old engine's database, cache or files): the async path runs them in a
+thread, as Django's ``SessionBase`` a-methods do.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import import_module
+from typing import Any
+
+__all__ = ["forget", "read"]
+
+logger = logging.getLogger("django_statemodes")
+
+
+def read(source: str, session_key: str) -> tuple[dict[str, Any], int] | None:
+    """Return the live session ``session_key`` of the engine at ``source`` and its seconds left.
+
+    None when that engine has no live, non-empty session under the key.
+    """
+    old = import_module(source).SessionStore(session_key=session_key)
+    data: dict[str, Any] = old.load()
+    # Django's engines (and ours) forget the key on a miss, an expired or a tampered session.
+    if old.session_key is None or not data:
+        return None
+    return data, int(old.get_expiry_age())
+
+
+def forget(source: str, session_key: str) -> None:
+    """Delete ``session_key`` from the engine at ``source``, once its session has moved."""
+    import_module(source).SessionStore(session_key=session_key).delete(session_key)
