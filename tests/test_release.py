@@ -93,6 +93,14 @@ def test_every_declared_version_is_tested_by_ci_and_every_tested_one_declared() 
     declared_python = set(re.findall(r'"Programming Language :: Python :: (3\.\d+)"', PYPROJECT))
     assert declared_django == {django for django, _ in legs}
     assert declared_python == {python for _, python in legs}
+    # Every pair that exists is a leg: Django 6 needs Python 3.12 or later.
+    pairs = {
+        (django, python)
+        for django in declared_django
+        for python in declared_python
+        if int(django.split(".")[0]) < 6 or int(python.split(".")[1]) >= 12
+    }
+    assert sorted(legs) == sorted(pairs)
     # Django is capped below the next major, which no leg has tested.
     newest_major = max(int(django.split(".")[0]) for django, _ in legs)
     assert f'"django>=5.2,<{newest_major + 1}.0"' in PYPROJECT
