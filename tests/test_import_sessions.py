@@ -31,6 +31,7 @@ from django.test import AsyncClient, Client
 from django.urls import path
 
 from django_statemodes.core import registry
+from tests.asgi_servers import counter, uvicorn
 from tests.fixtures_sql import ALIASES
 from tests.fixtures_stateserver import StateServerProcess
 from tests.server import ROOT, get, gunicorn, session_cookie
@@ -367,3 +368,25 @@ def test_through_gunicorn_an_inproc_site_keeps_the_sessions_of_djangos_db_engine
     with sqlite3.connect(database) as rows:
         query = "SELECT COUNT(*) FROM django_session WHERE session_key = ?"
         assert rows.execute(query, (key,)).fetchone() == (0,)
+
+
+def test_under_uvicorn_an_inproc_site_keeps_the_sessions_of_djangos_file_engine(
+    site: Any,
+) -> None:
+    # The async path: the old engine is read in a thread of the ASGI worker, then the async
+    # view reads and writes the moved session.
+    old = import_module(DJANGO + "file").SessionStore()
+    old["counter"] = 7
+    old.save()
+    key = old.session_key
+    assert key is not None
+    env = {
+        "STATEMODES_ASGI_ENGINE": "inproc",
+        "STATEMODES_ASGI_IMPORT_FROM": DJANGO + "file",
+        # Where the file engine wrote it: the engine keeps the first SESSION_FILE_PATH it read.
+        "STATEMODES_ASGI_SESSION_FILES": old.storage_path,
+    }
+    with uvicorn(1, env) as server:
+        assert json.loads(get(server.port, "/aincrement/", key)[2])["counter"] == 8
+        assert counter(server.port, key) == 8
+    assert not import_module(DJANGO + "file").SessionStore().exists(key)

@@ -76,3 +76,8 @@ LOGGING = {
         "django_statemodes": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
     },
 }
+
+# After a switch from Django's file engine: sessions move on their first request.
+if "STATEMODES_ASGI_IMPORT_FROM" in os.environ:
+    STATEMODES_IMPORT_FROM = os.environ["STATEMODES_ASGI_IMPORT_FROM"]
+    SESSION_FILE_PATH = os.environ["STATEMODES_ASGI_SESSION_FILES"]
