@@ -32,6 +32,7 @@ from django.urls import path
 
 from django_statemodes.core import registry
 from tests.asgi_servers import counter, uvicorn
+from tests.conftest import free_port
 from tests.fixtures_sql import ALIASES
 from tests.fixtures_stateserver import StateServerProcess
 from tests.server import ROOT, get, gunicorn, session_cookie
@@ -330,6 +331,32 @@ def test_a_session_the_new_store_refuses_stays_in_the_old_one(
     assert f"Session {key[:8]}... not moved from {DJANGO}db" in caplog.text
     # Rolling back to Django's engine finds it where it was.
     assert Session.objects.filter(session_key=key).count() == 1
+
+
+def test_an_old_store_that_is_down_is_a_503_and_the_session_moves_once_it_is_back(
+    site: Any, redis_server: None
+) -> None:
+    # cached_db: Django's engine reads its cache first, and raises what the cache client raises.
+    browsers = log_in(site, "cached_db", 1)
+    name = browsers[0].get("/whoami/").content.decode()
+    key = cookie_of(browsers[0])
+    live = site.CACHES[REDIS_ALIAS]
+    down = {**live, "LOCATION": f"redis://127.0.0.1:{free_port()}/0"}  # nothing listens there
+    site.CACHES = {**site.CACHES, REDIS_ALIAS: down}
+    switch(
+        site,
+        {
+            "SESSION_ENGINE": "django_statemodes.backends.inproc",
+            "STATEMODES_IMPORT_FROM": DJANGO + "cached_db",
+        },
+    )
+    browsers = reopened(browsers)
+    response = browsers[0].get("/whoami/")
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert cookie_of(browsers[0]) == key  # not logged out: no new session was started
+    assert Session.objects.filter(session_key=key).count() == 1
+    site.CACHES = {**site.CACHES, REDIS_ALIAS: live}
+    assert browsers[0].get("/whoami/").content.decode() == name
 
 
 def test_without_import_from_an_unknown_key_is_still_never_adopted(site: Any) -> None:

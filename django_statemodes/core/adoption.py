@@ -9,7 +9,9 @@ cookie is replayed. Unlike ``manage.py importsessions``, this reaches InProc's m
 it runs in the web process.
 
 Both functions block (the old engine's database, cache or files): the async path runs them in a
-thread, as Django's ``SessionBase`` a-methods do.
+thread, as Django's ``SessionBase`` a-methods do. An old store that fails to answer is a 503 with
+``Retry-After`` (``SessionStoreUnavailable``), never a miss: a miss would start a new session and
+log the user out for good, while the old store still holds theirs.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import logging
 from importlib import import_module
 from typing import Any
+
+from django_statemodes.exceptions import SessionStoreUnavailable, StateModesError
 
 __all__ = ["forget", "read"]
 
@@ -29,7 +33,15 @@ def read(source: str, session_key: str) -> tuple[dict[str, Any], int] | None:
     None when that engine has no live, non-empty session under the key.
     """
     old = import_module(source).SessionStore(session_key=session_key)
-    data: dict[str, Any] = old.load()
+    try:
+        data: dict[str, Any] = old.load()
+    except StateModesError:
+        raise  # one of our engines as the source: its own 503 already
+    except Exception as exc:  # its database, cache client or files: whatever it raises
+        raise SessionStoreUnavailable(
+            f"The session engine sessions move from ({source}) failed to read one: {exc!r}",
+            setting="STATEMODES_IMPORT_FROM",
+        ) from exc
     # Django's engines (and ours) forget the key on a miss, an expired or a tampered session.
     if old.session_key is None or not data:
         return None
@@ -37,5 +49,13 @@ def read(source: str, session_key: str) -> tuple[dict[str, Any], int] | None:
 
 
 def forget(source: str, session_key: str) -> None:
-    """Delete ``session_key`` from the engine at ``source``, once its session has moved."""
-    import_module(source).SessionStore(session_key=session_key).delete(session_key)
+    """Delete ``session_key`` from the engine at ``source``, once its session has moved.
+
+    A failure is logged, not raised: the session is in the new store, and the request goes on.
+    """
+    try:
+        import_module(source).SessionStore(session_key=session_key).delete(session_key)
+    except Exception as exc:
+        logger.warning(
+            "Session %s... moved, but not deleted from %s: %r", session_key[:8], source, exc
+        )
