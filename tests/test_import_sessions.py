@@ -286,6 +286,10 @@ def test_sessions_move_between_two_of_our_modes(
     browsers = reopened(browsers)
     assert [browser.get("/whoami/").content.decode() for browser in browsers] == names
     assert [old.get(key) for key in keys] == [None, None]
+    # A key neither store holds: the old engine's own miss looks nowhere else, and nobody is in.
+    stranger = Client()
+    stranger.cookies[django_settings.SESSION_COOKIE_NAME] = "x" * 32
+    assert stranger.get("/whoami/").content.decode() == "-"
 
 
 def test_a_session_moves_on_an_async_request_too(site: Any) -> None:

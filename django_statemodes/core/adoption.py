@@ -17,6 +17,7 @@ log the user out for good, while the old store still holds theirs.
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 from importlib import import_module
 from typing import Any
 
@@ -26,6 +27,10 @@ __all__ = ["forget", "read"]
 
 logger = logging.getLogger("django_statemodes")
 
+#: True while the old engine reads: when it is one of ours, its own miss must not look for the
+#: session in itself again. A context variable, so a read in a worker thread sees it too.
+reading: ContextVar[bool] = ContextVar("statemodes_adoption_reading", default=False)
+
 
 def read(source: str, session_key: str) -> tuple[dict[str, Any], int] | None:
     """Return the live session ``session_key`` of the engine at ``source`` and its seconds left.
@@ -33,6 +38,7 @@ def read(source: str, session_key: str) -> tuple[dict[str, Any], int] | None:
     None when that engine has no live, non-empty session under the key.
     """
     old = import_module(source).SessionStore(session_key=session_key)
+    token = reading.set(True)
     try:
         data: dict[str, Any] = old.load()
     except StateModesError:
@@ -42,6 +48,8 @@ def read(source: str, session_key: str) -> tuple[dict[str, Any], int] | None:
             f"The session engine sessions move from ({source}) failed to read one: {exc!r}",
             setting="STATEMODES_IMPORT_FROM",
         ) from exc
+    finally:
+        reading.reset(token)
     # Django's engines (and ours) forget the key on a miss, an expired or a tampered session.
     if old.session_key is None or not data:
         return None

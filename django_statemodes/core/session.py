@@ -316,12 +316,12 @@ class StateModeSessionBase(SessionBase):
         key = self._session_key
         if item is None or key is None:
             source = conf.STATEMODES_IMPORT_FROM
-            # Not for the old engine's own reads (when it is one of ours), nor twice per load.
+            # Not twice per load, nor in the old engine's own read when it is one of ours.
             if (
                 source is not None
                 and key is not None
                 and not self._adopting
-                and source != type(self).__module__
+                and not adoption.reading.get()
             ):
                 return self._adopt(source, key)
             # Never create a record on load (CVE-2015-5143); a fresh key is issued on save.
