@@ -84,6 +84,13 @@ def live_sessions(source: str, *, database: str = "default") -> Iterator[LiveSes
             raise SessionImportError(
                 "signed_cookies sessions live in the browser: there is nothing to import."
             )
+        if source.startswith("django_statemodes."):
+            # The state server's protocol lists no keys, and InProc lives in its web processes.
+            raise SessionImportError(
+                f"Cannot copy all sessions out of {source!r} at once. Set "
+                f"STATEMODES_IMPORT_FROM = {source!r} instead: each session then moves on its "
+                "first request."
+            )
         raise SessionImportError(
             f"Cannot import from {source!r}: choose one of {', '.join(sorted(readers))}."
         )
@@ -184,7 +191,8 @@ def import_sessions(
     if provider.stores_objects:
         raise SessionImportError(
             "The configured engine keeps its sessions in each web process (InProc): a command "
-            "cannot reach them. Import into StateServer, SQL or a Custom provider instead."
+            "cannot reach them. Set STATEMODES_IMPORT_FROM to the old engine instead: each "
+            "session then moves on its first request."
         )
     codec = store().codec
     result = ImportResult()

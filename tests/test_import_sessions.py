@@ -219,7 +219,7 @@ def test_the_time_left_is_kept_and_a_dry_run_copies_nothing(
 
 def test_engines_that_cannot_be_imported_from_or_into_say_why(site: Any) -> None:
     site.SESSION_ENGINE = "django_statemodes.backends.inproc"
-    with pytest.raises(CommandError, match="each web process"):
+    with pytest.raises(CommandError, match="each web process.*Set STATEMODES_IMPORT_FROM"):
         run("--from", DJANGO + "db")
     site.SESSION_ENGINE = "django.contrib.sessions.backends.db"
     with pytest.raises(CommandError, match="one of django-statemodes' engines"):
@@ -229,6 +229,8 @@ def test_engines_that_cannot_be_imported_from_or_into_say_why(site: Any) -> None
         run("--from", DJANGO + "signed_cookies")
     with pytest.raises(CommandError, match="choose one of"):
         run("--from", "myapp.sessions")
+    with pytest.raises(CommandError, match="STATEMODES_IMPORT_FROM = 'django_statemodes"):
+        run("--from", "django_statemodes.backends.sql")
     site.SESSION_CACHE_ALIAS = "default"  # LocMemCache: in each web process, no key listing
     with pytest.raises(CommandError, match="cannot list its keys"):
         run("--from", DJANGO + "cache")
