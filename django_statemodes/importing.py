@@ -34,8 +34,9 @@ from django.conf import settings
 from django.core.cache import caches
 from django.utils import timezone
 
+from django_statemodes.core.codec import UNENCODABLE
 from django_statemodes.core.session import StateModeSessionBase
-from django_statemodes.exceptions import SessionImportError, SessionTooLarge, SessionValueError
+from django_statemodes.exceptions import SessionImportError
 from django_statemodes.middleware import valid_session_key
 
 __all__ = ["ImportResult", "LiveSession", "import_sessions", "live_sessions"]
@@ -212,7 +213,7 @@ def _import_one(
 ) -> None:
     try:
         payload = codec.encode(session.data)
-    except (SessionValueError, SessionTooLarge, TypeError, ValueError):
+    except UNENCODABLE:
         result.skipped += 1  # a value the new serializer cannot hold, or over the size limit
         return
     if dry_run:

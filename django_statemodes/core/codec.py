@@ -24,7 +24,25 @@ from django.utils.module_loading import import_string
 from django_statemodes.conf import conf
 from django_statemodes.exceptions import SessionTooLarge, SessionValueError
 
-__all__ = ["OBJECTS", "Codec", "ObjectCodec", "SerializingCodec", "codec_for", "codec_named"]
+__all__ = [
+    "OBJECTS",
+    "UNENCODABLE",
+    "Codec",
+    "ObjectCodec",
+    "SerializingCodec",
+    "codec_for",
+    "codec_named",
+]
+
+#: What ``encode()`` raises for data the store cannot hold: a value the serializer refuses (named
+#: by ``check_value`` where it can, else the serializer's own error) or a session over the size
+#: limit. Code that moves sessions between stores skips such a session instead of failing.
+UNENCODABLE: tuple[type[Exception], ...] = (
+    SessionValueError,
+    SessionTooLarge,
+    TypeError,
+    ValueError,
+)
 
 # Payload marker bytes: the first byte says how the rest is encoded, so STATEMODES_COMPRESSION
 # can be switched on or off without breaking sessions already stored (ASP.NET cannot).

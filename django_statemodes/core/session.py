@@ -44,8 +44,6 @@ from django_statemodes.exceptions import (
     SessionLockLost,
     SessionStateDisabled,
     SessionStateReadOnly,
-    SessionTooLarge,
-    SessionValueError,
 )
 from django_statemodes.modes import DISABLED, READ_ONLY, READ_WRITE, SessionStateMode
 from django_statemodes.providers.base import ExpiredItem, SessionStateProvider, StateItem
@@ -54,7 +52,7 @@ from django_statemodes.signals import session_end, session_start
 from . import adoption, locking, registry, users
 from .calls import NO_KEYWORDS, Op, Steps, arun, run, steps_of
 from .cancellation import refuse_sync
-from .codec import OBJECTS, Codec, codec_for, codec_named
+from .codec import OBJECTS, UNENCODABLE, Codec, codec_for, codec_named
 
 __all__ = ["StateModeSessionBase"]
 
@@ -365,7 +363,7 @@ class StateModeSessionBase(SessionBase):
             data, timeout = found
             try:
                 payload = self.codec.encode(data)
-            except (SessionValueError, SessionTooLarge, TypeError, ValueError) as exc:
+            except UNENCODABLE as exc:
                 # Left in the old store: rolling back finds it there.
                 adoption.logger.warning("Session %s... not moved from %s: %s", key[:8], source, exc)
             else:
