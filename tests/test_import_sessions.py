@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib import import_module
 from io import StringIO
 from pathlib import Path
@@ -128,21 +128,21 @@ def log_in(settings: Any, source: str, count: int) -> list[Client]:
     return browsers
 
 
-def reopened(browsers: list[Client]) -> list[Client]:
-    """The same browsers (their cookies) in new clients: a client's handler keeps the middleware
-    it started with, and the middleware the engine it was built with, as a web process does."""
+def switch(settings: Any, target: dict[str, Any], browsers: Sequence[Client] = ()) -> list[Client]:
+    """Switch the settings to ``target``; return ``browsers`` (their cookies) in new clients.
+
+    A client's handler keeps the middleware it started with, and the middleware the engine it
+    was built with, as a web process does: only a new client sees the new engine.
+    """
+    for name, value in target.items():
+        setattr(settings, name, value)
+    registry.close_all()  # a provider of the previous test's settings must not be reused
     fresh = []
     for browser in browsers:
         client = Client()
         client.cookies = browser.cookies
         fresh.append(client)
     return fresh
-
-
-def switch(settings: Any, target: dict[str, Any]) -> None:
-    for name, value in target.items():
-        setattr(settings, name, value)
-    registry.close_all()  # a provider of the previous test's settings must not be reused
 
 
 def run(*args: str) -> str:
@@ -157,8 +157,7 @@ def test_users_logged_in_under_djangos_db_engine_stay_logged_in_in_every_mode(
     browsers = log_in(site, "db", 3)
     names = [browser.get("/whoami/").content.decode() for browser in browsers]
     keys = [browser.cookies[django_settings.SESSION_COOKIE_NAME].value for browser in browsers]
-    switch(site, target)
-    browsers = reopened(browsers)
+    browsers = switch(site, target, browsers)
     # Before the import, the new store holds none of them: the switch alone logs them out.
     provider = import_module(django_settings.SESSION_ENGINE).SessionStore.get_provider()
     assert [provider.get(key) for key in keys] == [None, None, None]
@@ -177,14 +176,14 @@ def test_file_and_cache_sessions_are_imported_too(
     caches[REDIS_ALIAS].clear()
     browsers = log_in(site, source, 2)
     names = [browser.get("/whoami/").content.decode() for browser in browsers]
-    switch(
+    browsers = switch(
         site,
         {
             "SESSION_ENGINE": "django_statemodes.backends.stateserver",
             "STATEMODES_STATE_CONNECTION": state_server.connection,
         },
+        browsers,
     )
-    browsers = reopened(browsers)
     report = run("--from", DJANGO + source)
     assert "2 live session(s)" in report and "2 copied" in report, report
     assert [browser.get("/whoami/").content.decode() for browser in browsers] == names
@@ -249,8 +248,7 @@ def test_with_import_from_users_stay_logged_in_in_every_mode_and_sessions_move_o
     browsers = log_in(site, "db", 3)
     names = [browser.get("/whoami/").content.decode() for browser in browsers]
     keys = [cookie_of(browser) for browser in browsers]
-    switch(site, {**mode, "STATEMODES_IMPORT_FROM": DJANGO + "db"})
-    browsers = reopened(browsers)
+    browsers = switch(site, {**mode, "STATEMODES_IMPORT_FROM": DJANGO + "db"}, browsers)
     provider = import_module(django_settings.SESSION_ENGINE).SessionStore.get_provider()
     assert [provider.get(key) for key in keys] == [None, None, None]
     assert Session.objects.filter(session_key__in=keys).count() == 3
@@ -278,14 +276,14 @@ def test_sessions_move_between_two_of_our_modes(
     names = [browser.get("/whoami/").content.decode() for browser in browsers]
     keys = [cookie_of(browser) for browser in browsers]
     old = import_module("django_statemodes.backends.stateserver").SessionStore.get_provider()
-    switch(
+    browsers = switch(
         site,
         {
             "SESSION_ENGINE": "django_statemodes.backends.inproc",
             "STATEMODES_IMPORT_FROM": "django_statemodes.backends.stateserver",
         },
+        browsers,
     )
-    browsers = reopened(browsers)
     assert [browser.get("/whoami/").content.decode() for browser in browsers] == names
     assert [old.get(key) for key in keys] == [None, None]
     # A key neither store holds: the old engine's own miss looks nowhere else, and nobody is in.
@@ -322,7 +320,7 @@ def test_a_session_the_new_store_refuses_stays_in_the_old_one(
 ) -> None:
     browsers = log_in(site, "db", 1)
     key = cookie_of(browsers[0])
-    switch(
+    browsers = switch(
         site,
         {
             "SESSION_ENGINE": "django_statemodes.backends.sql",
@@ -330,8 +328,8 @@ def test_a_session_the_new_store_refuses_stays_in_the_old_one(
             "STATEMODES_IMPORT_FROM": DJANGO + "db",
             "STATEMODES_MAX_SESSION_SIZE": 16,  # smaller than any signed-in session
         },
+        browsers,
     )
-    browsers = reopened(browsers)
     with caplog.at_level("WARNING", logger="django_statemodes"):
         assert browsers[0].get("/whoami/").content.decode() == "-"
     assert f"Session {key[:8]}... not moved from {DJANGO}db" in caplog.text
@@ -349,14 +347,14 @@ def test_an_old_store_that_is_down_is_a_503_and_the_session_moves_once_it_is_bac
     live = site.CACHES[REDIS_ALIAS]
     down = {**live, "LOCATION": f"redis://127.0.0.1:{free_port()}/0"}  # nothing listens there
     site.CACHES = {**site.CACHES, REDIS_ALIAS: down}
-    switch(
+    browsers = switch(
         site,
         {
             "SESSION_ENGINE": "django_statemodes.backends.inproc",
             "STATEMODES_IMPORT_FROM": DJANGO + "cached_db",
         },
+        browsers,
     )
-    browsers = reopened(browsers)
     response = browsers[0].get("/whoami/")
     assert response.status_code == 503 and response.headers["Retry-After"]
     assert cookie_of(browsers[0]) == key  # not logged out: no new session was started
@@ -368,8 +366,7 @@ def test_an_old_store_that_is_down_is_a_503_and_the_session_moves_once_it_is_bac
 def test_without_import_from_an_unknown_key_is_still_never_adopted(site: Any) -> None:
     browsers = log_in(site, "db", 1)
     key = cookie_of(browsers[0])
-    switch(site, {"SESSION_ENGINE": "django_statemodes.backends.inproc"})
-    browsers = reopened(browsers)
+    browsers = switch(site, {"SESSION_ENGINE": "django_statemodes.backends.inproc"}, browsers)
     assert browsers[0].get("/whoami/").content.decode() == "-"
     assert Session.objects.filter(session_key=key).count() == 1
 
