@@ -253,6 +253,7 @@ FLOORS: dict[str, Callable[[dict[str, Any]], tuple[Cycle, Callable[[], int]]]] =
     "floor-asyncio-kv": kv_floor,
     "floor-redis-py": redis_floor,
     "floor-psycopg": psycopg_floor,
+    "floor-kv-session": lambda data: django_cycle(registry.ENGINES["floor-kv-session"], data),
 }
 
 

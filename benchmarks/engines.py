@@ -218,6 +218,15 @@ ENGINES: dict[str, Engine] = {
         # SESSION_SERIALIZER), on the same event loop (the KV server runs on uvloop when the
         # state server does) and the same table type (UNLOGGED for --type temp) as ours.
         Engine("floor-asyncio-kv", FLOOR, "KV server GET+SET, same loop", needs=("kvserver",)),
+        # Django's SessionBase (and, over HTTP, SessionMiddleware) on that server: the least a
+        # Django session engine outside the process does.
+        Engine(
+            "floor-kv-session",
+            FLOOR,
+            "Django SessionBase on the KV server",
+            "benchmarks.kvsession",
+            needs=("kvserver",),
+        ),
         Engine("floor-redis-py", FLOOR, "redis-py GET+SET", needs=("redis",)),
         Engine("floor-psycopg", FLOOR, "psycopg SELECT+UPDATE, same table type", needs=("pg",)),
     ]

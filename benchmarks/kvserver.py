@@ -4,12 +4,14 @@ It runs on the event loop the state server picks (``--loop auto``: uvloop when i
 an ``asyncio.Protocol`` as the state server has, so the floor differs from the state server by
 the work of a state server, not by its loop. Protocol, one request per line:
 ``G key`` answers ``<length>`` and the value (``-1`` if missing); ``S key length`` followed by
-the value answers ``OK``. Run: ``python -m benchmarks.kvserver PORT [auto|asyncio|uvloop]`` (binds 127.0.0.1).
+the value answers ``OK``; ``D key`` deletes it and answers ``OK``. Run: ``python -m benchmarks.kvserver PORT [auto|asyncio|uvloop]`` (binds 127.0.0.1).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import socket
 import sys
 from typing import cast
@@ -38,6 +40,10 @@ class _KV(asyncio.Protocol):
                     self.transport.write(b"-1\n")
                 else:
                     self.transport.writelines((b"%d\n" % len(value), value))
+            elif parts[0] == b"D":
+                del buffer[: end + 1]
+                _data.pop(parts[1], None)
+                self.transport.write(b"OK\n")
             else:
                 size = int(parts[2])
                 if len(buffer) < end + 1 + size:
@@ -76,9 +82,22 @@ class KVClient:
         self.sock.sendall(b"S %s %d\n%s" % (key, len(value), value))
         self.file.readline()
 
+    def delete(self, key: bytes) -> None:
+        self.sock.sendall(b"D %s\n" % key)
+        self.file.readline()
+
     def close(self) -> None:
         self.file.close()
         self.sock.close()
+
+
+@functools.cache
+def client() -> KVClient:
+    """This process's client of the server the harness started (opened on first use, so after
+    a gunicorn worker's fork)."""
+    from benchmarks.engines import KV_PORT_ENV
+
+    return KVClient(int(os.environ[KV_PORT_ENV]))
 
 
 if __name__ == "__main__":

@@ -78,10 +78,19 @@ ROWS = [
     Row("http-sql", "HTTP req/s / no-session floor, gunicorn 2 sync: SQL", "0.38", 0.5, False),
 ]
 
-#: Extra rows, without a target of the issue: context for the ones above.
+#: Extra rows, without a target of the issue: context for the ones above. The floors bound
+#: what any engine can reach on the machine: a store that does no session work at all (the KV
+#: floor) against django-redis bounds the first row from below; over HTTP, two round trips to
+#: that store, by hand or under Django's SessionMiddleware, bound the HTTP rows from above.
 CONTEXT = [
+    ("ss-1k-floor", "same-loop KV floor / Django cache on django-redis, 1 KB"),
     ("sql-persisted-floor", "SQL on PG, persisted / logged psycopg floor, 1 KB"),
     ("http-django-redis", "HTTP req/s / no-session floor: Django cache on django-redis"),
+    ("http-kv-floor", "HTTP req/s / no-session floor: two round trips to the KV floor, by hand"),
+    (
+        "http-kv-session",
+        "HTTP req/s / no-session floor: Django's SessionMiddleware on the KV floor",
+    ),
 ]
 
 
@@ -134,6 +143,15 @@ def ratio(result: dict[str, Any], size: int, engine: str, baseline: str) -> floa
     return None
 
 
+def median_ratio(result: dict[str, Any], size: int, engine: str, baseline: str) -> float | None:
+    """The ratio of two engines' medians in one cycle run (for pairs the run does not judge)."""
+    engines = result["payloads"].get(str(size), {}).get("engines", {})
+    if engine not in engines or baseline not in engines:
+        return None
+    value: float = engines[engine]["median"] / engines[baseline]["median"]
+    return value
+
+
 Values = dict[str, list[float]]
 
 
@@ -162,6 +180,11 @@ def measure_cycles(s: Settings, serializer: str, values: Values, why: dict[str, 
         collect(values, "ss-100k", ratio(result, 100_000, "stateserver", "django-cache-redis"))
         collect(values, "redis-100k", ratio(result, 100_000, "redis", "django-cache-redis"))
         collect(values, "ss-floor", ratio(result, 1000, "stateserver", "floor-asyncio-kv"))
+        collect(
+            values,
+            "ss-1k-floor",
+            median_ratio(result, 1000, "floor-asyncio-kv", "django-cache-redis"),
+        )
         collect(values, "sql-floor", ratio(result, 1000, "sql-pg", "floor-psycopg"))
     for run in range(s.runs):
         print(f"-- cycle, persisted tables, run {run + 1}/{s.runs}", flush=True)
@@ -231,6 +254,8 @@ def measure_http(s: Settings, values: Values, why: dict[str, str]) -> None:
         "redis": "http-redis",
         "sql-pg": "http-sql",
         "django-cache-redis": "http-django-redis",
+        "floor-asyncio-kv": "http-kv-floor",
+        "floor-kv-session": "http-kv-session",
     }
     if isinstance(result, str):
         for key in keys.values():

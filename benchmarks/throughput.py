@@ -1,7 +1,13 @@
 """HTTP throughput benchmark: wrk against gunicorn (2 sync workers), engines interleaved.
 
 Every request reads and writes its session (``/increment/``, no extra work); ``none`` serves a
-view without any session middleware (the floor). wrk runs 16 connections on 2 threads for ~5 s;
+view without any session middleware (the floor). Two more floors (``--floors``) tell the cost
+of waiting on another process from the cost of an engine: ``floor-asyncio-kv`` serves a view
+without session middleware that does a session's work by hand on the key-value floor server (two
+round trips, the payload decoded and encoded, the cookie set), the most any store outside the
+process can reach on the machine; ``floor-kv-session`` is Django's ``SessionMiddleware`` over a
+``SessionBase`` that does the same two round trips (``benchmarks.kvsession``), the most a Django
+session engine outside the process can reach. wrk runs 16 connections on 2 threads for ~5 s;
 each wrk thread rotates over its own 64 sessions, so two requests of one session almost never
 overlap and our engines' locks measure their cost, not contention. DESIGN.md §5 on this kind of
 machine: no session ~4,300 req/s, django-redis ~1,850, ``db`` on PostgreSQL ~600-700; ours
@@ -39,6 +45,9 @@ WRK_THREADS = 2
 SESSIONS_PER_THREAD = 64
 SHARED = "stateserver,sql-pg,redis"  # inproc needs one process; 2 workers would split it
 BASELINES = "django-cache-redis,django-db-pg"
+#: The floors besides "none" (which always runs), and the paths not /increment/.
+FLOORS = ("floor-asyncio-kv", "floor-kv-session")
+PATHS = {"none": "/ping/", "floor-asyncio-kv": "/kv/increment/"}
 
 LUA = """
 local keys = {%(keys)s}
@@ -52,7 +61,7 @@ local n = 0
 function request()
   local key = keys[id * per + (n %% per) + 1]
   n = n + 1
-  return wrk.format("GET", "/increment/", {["Cookie"] = "sessionid=" .. key})
+  return wrk.format("GET", "%(path)s", {["Cookie"] = "sessionid=" .. key})
 end
 """
 
@@ -82,31 +91,32 @@ def parse(output: str) -> dict[str, Any]:
     }
 
 
-def script(port: int) -> str:
+def script(port: int, path: str) -> str:
     """Create the sessions wrk rotates over; return the path of its Lua script."""
     keys = []
     for _ in range(WRK_THREADS * SESSIONS_PER_THREAD):
         client = Client(port)
-        status, body = client.get("/increment/")
+        status, body = client.get(path)
         client.close()
         if status != 200 or not client.cookie:
             raise SystemExit(f"creating a session failed: {status} {body[:200]!r}")
         keys.append(f'"{client.cookie}"')
-    handle, path = tempfile.mkstemp(suffix=".lua", prefix="statemodes-wrk-")
+    handle, lua_path = tempfile.mkstemp(suffix=".lua", prefix="statemodes-wrk-")
     with os.fdopen(handle, "w") as lua:
-        lua.write(LUA % {"keys": ", ".join(keys), "per": SESSIONS_PER_THREAD})
-    return path
+        lua.write(LUA % {"keys": ", ".join(keys), "per": SESSIONS_PER_THREAD, "path": path})
+    return lua_path
 
 
 def prepared(stack: ExitStack, wrk: str, name: str, connections: int) -> list[str]:
     """Start gunicorn for ``name`` (and its sessions); return its wrk command without -d."""
     port = stack.enter_context(gunicorn(name, workers=2))
     command = [wrk, f"-t{WRK_THREADS}", f"-c{connections}"]
+    path = PATHS.get(name, "/increment/")
     if name == "none":
-        return [*command, f"http://127.0.0.1:{port}/ping/"]
-    lua = script(port)
+        return [*command, f"http://127.0.0.1:{port}{path}"]
+    lua = script(port, path)
     stack.callback(os.unlink, lua)
-    return [*command, f"http://127.0.0.1:{port}/increment/", "-s", lua]
+    return [*command, f"http://127.0.0.1:{port}{path}", "-s", lua]
 
 
 def run_wrk(command: list[str], duration: float) -> dict[str, Any]:
@@ -124,6 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baselines", default=BASELINES, help="Django's (default %(default)s)")
     parser.add_argument("--duration", type=int, default=5, help="seconds per engine and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument(
+        "--floors",
+        default=",".join(FLOORS),
+        help="floors besides none (default %(default)s; 'none' for no other)",
+    )
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--no-save", action="store_true", help="do not write results/latest.json")
@@ -137,7 +152,11 @@ def main(argv: list[str] | None = None) -> None:
     chosen: list[Engine] = registry.select(args.engines, OURS) + registry.select(
         args.baselines, "django"
     )
-    chosen = registry.runnable(chosen)
+    floors = [] if args.floors == "none" else args.floors.split(",")
+    unknown = sorted(set(floors) - set(FLOORS))
+    if unknown:
+        parser.error(f"no HTTP floor {unknown[0]!r}; there are: {', '.join(FLOORS)}")
+    chosen = registry.runnable(chosen + [registry.ENGINES[name] for name in floors])
     names = ["none", *(engine.name for engine in chosen)]
     rates: dict[str, list[float]] = {name: [] for name in names}
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in names}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-from benchmarks.targets import ROWS
+import pytest
+
+from benchmarks.targets import CONTEXT, ROWS
 from tests.benchmark_runs import run_benchmark
 from tests.conftest import REQUIRE_SERVICES, need_service
 
@@ -109,6 +111,15 @@ def test_targets_quick_mode_prints_every_target_with_its_spread_and_verdict() ->
             assert measured, line
         else:
             assert measured or "not measured: " in line, line
+    if REQUIRE_SERVICES:
+        # The floors that bound the rows (a store without session work; two round trips over
+        # HTTP) are measured beside them.
+        for _, label in CONTEXT:
+            assert re.search(
+                rf"^\| {re.escape(label)} \| \| [0-9.]+ \([0-9.]+-[0-9.]+\), 3 \|",
+                result.stdout,
+                re.M,
+            ), result.stdout
 
 
 def test_user_index_harness_measures_the_state_server_and_redis() -> None:
@@ -169,3 +180,29 @@ def test_pgbouncer_hop_harness_times_plain_statements_through_each_pooler() -> N
     )
     assert len(lines) == 6, result.stdout
     assert all(float(line[3]) == 1.0 for line in lines if line[1] == "direct")
+
+
+def test_throughput_harness_serves_the_two_round_trip_floors_beside_an_engine() -> None:
+    need_service("Redis", "127.0.0.1", 6379)
+    result = run_benchmark(
+        "throughput", "--engines", "stateserver", "--baselines", "none",
+        "--rounds", "1", "--duration", "1", "--no-save", timeout=300,
+    )  # fmt: skip
+    if "skipped: wrk is not installed" in result.stdout and not REQUIRE_SERVICES:
+        pytest.skip("wrk is not installed")
+    assert result.returncode == 0, result.stderr
+
+    # The no-session floor, the engine, and the two floors that do a session's two round
+    # trips on the key-value server (by hand, and under Django's SessionMiddleware): every
+    # request of each answered 2xx (the last column).
+    for name in ("none", "stateserver", "floor-asyncio-kv", "floor-kv-session"):
+        assert re.search(rf"^{name}\s+[0-9,]+ \(.*\)\s+[0-9.]+ \(.*\)\s+0$", result.stdout, re.M), (
+            result.stdout
+        )
+
+
+def test_throughput_harness_rejects_an_unknown_floor() -> None:
+    result = run_benchmark("throughput", "--floors", "floor-psycopg", "--no-save", timeout=60)
+
+    assert result.returncode != 0
+    assert "no HTTP floor 'floor-psycopg'" in result.stderr

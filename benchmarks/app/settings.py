@@ -1,7 +1,8 @@
 """The benchmark site: ``benchmarks.settings`` with the engine named by the environment.
 
 ``STATEMODES_BENCH_ENGINE`` is a name from ``benchmarks.engines`` (or ``none``: no session
-middleware at all, the HTTP floor). Our engines run under ``SessionStateMiddleware``, Django's
+middleware at all, the HTTP floor). ``floor-asyncio-kv`` has no session middleware either: its
+view does a session's two round trips by hand on the key-value floor server. Our engines run under ``SessionStateMiddleware``, Django's
 under Django's own ``SessionMiddleware``, as their users run them.
 """
 
@@ -14,7 +15,7 @@ from benchmarks.settings import *  # noqa: F403
 
 ENGINE_NAME = os.environ.get("STATEMODES_BENCH_ENGINE", "inproc")
 
-if ENGINE_NAME == "none":
+if ENGINE_NAME in ("none", "floor-asyncio-kv"):
     MIDDLEWARE = []
 else:
     _engine = ENGINES[ENGINE_NAME]

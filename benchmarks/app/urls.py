@@ -8,4 +8,5 @@ urlpatterns = [
     path("ping/", views.ping),
     path("increment/", views.increment),
     path("read/", views.read),
+    path("kv/increment/", views.kv_increment),
 ]

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import secrets
 import time
+from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest, JsonResponse
+from django.utils.module_loading import import_string
 
+from benchmarks import kvserver as kv
 from django_statemodes.decorators import session_readonly
+
+#: The profile every benchmark session carries, ~1 KB of JSON with the counter.
+PROFILE = {"bio": "x" * 900, "theme": "dark"}
 
 
 def ping(request: HttpRequest) -> JsonResponse:
@@ -27,8 +35,31 @@ def increment(request: HttpRequest) -> JsonResponse:
         time.sleep(work / 1000)
     session["counter"] = counter + 1
     if "profile" not in session:  # ~1 KB, as in the cycle benchmark
-        session["profile"] = {"bio": "x" * 900, "theme": "dark"}
+        session["profile"] = PROFILE
     return JsonResponse({"counter": counter + 1})
+
+
+def kv_increment(request: HttpRequest) -> JsonResponse:
+    """No session framework: ``increment``'s work done by hand on the key-value floor server.
+
+    Read the bytes under the cookie's key, decode them with ``SESSION_SERIALIZER``, add one,
+    encode, write, set the cookie: the two round trips and the work any store outside the
+    process must do for this request, and nothing else. Its rate over ``ping``'s is the most
+    an engine of two round trips can reach on the machine (the HTTP rows' ceiling).
+    """
+    codec = import_string(settings.SESSION_SERIALIZER)()
+    key = request.COOKIES.get(settings.SESSION_COOKIE_NAME, "")
+    raw = kv.client().get(key.encode()) if key.isalnum() else None
+    if raw is None:
+        key = secrets.token_hex(16)
+        data: dict[str, Any] = {"profile": PROFILE}
+    else:
+        data = codec.loads(raw)
+    data["counter"] = data.get("counter", 0) + 1
+    kv.client().set(key.encode(), codec.dumps(data))
+    response = JsonResponse({"counter": data["counter"]})
+    response.set_cookie(settings.SESSION_COOKIE_NAME, key, max_age=settings.SESSION_COOKIE_AGE)
+    return response
 
 
 @session_readonly
