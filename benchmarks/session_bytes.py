@@ -87,15 +87,68 @@ def redis_bytes(count: int) -> dict[str, float]:
             for engine in (OURS_REDIS, DJANGO_REDIS):
                 registry.use(engine)
                 store(engine, 1)  # connections, scripts and the like exist before counting
+                if engine is OURS_REDIS:
+                    sample = ours_sample(client)
                 client.flushall()
-                before = int(client.info("memory")["used_memory"])
-                store(engine, count)
-                after = int(client.info("memory")["used_memory"])
-                result[engine.name] = (after - before) / count
+                result[engine.name] = counted(
+                    client, functools.partial(store, engine, count), count
+                )
                 registry.forget([engine])
+            result |= layouts(client, sample, count)
             client.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    return result
+
+
+def ours_sample(client: Any) -> tuple[bytes, dict[bytes, bytes], int]:
+    """One session as the provider stored it: its key, its hash's fields, its TTL."""
+    key = next(iter(client.scan_iter(match="*:s:*")))
+    return key, client.hgetall(key), int(client.ttl(key))
+
+
+def counted(client: Any, fill: Callable[[], None], count: int) -> float:
+    """``used_memory`` per session after ``fill()`` stores ``count`` sessions."""
+    before = int(client.info("memory")["used_memory"])
+    fill()
+    return (int(client.info("memory")["used_memory"]) - before) / count
+
+
+def layouts(
+    client: Any, sample: tuple[bytes, dict[bytes, bytes], int], count: int
+) -> dict[str, float]:
+    """The same session in the Redis layouts the provider could have instead of one hash.
+
+    ``layout-string``: the payload alone as a string with a TTL, nothing else (the least any
+    layout can take, with no lock, no expiry index); ``layout-outside``: the payload as a string
+    beside a hash of the other fields (small enough for Redis's compact listpack encoding)
+    and the expiry index's entry.
+    """
+    key, fields, ttl = sample
+    payload_bytes = fields[b"d"]
+    others = {name: value for name, value in fields.items() if name != b"d"}
+    prefix = key[: key.index(b"{")]
+    keys = [prefix + b"{%032d}" % i for i in range(count)]
+
+    def string() -> None:
+        with client.pipeline(transaction=False) as pipe:
+            for name in keys:
+                pipe.set(name, payload_bytes, ex=ttl)
+            pipe.execute()
+
+    def outside() -> None:
+        with client.pipeline(transaction=False) as pipe:
+            for i, name in enumerate(keys):
+                pipe.set(name + b":d", payload_bytes, ex=ttl)
+                pipe.hset(name, mapping=others)
+                pipe.expire(name, ttl)
+                pipe.zadd(prefix + b"layout-expiry", {name: i})
+            pipe.execute()
+
+    result = {}
+    for layout, fill in (("layout-string", string), ("layout-outside", outside)):
+        client.flushall()
+        result[layout] = counted(client, fill, count)
     return result
 
 
@@ -143,6 +196,12 @@ def main(argv: list[str] | None = None) -> None:
         results["redis"] = redis_bytes(args.sessions)
         ours, django = results["redis"]["bytes-redis"], results["redis"]["bytes-django-cache-redis"]
         print(f"Redis used_memory per 1 KB session: ours {ours:,.0f}, django-redis {django:,.0f}")
+        string, outside = results["redis"]["layout-string"], results["redis"]["layout-outside"]
+        print(
+            f"the same session in other Redis layouts: the payload alone as a string with a TTL "
+            f"{string:,.0f}; the payload outside a hash of the other fields, with its expiry "
+            f"entry, {outside:,.0f}"
+        )
     results["inproc"] = inproc_bytes(args.sessions)
     ours, django = (
         results["inproc"]["bytes-inproc"],

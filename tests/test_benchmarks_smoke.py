@@ -206,3 +206,23 @@ def test_throughput_harness_rejects_an_unknown_floor() -> None:
 
     assert result.returncode != 0
     assert "no HTTP floor 'floor-psycopg'" in result.stderr
+
+
+def test_session_bytes_harness_measures_the_other_redis_layouts_of_the_same_session() -> None:
+    need_service("Redis", "127.0.0.1", 6379)  # redis-server, which the harness starts privately
+    result = run_benchmark("session_bytes", "--sessions", "300", timeout=300)
+    assert result.returncode == 0, result.stderr
+
+    ours = re.search(r"^Redis used_memory per 1 KB session: ours ([0-9,]+), ", result.stdout, re.M)
+    layouts = re.search(
+        r"^the same session in other Redis layouts: the payload alone as a string with a TTL "
+        r"([0-9,]+); the payload outside a hash of the other fields, with its expiry entry, "
+        r"([0-9,]+)$",
+        result.stdout,
+        re.M,
+    )
+    assert ours and layouts, result.stdout
+    stored, alone, outside = (int(m.replace(",", "")) for m in (*ours.groups(), *layouts.groups()))
+    # The payload by itself is the least any layout holds; the layouts keep all of it.
+    assert 1000 < alone < outside, result.stdout
+    assert alone < stored, result.stdout
