@@ -4,7 +4,8 @@ It runs on the event loop the state server picks (``--loop auto``: uvloop when i
 an ``asyncio.Protocol`` as the state server has, so the floor differs from the state server by
 the work of a state server, not by its loop. Protocol, one request per line:
 ``G key`` answers ``<length>`` and the value (``-1`` if missing); ``S key length`` followed by
-the value answers ``OK``; ``D key`` deletes it and answers ``OK``. Run: ``python -m benchmarks.kvserver PORT [auto|asyncio|uvloop]`` (binds 127.0.0.1).
+the value answers ``OK``; ``D key`` deletes it and answers ``OK``.
+Run: ``python -m benchmarks.kvserver PORT [auto|asyncio|uvloop]`` (binds 127.0.0.1).
 """
 
 from __future__ import annotations

@@ -143,6 +143,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--no-save", action="store_true", help="do not write results/latest.json")
     args = parser.parse_args(argv)
+    floors = [] if args.floors == "none" else args.floors.split(",")
+    unknown = sorted(set(floors) - set(FLOORS))
+    if unknown:
+        parser.error(f"no HTTP floor {unknown[0]!r}; there are: {', '.join(FLOORS)}")
 
     wrk = find_wrk()
     if wrk is None:
@@ -152,10 +156,6 @@ def main(argv: list[str] | None = None) -> None:
     chosen: list[Engine] = registry.select(args.engines, OURS) + registry.select(
         args.baselines, "django"
     )
-    floors = [] if args.floors == "none" else args.floors.split(",")
-    unknown = sorted(set(floors) - set(FLOORS))
-    if unknown:
-        parser.error(f"no HTTP floor {unknown[0]!r}; there are: {', '.join(FLOORS)}")
     chosen = registry.runnable(chosen + [registry.ENGINES[name] for name in floors])
     names = ["none", *(engine.name for engine in chosen)]
     rates: dict[str, list[float]] = {name: [] for name in names}

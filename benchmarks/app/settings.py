@@ -1,9 +1,10 @@
 """The benchmark site: ``benchmarks.settings`` with the engine named by the environment.
 
 ``STATEMODES_BENCH_ENGINE`` is a name from ``benchmarks.engines`` (or ``none``: no session
-middleware at all, the HTTP floor). ``floor-asyncio-kv`` has no session middleware either: its
-view does a session's two round trips by hand on the key-value floor server. Our engines run under ``SessionStateMiddleware``, Django's
-under Django's own ``SessionMiddleware``, as their users run them.
+middleware at all, the HTTP floor). ``floor-asyncio-kv``, whose view does a session's two round
+trips by hand on the key-value floor server, has no session middleware either. Our
+engines run under ``SessionStateMiddleware``, Django's and the other floors under Django's own
+``SessionMiddleware``, as their users run them.
 """
 
 from __future__ import annotations
