@@ -103,10 +103,18 @@ def test_a_binding_left_on_a_replaced_expired_row_is_not_the_new_sessions(
         try:
             assert provider.create_uninitialized(key, 60)
             assert provider.bind_user(key, user, ip=None, user_agent=None)
+            # An hour back: the old owner's binding lies in an earlier clock tick than the
+            # replacement's Created, as it does when a row expires (SQLite's clock counts
+            # milliseconds, and the whole test may run within one).
+            earlier = {
+                "postgresql": f"{q('Created')} - interval '1 hour'",
+                "mysql": f"{q('Created')} - INTERVAL 1 HOUR",
+                "sqlite": f"strftime('%Y-%m-%d %H:%M:%f', {q('Created')}, '-1 hour')",
+            }[connections[alias].vendor]
             expire = (
-                f"UPDATE {q(schema.SESSIONS)} SET {q('Expires')} = {q('Created')}, "
-                f"{q('LastSeen')} = {q('Created')} WHERE {q('SessionId')} = "
-                f"{provider.placeholder}"
+                f"UPDATE {q(schema.SESSIONS)} SET {q('Expires')} = {earlier}, "
+                f"{q('LastSeen')} = {earlier}, {q('Created')} = {earlier} "
+                f"WHERE {q('SessionId')} = {provider.placeholder}"
             )
             execute(provider, expire, provider.sid(key))
             assert provider.user_sessions(user) == []
