@@ -75,9 +75,16 @@ class Settings:
 
     @property
     def STATEMODES_STATE_PREVIOUS_CONNECTION(self) -> str | None:
-        # A farm's other layout while it grows or shrinks: a session not found on its owner is
-        # looked for there and moved. None: no farm change in progress.
+        # A farm change's second step: the layout left. A session not found on its owner is
+        # looked for on its owner there and moved. None: not in that step.
         return _setting("STATEMODES_STATE_PREVIOUS_CONNECTION", None)
+
+    @property
+    def STATEMODES_STATE_NEXT_CONNECTION(self) -> str | None:
+        # A farm change's first step: the layout to come. A session not found on its owner is
+        # looked for on its owner there and used where it is, never moved back. None: not in
+        # that step.
+        return _setting("STATEMODES_STATE_NEXT_CONNECTION", None)
 
     @property
     def STATEMODES_STATE_DOWN_INTERVAL(self) -> float:

@@ -1,4 +1,4 @@
-"""System checks of a state-server farm (E064-E066, W061-W062)."""
+"""System checks of a state-server farm (E064-E067, W061-W062)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from django_statemodes.checks.farm import check_farm
 
 ENGINE = "django_statemodes.backends.stateserver"
 FARM = "tcpip=127.0.0.1:4001;tcpip=127.0.0.1:4002;tcpip=127.0.0.1:4003"
+#: The two steps of a farm change, each naming the other layout.
+STEPS = ["STATEMODES_STATE_PREVIOUS_CONNECTION", "STATEMODES_STATE_NEXT_CONNECTION"]
 
 
 def ids() -> list[str | None]:
@@ -24,9 +26,10 @@ def farm_settings(settings: Any) -> Any:
     return settings
 
 
-def test_a_farm_and_its_change_pass(farm_settings: Any) -> None:
+@pytest.mark.parametrize("step", STEPS)
+def test_a_farm_and_its_change_pass(farm_settings: Any, step: str) -> None:
     assert ids() == []
-    farm_settings.STATEMODES_STATE_PREVIOUS_CONNECTION = "tcpip=127.0.0.1:4001;127.0.0.1:4002"
+    setattr(farm_settings, step, "tcpip=127.0.0.1:4001;127.0.0.1:4002")
     farm_settings.STATEMODES_STATE_DOWN_INTERVAL = 0
     assert ids() == []
 
@@ -36,10 +39,13 @@ def test_other_engines_are_not_checked(settings: Any) -> None:
     assert ids() == []
 
 
-@pytest.mark.parametrize("previous", ["", ";", "127.0.0.1:x", 42, "127.0.0.1:1#"])
-def test_a_bad_previous_layout_is_e064(farm_settings: Any, previous: Any) -> None:
-    farm_settings.STATEMODES_STATE_PREVIOUS_CONNECTION = previous
-    assert ids() == ["django_statemodes.E064"]
+@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("other", ["", ";", "127.0.0.1:x", 42, "127.0.0.1:1#"])
+def test_a_bad_other_layout_is_e064(farm_settings: Any, step: str, other: Any) -> None:
+    setattr(farm_settings, step, other)
+    messages = check_farm()
+    assert [message.id for message in messages] == ["django_statemodes.E064"]
+    assert step in messages[0].msg
 
 
 @pytest.mark.parametrize(
@@ -64,17 +70,23 @@ def test_a_bad_down_interval_is_e066(farm_settings: Any, interval: Any) -> None:
     assert ids() == ["django_statemodes.E066"]
 
 
-def test_a_previous_layout_that_places_keys_alike_is_w061(farm_settings: Any) -> None:
-    farm_settings.STATEMODES_STATE_PREVIOUS_CONNECTION = (
-        "localhost:4003;127.0.0.1:4002;tcpip=LOCALHOST:4001"
-    )
+@pytest.mark.parametrize("step", STEPS)
+def test_an_other_layout_that_places_keys_alike_is_w061(farm_settings: Any, step: str) -> None:
+    setattr(farm_settings, step, "localhost:4003;127.0.0.1:4002;tcpip=LOCALHOST:4001")
     assert ids() == ["django_statemodes.W061"]
 
 
-def test_a_previous_layout_beside_a_custom_resolver_is_w062(farm_settings: Any) -> None:
+@pytest.mark.parametrize("step", STEPS)
+def test_an_other_layout_beside_a_custom_resolver_is_w062(farm_settings: Any, step: str) -> None:
     farm_settings.STATEMODES_PARTITION_RESOLVER = "any.Resolver"
-    farm_settings.STATEMODES_STATE_PREVIOUS_CONNECTION = FARM
+    setattr(farm_settings, step, FARM)
     assert ids() == ["django_statemodes.W062"]
+
+
+def test_both_steps_of_a_change_at_once_are_e067(farm_settings: Any) -> None:
+    farm_settings.STATEMODES_STATE_PREVIOUS_CONNECTION = "tcpip=127.0.0.1:4001"
+    farm_settings.STATEMODES_STATE_NEXT_CONNECTION = "tcpip=127.0.0.1:4001;127.0.0.1:4004"
+    assert ids() == ["django_statemodes.E067"]
 
 
 def test_the_farm_checks_run_with_the_others(farm_settings: Any) -> None:

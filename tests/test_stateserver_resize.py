@@ -1,4 +1,8 @@
-"""A farm that grows and shrinks (STATEMODES_STATE_PREVIOUS_CONNECTION) loses no live session."""
+"""A farm that grows and shrinks loses no live session.
+
+Step 1 of a change: STATEMODES_STATE_NEXT_CONNECTION (``upcoming=``); step 2:
+STATEMODES_STATE_PREVIOUS_CONNECTION (``previous=``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 
 from django_statemodes.providers.stateserver import StateServerProvider
 from tests.farm import Browser, WebServer
@@ -157,21 +162,22 @@ def test_a_lock_held_on_the_previous_owner_is_waited_for_there(
     four.close()
 
 
-def test_web_servers_of_both_layouts_incrementing_at_once_lose_no_update(
+def test_web_servers_of_both_steps_incrementing_at_once_lose_no_update(
     servers: list[StateServerProcess],
 ) -> None:
-    """Mid-change, two layouts serve the same sessions and move them back and forth."""
+    """Mid-change, web servers of both steps serve the same sessions; they move one way only."""
     a, b, c, d = servers
     three = StateServerProvider(connection=farm(a, b, c))
     keys = KEYS[:40]
     for key in keys:
         assert three.set_and_release(key, b"0", lock_id=None, timeout=600, new_item=True)
-    # Both web servers know both layouts (the rolling procedure's second step): the one
-    # deployed already places keys on four servers, the other one still on three.
+    # The one deployed already places keys on four servers and moves them there; the other one
+    # still places them on three and uses a moved session where it is.
     new = StateServerProvider(connection=farm(a, b, c, d), previous=farm(a, b, c))
-    old = StateServerProvider(connection=farm(a, b, c), previous=farm(a, b, c, d))
+    old = StateServerProvider(connection=farm(a, b, c), upcoming=farm(a, b, c, d))
     threads, rounds = 8, 25
     errors: list[BaseException] = []
+    lost: list[str] = []
 
     def increment(provider: StateServerProvider, key: str) -> None:
         item = provider.get_exclusive(key)
@@ -180,7 +186,10 @@ def test_web_servers_of_both_layouts_incrementing_at_once_lose_no_update(
                 break
             provider.wait_for_release(key, item.lock_id, 10)
             item = provider.get_exclusive(key)
-        assert item is not None and not item.locked, item
+        if item is None:  # missed at every place it was looked for: a user logged out
+            lost.append(key)
+            return
+        assert not item.locked, item
         count = int(item.data) + 1
         assert provider.set_and_release(key, str(count).encode(), lock_id=item.lock_id, timeout=600)
 
@@ -199,12 +208,63 @@ def test_web_servers_of_both_layouts_incrementing_at_once_lose_no_update(
     for worker in workers:
         worker.join(120)
     assert not errors, errors[:3]
+    assert lost == []
+    moving = [key for key in keys if new.resolver.resolve(key) != three.resolver.resolve(key)]
+    assert moving and new.moved == len(moving)  # each moved once, never back
+    assert old.moved == 0
     for key in keys:
         assert int(new.get(key).data) == threads * rounds, key  # type: ignore[union-attr]
-        assert len(holders(servers, key)) == 1, key  # one copy, never two
-    assert new.moved > 0 and old.moved > 0  # the sessions did travel both ways
+        assert holders(servers, key) == [new.resolver.resolve(key).port], key  # one copy
     for provider in (three, new, old):
         provider.close()
+
+
+def test_a_web_server_of_the_first_step_uses_a_moved_session_where_it_is(
+    servers: list[StateServerProcess],
+) -> None:
+    a, b, c, d = servers
+    three = StateServerProvider(connection=farm(a, b, c))
+    old = StateServerProvider(connection=farm(a, b, c), upcoming=farm(a, b, c, d))
+    new = StateServerProvider(connection=farm(a, b, c, d), previous=farm(a, b, c))
+    key = next(k for k in KEYS if new.resolver.resolve(k).port == d.port)
+    assert three.set_and_release(key, b"1", lock_id=None, timeout=600, new_item=True)
+    assert new.get(key).data == b"1"  # type: ignore[union-attr]
+    assert holders(servers, key) == [d.port] and new.moved == 1
+    # The first step's web server reads, locks and saves it on the new owner, where it stays.
+    assert old.get(key).data == b"1"  # type: ignore[union-attr]
+    item = old.get_exclusive(key)
+    assert item is not None and not item.locked and item.data == b"1"
+    assert old.set_and_release(key, b"2", lock_id=item.lock_id, timeout=600)
+    assert old.moved == 0 and holders(servers, key) == [d.port]
+    # A lock it holds there is waited for there by the second step's web server.
+    mine = old.get_exclusive(key)
+    assert mine is not None and not mine.locked
+    held = new.get_exclusive(key)
+    assert held is not None and held.locked and held.lock_id == mine.lock_id
+    old.release(key, mine.lock_id)
+    item = new.get_exclusive(key)
+    assert item is not None and not item.locked and item.data == b"2"
+    new.release(key, item.lock_id)
+    # A key found nowhere is missing for both, and created nowhere.
+    unknown = next(k for k in KEYS if k != key and new.resolver.resolve(k).port == d.port)
+    assert old.get_exclusive(unknown) is None and new.get_exclusive(unknown) is None
+    assert holders(servers, unknown) == []
+    # New sessions of the first step are placed by the old layout, and moved like the others.
+    assert old.set_and_release(unknown, b"n", lock_id=None, timeout=600, new_item=True)
+    assert holders(servers, unknown) == [old.resolver.resolve(unknown).port]
+    assert new.get(unknown).data == b"n"  # type: ignore[union-attr]
+    assert holders(servers, unknown) == [d.port]
+    assert old.remove(key)  # a flush removes it wherever it is
+    assert holders(servers, key) == []
+    for provider in (three, old, new):
+        provider.close()
+
+
+def test_the_two_steps_of_a_change_cannot_be_set_at_once() -> None:
+    with pytest.raises(ImproperlyConfigured, match="E067"):
+        StateServerProvider(
+            connection="127.0.0.1:1", previous="127.0.0.1:2", upcoming="127.0.0.1:3"
+        )
 
 
 def test_the_async_path_moves_sessions_too(servers: list[StateServerProcess]) -> None:
@@ -281,7 +341,7 @@ def test_a_farm_grows_and_shrinks_under_load_through_gunicorn(
     cookies = [user.cookie for user in users]
     # Grow to four servers. Step 1 (already rolled out here): the old layout, looking in the new
     # one too. Step 2, rolling: the new layout, looking in the old one; both serve meanwhile.
-    old_side = WebServer(farm(a, b, c), threads=4, FARM_PREVIOUS_CONNECTION=farm(a, b, c, d))
+    old_side = WebServer(farm(a, b, c), threads=4, FARM_NEXT_CONNECTION=farm(a, b, c, d))
     new_side = WebServer(farm(a, b, c, d), threads=4, FARM_PREVIOUS_CONNECTION=farm(a, b, c))
     with old_side, new_side:
         _load(users, (old_side.port, new_side.port), rounds)
@@ -291,7 +351,7 @@ def test_a_farm_grows_and_shrinks_under_load_through_gunicorn(
             assert user.counter("/count", new_side.port) == expected[index] + 2 * rounds
             expected[index] += 2 * rounds
     # Shrink: b leaves, by the same two steps; then every session is read once (it moves off b).
-    old_side = WebServer(farm(a, b, c, d), threads=4, FARM_PREVIOUS_CONNECTION=farm(a, c, d))
+    old_side = WebServer(farm(a, b, c, d), threads=4, FARM_NEXT_CONNECTION=farm(a, c, d))
     new_side = WebServer(farm(a, c, d), threads=4, FARM_PREVIOUS_CONNECTION=farm(a, b, c, d))
     with old_side, new_side:
         _load(users, (old_side.port, new_side.port), rounds)

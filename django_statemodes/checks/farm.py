@@ -1,8 +1,8 @@
-"""Checks of a state-server farm's settings: E064-E066, W061-W062.
+"""Checks of a state-server farm's settings: E064-E067, W061-W062.
 
-Several ``;``-separated servers, the farm's previous layout while it grows or shrinks
-(``STATEMODES_STATE_PREVIOUS_CONNECTION``), and how long a server that timed out is refused
-(``STATEMODES_STATE_DOWN_INTERVAL``). The connection's own syntax is E006 (``stateserver.py``).
+Several ``;``-separated servers, the farm's other layout while it grows or shrinks
+(``STATEMODES_STATE_NEXT_CONNECTION``, then ``STATEMODES_STATE_PREVIOUS_CONNECTION``), and how
+long a server that timed out is refused (``STATEMODES_STATE_DOWN_INTERVAL``). The connection's own syntax is E006 (``stateserver.py``).
 """
 
 from __future__ import annotations
@@ -23,14 +23,18 @@ from django_statemodes.stateserver.addresses import (
 from .common import ENGINE_PREFIX
 
 ENGINE = ENGINE_PREFIX + "stateserver"
-PREVIOUS_HINT = (
-    "Set it to the farm's layout before the change (the old STATEMODES_STATE_CONNECTION) while "
-    "the change rolls out, and to None once every session has moved (docs/stateserver.md)."
+CHANGE_HINT = (
+    "A farm change rolls out in two steps: first STATEMODES_STATE_NEXT_CONNECTION names the new "
+    "layout, then STATEMODES_STATE_CONNECTION is the new layout and "
+    "STATEMODES_STATE_PREVIOUS_CONNECTION the old one, unset once every session has moved "
+    "(docs/stateserver.md)."
 )
+#: The settings of a farm change's two steps: the layout left, the layout to come.
+CHANGE_SETTINGS = ("STATEMODES_STATE_PREVIOUS_CONNECTION", "STATEMODES_STATE_NEXT_CONNECTION")
 
 
 def check_farm() -> list[CheckMessage]:
-    """Check the servers of a farm, its previous layout and the down interval."""
+    """Check the servers of a farm, the other layout of a change and the down interval."""
     if settings.SESSION_ENGINE != ENGINE:
         return []
     errors: list[CheckMessage] = []
@@ -45,44 +49,52 @@ def check_farm() -> list[CheckMessage]:
             )
         )
     current = _layout("STATEMODES_STATE_CONNECTION", conf.STATEMODES_STATE_CONNECTION, errors)
-    previous_text: Any = conf.STATEMODES_STATE_PREVIOUS_CONNECTION
-    if previous_text is None:
+    given = [name for name in CHANGE_SETTINGS if getattr(conf, name) is not None]
+    if len(given) > 1:
+        errors.append(
+            Error(
+                "STATEMODES_STATE_PREVIOUS_CONNECTION and STATEMODES_STATE_NEXT_CONNECTION are "
+                "both set: they are two steps of a farm change, and a web server is in one.",
+                hint=CHANGE_HINT,
+                id="django_statemodes.E067",
+            )
+        )
         return errors
+    for name in given:
+        _check_change(name, getattr(conf, name), current, errors)
+    return errors
+
+
+def _check_change(name: str, text: Any, current: list[Address], errors: list[CheckMessage]) -> None:
+    """E064, W061 and W062 for the other layout of a change, in setting ``name``."""
     if conf.STATEMODES_PARTITION_RESOLVER:
         errors.append(
             Warning(
-                "STATEMODES_STATE_PREVIOUS_CONNECTION is ignored: STATEMODES_PARTITION_RESOLVER "
-                "places the sessions.",
+                f"{name} is ignored: STATEMODES_PARTITION_RESOLVER places the sessions.",
                 hint="A custom resolver moves its own sessions; unset one of the two.",
                 id="django_statemodes.W062",
             )
         )
-        return errors
+        return
     try:
-        if not isinstance(previous_text, str):
-            raise ValueError(f"a string is expected, not {type(previous_text).__name__}")
-        parse_connection(previous_text)
+        if not isinstance(text, str):
+            raise ValueError(f"a string is expected, not {type(text).__name__}")
+        parse_connection(text)
     except ValueError as exc:
         errors.append(
-            Error(
-                f"STATEMODES_STATE_PREVIOUS_CONNECTION is not valid: {exc}.",
-                hint=PREVIOUS_HINT,
-                id="django_statemodes.E064",
-            )
+            Error(f"{name} is not valid: {exc}.", hint=CHANGE_HINT, id="django_statemodes.E064")
         )
-        return errors
-    previous = _layout("STATEMODES_STATE_PREVIOUS_CONNECTION", previous_text, errors)
-    if current and previous and _places(current) == _places(previous):
+        return
+    other = _layout(name, text, errors)
+    if current and other and _places(current) == _places(other):
         errors.append(
             Warning(
-                "STATEMODES_STATE_PREVIOUS_CONNECTION places every session where "
-                "STATEMODES_STATE_CONNECTION does: no session moves, and every miss costs "
-                "a second look.",
-                hint=PREVIOUS_HINT,
+                f"{name} places every session where STATEMODES_STATE_CONNECTION does: no "
+                "session moves, and every miss costs a second look.",
+                hint=CHANGE_HINT,
                 id="django_statemodes.W061",
             )
         )
-    return errors
 
 
 def _layout(name: str, text: Any, errors: list[CheckMessage]) -> list[Address]:

@@ -8,9 +8,12 @@ takes over); ``STATEMODES_PARTITION_RESOLVER`` names a custom resolver instead (
 woken the moment the holder releases, never by polling.
 
 A farm that changes: keys are placed by each server's normalised address or ``#name``
-(``addresses.placement``), so every web server agrees however it spells an address. While
-``STATEMODES_STATE_PREVIOUS_CONNECTION`` names the farm's other layout, a session missing on its
-owner is looked for on its owner in that layout and moved (``_moving_get_exclusive``). A server
+(``addresses.placement``), so every web server agrees however it spells an address. A change
+rolls out in two steps. First ``STATEMODES_STATE_NEXT_CONNECTION`` names the layout to come: a
+session missing on its owner is looked for on its owner there and used where it is. Then
+``STATEMODES_STATE_PREVIOUS_CONNECTION`` names the layout left: a session missing on its owner is
+looked for there and moved to its owner (``_get_exclusive_steps``). Sessions so move one way
+only, which is what lets a request that misses a session twice trust a third look. A server
 that times out is marked down for ``STATEMODES_STATE_DOWN_INTERVAL`` seconds: its sessions get a
 503 at once, then one request probes it.
 """
@@ -136,9 +139,8 @@ class StateServerProvider(SessionStateProvider):
     Options default to the settings: ``connection`` (STATEMODES_STATE_CONNECTION), ``timeout``
     (STATEMODES_STATE_NETWORK_TIMEOUT), ``application`` (STATEMODES_APPLICATION_NAME), ``secret``
     (STATEMODES_STATE_SECRET), ``resolver`` (STATEMODES_PARTITION_RESOLVER), ``previous``
-    (STATEMODES_STATE_PREVIOUS_CONNECTION), ``down_interval`` (STATEMODES_STATE_DOWN_INTERVAL). The
-    blocking
-    clients' pools follow STATEMODES_MAX_CONNECTIONS, STATEMODES_CONNECTION_WAIT and
+    (STATEMODES_STATE_PREVIOUS_CONNECTION), ``upcoming`` (STATEMODES_STATE_NEXT_CONNECTION),
+    ``down_interval`` (STATEMODES_STATE_DOWN_INTERVAL). The blocking clients' pools follow STATEMODES_MAX_CONNECTIONS, STATEMODES_CONNECTION_WAIT and
     STATEMODES_CONNECTION_IDLE_TIMEOUT; the asyncio client pipelines one connection per loop.
     """
 
@@ -153,6 +155,7 @@ class StateServerProvider(SessionStateProvider):
             "STATEMODES_STATE_SECRET",
             "STATEMODES_PARTITION_RESOLVER",
             "STATEMODES_STATE_PREVIOUS_CONNECTION",
+            "STATEMODES_STATE_NEXT_CONNECTION",
             "STATEMODES_STATE_DOWN_INTERVAL",
             "STATEMODES_MAX_CONNECTIONS",
             "STATEMODES_CONNECTION_WAIT",
@@ -172,6 +175,7 @@ class StateServerProvider(SessionStateProvider):
         secret: str | None = None,
         resolver: str | None = None,
         previous: str | None = None,
+        upcoming: str | None = None,
         down_interval: float | None = None,
     ) -> None:
         super().__init__()
@@ -185,8 +189,19 @@ class StateServerProvider(SessionStateProvider):
         else:
             self.resolver = RendezvousResolver(connection or conf.STATEMODES_STATE_CONNECTION)
         previous = previous if previous is not None else conf.STATEMODES_STATE_PREVIOUS_CONNECTION
-        #: The farm's other layout while it changes (a custom resolver places keys itself).
-        self.previous = RendezvousResolver(previous) if previous and not resolver else None
+        upcoming = upcoming if upcoming is not None else conf.STATEMODES_STATE_NEXT_CONNECTION
+        if previous and upcoming:
+            raise ImproperlyConfigured(
+                "STATEMODES_STATE_PREVIOUS_CONNECTION and STATEMODES_STATE_NEXT_CONNECTION are "
+                "two steps of a farm change: a web server is in one of them (check E067)."
+            )
+        #: The farm's other layout while it changes (a custom resolver places keys itself):
+        #: the layout left, whose sessions are moved here, or the layout to come, whose
+        #: sessions are used where they are.
+        other = previous or upcoming
+        self.other = RendezvousResolver(other) if other and not resolver else None
+        #: Whether a session found in the other layout is moved to its owner (``previous``).
+        self.moves = bool(previous)
         self.down_interval = (
             down_interval if down_interval is not None else conf.STATEMODES_STATE_DOWN_INTERVAL
         )
@@ -357,7 +372,8 @@ class StateServerProvider(SessionStateProvider):
         now = time.monotonic()
         return {str(address): max(0.0, until - now) for address, until in self._down.items()}
 
-    # A farm that changes (STATEMODES_STATE_PREVIOUS_CONNECTION). Every operation is steps
+    # A farm that changes (STATEMODES_STATE_NEXT_CONNECTION, then
+    # STATEMODES_STATE_PREVIOUS_CONNECTION). Every operation is steps
     # (``FarmSteps``), run by ``_run`` with the blocking client or ``_arun`` with the asyncio one.
 
     def _run(self, steps: FarmSteps[T]) -> T:
@@ -379,11 +395,11 @@ class StateServerProvider(SessionStateProvider):
             return stop.value  # type: ignore[no-any-return]
 
     def _owners(self, session_key: str) -> tuple[Address, Address | None]:
-        """The key's server, and its server in the previous layout if that is another one."""
+        """The key's server, and its server in the other layout if that is another one."""
         owner = self.resolver.resolve(session_key)
-        if self.previous is None:
+        if self.other is None:
             return owner, None
-        before = self.previous.resolve(session_key)
+        before = self.other.resolve(session_key)
         return owner, None if endpoint(before) == endpoint(owner) else before
 
     def _found(self, item: StateItem | None, address: Address) -> StateItem | None:
@@ -397,7 +413,7 @@ class StateServerProvider(SessionStateProvider):
     def _lock_server(self, session_key: str, lock_id: int) -> Address:
         """The server holding lock ``lock_id`` of ``session_key``: its owner, or in a farm
         change the server that handed the lock id out."""
-        if self.previous is not None:
+        if self.other is not None:
             address = self._lock_servers.get(lock_id >> 32)
             if address is not None:
                 return address
@@ -408,33 +424,43 @@ class StateServerProvider(SessionStateProvider):
         item = yield (owner, "get", (session_key,), NO_KEYWORDS)
         if item is None and before is not None:
             item = yield (before, "get", (session_key,), NO_KEYWORDS)
-            if item is not None and not item.locked and not item.initialize:
+            if self.moves and item is not None and not item.locked and not item.initialize:
                 # Moved by reads too, or a session only ever read would stay behind and be
                 # lost when the previous layout is dropped. The lock is the move's own, taken
                 # and given back at once; a locked session is read where it is, never waited for.
-                moved = yield from self._moving_get_exclusive(session_key)
+                moved = yield from self._get_exclusive_steps(session_key)
                 if moved is not None and not moved.locked:
                     yield (owner, "release", (session_key, moved.lock_id), NO_KEYWORDS)
                     return StateItem(moved.data)
             return self._found(item, before)
         return self._found(item, owner)
 
-    def _moving_get_exclusive(self, session_key: str) -> FarmSteps[StateItem | None]:
-        """Lock the session on its owner, moving it there from its previous owner first.
+    def _get_exclusive_steps(self, session_key: str) -> FarmSteps[StateItem | None]:
+        """Lock the session on its owner, or where it is in the other layout.
 
-        Two web servers may move one session at once, and an old-layout one may serve it
-        meanwhile. The old copy's lock decides: only the request that holds it copies the
-        session to the owner (as a new item, which the owner refuses if it has the key), and
-        the old copy is removed only after the new one exists. So at every moment the session
-        is readable somewhere, and a request that finds neither copy looks at the owner once
-        more (another request moved it between the two looks). A lock held on the old copy is
-        returned as held: the core waits for it there (``_lock_server``) and asks again.
+        With the layout to come (``STATEMODES_STATE_NEXT_CONNECTION``) a session found there is
+        locked and used there: it was moved by a web server already on the new layout, and
+        moving it back would make it travel both ways. With the layout left
+        (``STATEMODES_STATE_PREVIOUS_CONNECTION``) it is moved to its owner first.
+
+        Two web servers may move one session at once, and a web server of either step may
+        serve it meanwhile. The old copy's lock decides: only the request that holds it copies
+        the session to the owner (as a new item, which the owner refuses if it has the key),
+        and the old copy is removed only after the new one exists. So at every moment the
+        session is readable somewhere, and, since sessions move only from the layout left to
+        the owner, a request that finds neither copy looks at the owner once more: a session
+        gone from the old place between its two looks is on the owner. A lock held on the old
+        copy is returned as held: the core waits for it there (``_lock_server``) and asks
+        again.
         """
         owner, before = self._owners(session_key)
         item = yield (owner, "get_exclusive", (session_key,), NO_KEYWORDS)
         if item is not None or before is None:
             return self._found(item, owner)
         held = yield (before, "get_exclusive", (session_key,), NO_KEYWORDS)
+        if not self.moves:
+            # The layout to come: nothing moves from there to here, so two misses are final.
+            return self._found(held, before)
         if held is None:
             item = yield (owner, "get_exclusive", (session_key,), NO_KEYWORDS)
             return self._found(item, owner)
@@ -595,8 +621,8 @@ class StateServerProvider(SessionStateProvider):
     def _all(self) -> list[Address]:
         """Every server, of both layouts in a farm change, each once."""
         servers = {endpoint(a): a for a in self.resolver.all()}
-        if self.previous is not None:
-            for address in self.previous.all():
+        if self.other is not None:
+            for address in self.other.all():
                 servers.setdefault(endpoint(address), address)
         return list(servers.values())
 
@@ -605,7 +631,7 @@ class StateServerProvider(SessionStateProvider):
     def get(self, session_key: str) -> StateItem | None:
         if not _storable(session_key):
             return None
-        if self.previous is None:
+        if self.other is None:
             item: StateItem | None = self._call(
                 self.resolver.resolve(session_key), "get", session_key
             )
@@ -615,11 +641,11 @@ class StateServerProvider(SessionStateProvider):
     def get_exclusive(self, session_key: str) -> StateItem | None:
         if not _storable(session_key):
             return None
-        if self.previous is None:
+        if self.other is None:
             address = self.resolver.resolve(session_key)
             item: StateItem | None = self._call(address, "get_exclusive", session_key)
             return item
-        return self._run(self._moving_get_exclusive(session_key))
+        return self._run(self._get_exclusive_steps(session_key))
 
     def set_and_release(
         self,
@@ -639,7 +665,7 @@ class StateServerProvider(SessionStateProvider):
             "new_item": new_item,
             "release": not keep_lock,
         }
-        if self.previous is None:
+        if self.other is None:
             address = self.resolver.resolve(session_key)
             stored: bool = self._call(address, "set_and_release", session_key, data, **keywords)
             return stored
@@ -695,7 +721,7 @@ class StateServerProvider(SessionStateProvider):
     async def aget(self, session_key: str) -> StateItem | None:
         if not _storable(session_key):
             return None
-        if self.previous is None:
+        if self.other is None:
             address = self.resolver.resolve(session_key)
             item: StateItem | None = await self._acall(address, "get", session_key)
             return item
@@ -704,11 +730,11 @@ class StateServerProvider(SessionStateProvider):
     async def aget_exclusive(self, session_key: str) -> StateItem | None:
         if not _storable(session_key):
             return None
-        if self.previous is None:
+        if self.other is None:
             address = self.resolver.resolve(session_key)
             item: StateItem | None = await self._acall(address, "get_exclusive", session_key)
             return item
-        return await self._arun(self._moving_get_exclusive(session_key))
+        return await self._arun(self._get_exclusive_steps(session_key))
 
     async def aset_and_release(
         self,
@@ -728,7 +754,7 @@ class StateServerProvider(SessionStateProvider):
             "new_item": new_item,
             "release": not keep_lock,
         }
-        if self.previous is None:
+        if self.other is None:
             address = self.resolver.resolve(session_key)
             stored: bool = await self._acall(
                 address, "set_and_release", session_key, data, **keywords

@@ -15,7 +15,8 @@ MIDDLEWARE = ["django_statemodes.middleware.SessionStateMiddleware"]
 SESSION_ENGINE = "django_statemodes.backends.stateserver"
 STATEMODES_STATE_CONNECTION = os.environ["FARM_STATE_CONNECTION"]
 STATEMODES_STATE_NETWORK_TIMEOUT = float(os.environ.get("FARM_NETWORK_TIMEOUT", "2"))
-# A farm change in progress: the other layout (STATEMODES_STATE_PREVIOUS_CONNECTION).
+# A farm change in progress: the layout to come (step 1) or the layout left (step 2).
+STATEMODES_STATE_NEXT_CONNECTION = os.environ.get("FARM_NEXT_CONNECTION") or None
 STATEMODES_STATE_PREVIOUS_CONNECTION = os.environ.get("FARM_PREVIOUS_CONNECTION") or None
 # Off unless a test asks: the fault tests expect a hung server's sessions back at its SIGCONT.
 STATEMODES_STATE_DOWN_INTERVAL = float(os.environ.get("FARM_DOWN_INTERVAL", "0"))
