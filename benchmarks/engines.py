@@ -233,6 +233,15 @@ ENGINES: dict[str, Engine] = {
 }
 
 
+#: The floors whose HTTP view does a session's work by hand on their store, without session
+#: middleware (``benchmarks.app.views``), with that view's path.
+BY_HAND = {
+    "floor-asyncio-kv": "/kv/increment/",
+    "floor-redis-py": "/redis/increment/",
+    "floor-psycopg": "/pg/increment/",
+}
+
+
 def names(kind: str) -> list[str]:
     return [name for name, engine in ENGINES.items() if engine.kind == kind]
 

@@ -81,7 +81,8 @@ ROWS = [
 #: Extra rows, without a target of the issue: context for the ones above. The floors bound
 #: what any engine can reach on the machine: a store that does no session work at all (the KV
 #: floor) against django-redis bounds the first row from below; over HTTP, two round trips to
-#: that store, by hand or under Django's SessionMiddleware, bound the HTTP rows from above.
+#: that store, by hand or under Django's SessionMiddleware, bound the HTTP rows from above, and
+#: the same work by hand with redis-py or psycopg bounds the Redis or SQL row.
 CONTEXT = [
     ("ss-1k-floor", "same-loop KV floor / Django cache on django-redis, 1 KB"),
     ("sql-persisted-floor", "SQL on PG, persisted / logged psycopg floor, 1 KB"),
@@ -91,6 +92,8 @@ CONTEXT = [
         "http-kv-session",
         "HTTP req/s / no-session floor: Django's SessionMiddleware on the KV floor",
     ),
+    ("http-redis-floor", "HTTP req/s / no-session floor: GET + SET on Redis, by hand"),
+    ("http-pg-floor", "HTTP req/s / no-session floor: SELECT + upsert on PG, by hand"),
 ]
 
 
@@ -256,6 +259,8 @@ def measure_http(s: Settings, values: Values, why: dict[str, str]) -> None:
         "django-cache-redis": "http-django-redis",
         "floor-asyncio-kv": "http-kv-floor",
         "floor-kv-session": "http-kv-session",
+        "floor-redis-py": "http-redis-floor",
+        "floor-psycopg": "http-pg-floor",
     }
     if isinstance(result, str):
         for key in keys.values():

@@ -7,7 +7,9 @@ without session middleware that does a session's work by hand on the key-value f
 round trips, the payload decoded and encoded, the cookie set), the most any store outside the
 process can reach on the machine; ``floor-kv-session`` is Django's ``SessionMiddleware`` over a
 ``SessionBase`` that does the same two round trips (``benchmarks.kvsession``), the most a Django
-session engine outside the process can reach. wrk runs 16 connections on 2 threads for ~5 s;
+session engine outside the process can reach. ``floor-redis-py`` and ``floor-psycopg`` do the
+work by hand on Redis and PostgreSQL (GET + SET; SELECT + upsert on a table of our tables' type):
+each store's own ceiling. wrk runs 16 connections on 2 threads for ~5 s;
 each wrk thread rotates over its own 64 sessions, so two requests of one session almost never
 overlap and our engines' locks measure their cost, not contention. DESIGN.md §5 on this kind of
 machine: no session ~4,300 req/s, django-redis ~1,850, ``db`` on PostgreSQL ~600-700; ours
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import engines as registry
+from benchmarks.cycle import floor_connection, floor_table
 from benchmarks.engines import OURS, Engine
 from benchmarks.lost_updates import Client
 from benchmarks.processes import gunicorn
@@ -45,9 +48,11 @@ WRK_THREADS = 2
 SESSIONS_PER_THREAD = 64
 SHARED = "stateserver,sql-pg,redis"  # inproc needs one process; 2 workers would split it
 BASELINES = "django-cache-redis,django-db-pg"
-#: The floors besides "none" (which always runs), and the paths not /increment/.
-FLOORS = ("floor-asyncio-kv", "floor-kv-session")
-PATHS = {"none": "/ping/", "floor-asyncio-kv": "/kv/increment/"}
+#: The floors besides "none" (which always runs): the key-value floor's two, the ceilings of
+#: any store outside the process; the same work by hand on Redis and PostgreSQL, theirs.
+FLOORS = ("floor-asyncio-kv", "floor-kv-session", "floor-redis-py", "floor-psycopg")
+#: The paths not /increment/.
+PATHS = {"none": "/ping/", **registry.BY_HAND}
 
 LUA = """
 local keys = {%(keys)s}
@@ -161,6 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     rates: dict[str, list[float]] = {name: [] for name in names}
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     with registry.services(chosen), ExitStack() as stack:
+        if "floor-psycopg" in names:
+            with floor_connection() as conn:
+                floor_table(conn)
         # Every server is up before the first round; the rounds then run A B C ..., the order
         # shifting each round, so drift on a shared machine hits every engine alike.
         commands = {name: prepared(stack, wrk, name, args.connections) for name in names}

@@ -184,6 +184,7 @@ def test_pgbouncer_hop_harness_times_plain_statements_through_each_pooler() -> N
 
 def test_throughput_harness_serves_the_two_round_trip_floors_beside_an_engine() -> None:
     need_service("Redis", "127.0.0.1", 6379)
+    need_service("PostgreSQL", "127.0.0.1", 5432)
     result = run_benchmark(
         "throughput", "--engines", "stateserver", "--baselines", "none",
         "--rounds", "1", "--duration", "1", "--no-save", timeout=300,
@@ -192,20 +193,21 @@ def test_throughput_harness_serves_the_two_round_trip_floors_beside_an_engine() 
         pytest.skip("wrk is not installed")
     assert result.returncode == 0, result.stderr
 
-    # The no-session floor, the engine, and the two floors that do a session's two round
-    # trips on the key-value server (by hand, and under Django's SessionMiddleware): every
-    # request of each answered 2xx (the last column).
-    for name in ("none", "stateserver", "floor-asyncio-kv", "floor-kv-session"):
+    # The no-session floor, the engine, and the floors that do a session's two round trips:
+    # on the key-value server (by hand, and under Django's SessionMiddleware), on Redis and on
+    # PostgreSQL by hand. Every request of each answered 2xx (the last column).
+    floors = ("floor-asyncio-kv", "floor-kv-session", "floor-redis-py", "floor-psycopg")
+    for name in ("none", "stateserver", *floors):
         assert re.search(rf"^{name}\s+[0-9,]+ \(.*\)\s+[0-9.]+ \(.*\)\s+0$", result.stdout, re.M), (
             result.stdout
         )
 
 
 def test_throughput_harness_rejects_an_unknown_floor() -> None:
-    result = run_benchmark("throughput", "--floors", "floor-psycopg", "--no-save", timeout=60)
+    result = run_benchmark("throughput", "--floors", "floor-sessionbase", "--no-save", timeout=60)
 
     assert result.returncode != 0
-    assert "no HTTP floor 'floor-psycopg'" in result.stderr
+    assert "no HTTP floor 'floor-sessionbase'" in result.stderr
 
 
 def test_session_bytes_harness_measures_the_other_redis_layouts_of_the_same_session() -> None:

@@ -9,4 +9,6 @@ urlpatterns = [
     path("increment/", views.increment),
     path("read/", views.read),
     path("kv/increment/", views.kv_increment),
+    path("redis/increment/", views.redis_increment),
+    path("pg/increment/", views.pg_increment),
 ]
