@@ -4,7 +4,8 @@ session).
 
 Redis: a private ``redis-server`` on a free port (nothing else in it), emptied before each
 engine; ``used_memory`` after ``--sessions`` sessions minus before, per session (the provider's
-expiry index and every other key it keeps included). In-process: ``tracemalloc``, the memory
+expiry index and every other key it keeps included). The provider is measured twice: on Redis's
+defaults, and with ``hash-max-listpack-value`` above the payload's size. In-process: ``tracemalloc``, the memory
 still allocated after the sessions are stored and garbage is collected, minus before, per
 session (LocMemCache given room for every session: no culling).
 
@@ -31,6 +32,8 @@ from benchmarks.engines import DJANGO, OURS, Engine
 from benchmarks.processes import free_port, running
 
 PRIVATE = "redis-private"
+#: ``hash-max-listpack-value`` of the second measurement of the provider: above a 1 KB payload.
+LISTPACK_VALUE = 2048
 OURS_REDIS = Engine(
     "bytes-redis",
     OURS,
@@ -95,6 +98,14 @@ def redis_bytes(count: int) -> dict[str, float]:
                 )
                 registry.forget([engine])
             result |= layouts(client, sample, count)
+            # The same provider and layout, on a server whose hashes stay in their compact
+            # listpack encoding with a 1 KB field (Redis's own setting; default 64 bytes).
+            client.config_set("hash-max-listpack-value", LISTPACK_VALUE)
+            client.flushall()
+            registry.use(OURS_REDIS)
+            fill = functools.partial(store, OURS_REDIS, count)
+            result["bytes-redis-listpack"] = counted(client, fill, count)
+            registry.forget([OURS_REDIS])
             client.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -201,6 +212,11 @@ def main(argv: list[str] | None = None) -> None:
             f"the same session in other Redis layouts: the payload alone as a string with a TTL "
             f"{string:,.0f}; the payload outside a hash of the other fields, with its expiry "
             f"entry, {outside:,.0f}"
+        )
+        listpack = results["redis"]["bytes-redis-listpack"]
+        print(
+            f"ours on a server with hash-max-listpack-value {LISTPACK_VALUE} (the hash stays a "
+            f"listpack): {listpack:,.0f}"
         )
     results["inproc"] = inproc_bytes(args.sessions)
     ours, django = (

@@ -94,7 +94,10 @@ CONTEXT = [
     ),
     ("http-redis-floor", "HTTP req/s / no-session floor: GET + SET on Redis, by hand"),
     ("http-pg-floor", "HTTP req/s / no-session floor: SELECT + upsert on PG, by hand"),
+    ("redis-bytes-listpack", "Redis bytes per 1 KB session, hash-max-listpack-value 2048"),
 ]
+#: The context rows that are not ratios (``shown``'s units).
+CONTEXT_UNITS = {"redis-bytes-listpack": "B"}
 
 
 @dataclass
@@ -237,8 +240,9 @@ def measure_bytes(s: Settings, values: Values, why: dict[str, str]) -> None:
             continue
         if "redis" in result:
             collect(values, "redis-bytes", result["redis"]["bytes-redis"])
+            collect(values, "redis-bytes-listpack", result["redis"]["bytes-redis-listpack"])
         else:
-            why["redis-bytes"] = "redis-server is not installed"
+            why["redis-bytes"] = why["redis-bytes-listpack"] = "redis-server is not installed"
         inproc = result["inproc"]
         collect(
             values, "inproc-bytes", inproc["bytes-inproc"] / inproc["bytes-django-cache-locmem"]
@@ -330,7 +334,8 @@ def table(values: Values, why: dict[str, str]) -> tuple[str, list[dict[str, Any]
         got = values.get(key, [])
         if got:
             median = statistics.median(got)
-            spread = f"{median:.2f} ({min(got):.2f}-{max(got):.2f}), {len(got)}"
+            unit = CONTEXT_UNITS.get(key, "")
+            spread = f"{shown(median, unit)} ({shown(min(got), unit)}-{shown(max(got), unit)}), {len(got)}"
             lines.append(f"| {label} | | {spread} | | (context) |")
             rows.append({"key": key, "values": got, "median": median})
     return "\n".join(lines), rows

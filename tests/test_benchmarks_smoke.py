@@ -116,7 +116,7 @@ def test_targets_quick_mode_prints_every_target_with_its_spread_and_verdict() ->
         # HTTP) are measured beside them.
         for _, label in CONTEXT:
             assert re.search(
-                rf"^\| {re.escape(label)} \| \| [0-9.]+ \([0-9.]+-[0-9.]+\), 3 \|",
+                rf"^\| {re.escape(label)} \| \| [0-9.,]+ \([0-9.,]+-[0-9.,]+\), 3 \|",
                 result.stdout,
                 re.M,
             ), result.stdout
@@ -223,8 +223,19 @@ def test_session_bytes_harness_measures_the_other_redis_layouts_of_the_same_sess
         result.stdout,
         re.M,
     )
-    assert ours and layouts, result.stdout
-    stored, alone, outside = (int(m.replace(",", "")) for m in (*ours.groups(), *layouts.groups()))
+    listpack = re.search(
+        r"^ours on a server with hash-max-listpack-value 2048 \(the hash stays a listpack\): "
+        r"([0-9,]+)$",
+        result.stdout,
+        re.M,
+    )
+    assert ours and layouts and listpack, result.stdout
+    stored, alone, outside, compact = (
+        int(m.replace(",", "")) for m in (*ours.groups(), *layouts.groups(), *listpack.groups())
+    )
     # The payload by itself is the least any layout holds; the layouts keep all of it.
     assert 1000 < alone < outside, result.stdout
     assert alone < stored, result.stdout
+    # The provider's one hash, kept in Redis's compact encoding, holds the whole session in
+    # less than the default encoding does, and still more than the payload alone.
+    assert alone < compact < stored, result.stdout
