@@ -200,8 +200,23 @@ class RedisCluster:
     def kill(self, port: int) -> None:
         """``kill -9`` one node."""
         process = self.processes[port]
+        if process.poll() is not None:
+            # Say why, with the node's own log: a test that meant to kill it would otherwise
+            # fail on a bare ProcessLookupError, and the log goes with the cluster's folder.
+            raise RuntimeError(
+                f"the cluster node on {port} had exited by itself (code {process.returncode}) "
+                f"before it was to be killed; the end of its log:\n{self.log_tail(port)}"
+            )
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+
+    def log_tail(self, port: int, lines: int = 30) -> str:
+        """The last lines of one node's ``redis.log``."""
+        try:
+            with open(os.path.join(self.dir, str(port), "redis.log"), errors="replace") as log:
+                return "".join(log.readlines()[-lines:])
+        except OSError as exc:
+            return f"(no log: {exc})"
 
     def stop(self) -> None:
         for process in self.processes.values():
