@@ -218,42 +218,12 @@ def redis_floor(data: dict[str, Any]) -> tuple[Cycle, Callable[[], int]]:
     return _bytes_floor(get, put, data)
 
 
-#: The psycopg floor's statements, on ``floor_table``: the cycle's and the HTTP view's.
-FLOOR_SELECT = "SELECT data FROM statemodes_bench_floor WHERE id = %s"
-FLOOR_UPSERT = (
-    "INSERT INTO statemodes_bench_floor VALUES (%s, %s) "
-    "ON CONFLICT (id) DO UPDATE SET data = EXCLUDED.data"
-)
-
-
-def floor_table(conn: Any) -> None:
-    """(Re)create the psycopg floor's table, of the same type as ours.
-
-    UNLOGGED for --type temp (no WAL), logged for persisted.
-    """
-    unlogged = "UNLOGGED " if registry.SQL_TYPE == "temp" else ""
-    conn.execute("DROP TABLE IF EXISTS statemodes_bench_floor")
-    conn.execute(f"CREATE {unlogged}TABLE statemodes_bench_floor (id text PRIMARY KEY, data bytea)")
-
-
-def floor_connection() -> Any:
-    """A plain psycopg connection to the ``pg`` alias's database, in autocommit."""
-    import psycopg
-    from django.conf import settings
-
-    db = settings.DATABASES["pg"]
-    return psycopg.connect(
-        host=db["HOST"], port=db["PORT"], dbname=db["NAME"], user=db["USER"], autocommit=True
-    )
-
-
 def psycopg_floor(data: dict[str, Any]) -> tuple[Cycle, Callable[[], int]]:
-    conn = floor_connection()
-    floor_table(conn)
-    conn.execute("INSERT INTO statemodes_bench_floor VALUES ('floor', '')")
+    conn = registry.floor_connection()  # its table: registry.prepare
+    conn.execute(registry.FLOOR_UPSERT, ("floor", b""))
 
     def get() -> bytes | None:
-        row = conn.execute(FLOOR_SELECT, ("floor",), prepare=True).fetchone()
+        row = conn.execute(registry.FLOOR_SELECT, ("floor",), prepare=True).fetchone()
         return None if row is None else bytes(row[0])
 
     def put(value: bytes) -> None:

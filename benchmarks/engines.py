@@ -368,8 +368,38 @@ def store_class(engine: Engine) -> type[Any]:
 SQL_TYPE = os.environ.get("STATEMODES_BENCH_SQL_TYPE", "temp")
 
 
+#: The psycopg floor's statements, on ``floor_table``: the cycle's and the HTTP view's.
+FLOOR_SELECT = "SELECT data FROM statemodes_bench_floor WHERE id = %s"
+FLOOR_UPSERT = (
+    "INSERT INTO statemodes_bench_floor VALUES (%s, %s) "
+    "ON CONFLICT (id) DO UPDATE SET data = EXCLUDED.data"
+)
+
+
+def floor_table(conn: Any) -> None:
+    """(Re)create the psycopg floor's table, of the same type as ours.
+
+    UNLOGGED for --type temp (no WAL), logged for persisted.
+    """
+    unlogged = "UNLOGGED " if SQL_TYPE == "temp" else ""
+    conn.execute("DROP TABLE IF EXISTS statemodes_bench_floor")
+    conn.execute(f"CREATE {unlogged}TABLE statemodes_bench_floor (id text PRIMARY KEY, data bytea)")
+
+
+def floor_connection() -> Any:
+    """A plain psycopg connection to the ``pg`` alias's database, in autocommit."""
+    import psycopg
+    from django.conf import settings
+
+    db = settings.DATABASES["pg"]
+    return psycopg.connect(
+        host=db["HOST"], port=db["PORT"], dbname=db["NAME"], user=db["USER"], autocommit=True
+    )
+
+
 def prepare(engine: Engine) -> None:
-    """Create what the engine's store needs: Django's session table, our SQL tables.
+    """Create what the engine's store needs: Django's session table, our SQL tables, the
+    psycopg floor's table.
 
     Our tables are made afresh, of ``SQL_TYPE``: installsqlstate keeps tables that exist, so a
     run would otherwise measure whatever type an earlier run or test left behind.
@@ -381,6 +411,9 @@ def prepare(engine: Engine) -> None:
     elif engine.kind == OURS and engine.database:
         call_command("uninstallsqlstate", database=engine.database, interactive=False, verbosity=0)
         call_command("installsqlstate", database=engine.database, type=SQL_TYPE, verbosity=0)
+    elif engine.name == "floor-psycopg":
+        with floor_connection() as conn:
+            floor_table(conn)
 
 
 @contextmanager

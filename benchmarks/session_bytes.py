@@ -5,9 +5,9 @@ session).
 Redis: a private ``redis-server`` on a free port (nothing else in it), emptied before each
 engine; ``used_memory`` after ``--sessions`` sessions minus before, per session (the provider's
 expiry index and every other key it keeps included). The provider is measured twice: on Redis's
-defaults, and with ``hash-max-listpack-value`` above the payload's size. In-process: ``tracemalloc``, the memory
-still allocated after the sessions are stored and garbage is collected, minus before, per
-session (LocMemCache given room for every session: no culling).
+defaults, and with ``hash-max-listpack-value`` above the payload's size. In-process:
+``tracemalloc``, the memory still allocated after the sessions are stored and garbage is
+collected, minus before, per session (LocMemCache given room for every session: no culling).
 
 Run: ``python -m benchmarks.session_bytes [--sessions 10000] [--json PATH]``
 """

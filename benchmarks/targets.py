@@ -289,6 +289,12 @@ def shown(value: float, unit: str) -> str:
     return f"{value:.2f}"
 
 
+def spread_text(got: list[float], unit: str) -> str:
+    """Median (min-max), runs: how every row of the table gives its values."""
+    low, median, high = min(got), statistics.median(got), max(got)
+    return f"{shown(median, unit)} ({shown(low, unit)}-{shown(high, unit)}), {len(got)}"
+
+
 def verdict(row: Row, median: float) -> str:
     if row.at_most:
         if median <= row.target:
@@ -325,7 +331,7 @@ def table(values: Values, why: dict[str, str]) -> tuple[str, list[dict[str, Any]
             continue
         median = statistics.median(got)
         judged = verdict(row, median)
-        spread = f"{shown(median, row.unit)} ({shown(min(got), row.unit)}-{shown(max(got), row.unit)}), {len(got)}"
+        spread = spread_text(got, row.unit)
         lines.append(
             f"| {row.measurement} | {row.today} | {spread} | {target_text(row)} | {judged} |"
         )
@@ -334,8 +340,7 @@ def table(values: Values, why: dict[str, str]) -> tuple[str, list[dict[str, Any]
         got = values.get(key, [])
         if got:
             median = statistics.median(got)
-            unit = CONTEXT_UNITS.get(key, "")
-            spread = f"{shown(median, unit)} ({shown(min(got), unit)}-{shown(max(got), unit)}), {len(got)}"
+            spread = spread_text(got, CONTEXT_UNITS.get(key, ""))
             lines.append(f"| {label} | | {spread} | | (context) |")
             rows.append({"key": key, "values": got, "median": median})
     return "\n".join(lines), rows

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import engines as registry
-from benchmarks.cycle import floor_connection, floor_table
 from benchmarks.engines import OURS, Engine
 from benchmarks.lost_updates import Client
 from benchmarks.processes import gunicorn
@@ -166,9 +165,6 @@ def main(argv: list[str] | None = None) -> None:
     rates: dict[str, list[float]] = {name: [] for name in names}
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     with registry.services(chosen), ExitStack() as stack:
-        if "floor-psycopg" in names:
-            with floor_connection() as conn:
-                floor_table(conn)
         # Every server is up before the first round; the rounds then run A B C ..., the order
         # shifting each round, so drift on a shared machine hits every engine alike.
         commands = {name: prepared(stack, wrk, name, args.connections) for name in names}

@@ -2,7 +2,8 @@
 
 ``STATEMODES_BENCH_ENGINE`` is a name from ``benchmarks.engines`` (or ``none``: no session
 middleware at all, the HTTP floor). The floors whose views do a session's two round trips by
-hand on their store (``BY_HAND``) have no session middleware either. Our engines run under ``SessionStateMiddleware``, Django's and the other floors under Django's own
+hand on their store (``BY_HAND``) have no session middleware either. Our engines run under
+``SessionStateMiddleware``, Django's and the other floors under Django's own
 ``SessionMiddleware``, as their users run them.
 """
 

@@ -12,7 +12,8 @@ from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 
 from benchmarks import kvserver as kv
-from benchmarks.cycle import FLOOR_SELECT, FLOOR_UPSERT, floor_connection, serializer
+from benchmarks.cycle import serializer
+from benchmarks.engines import FLOOR_SELECT, FLOOR_UPSERT, floor_connection
 from django_statemodes.decorators import session_readonly
 
 #: The profile every benchmark session carries, ~1 KB of JSON with the counter.

@@ -2,7 +2,8 @@
 
 Several ``;``-separated servers, the farm's other layout while it grows or shrinks
 (``STATEMODES_STATE_NEXT_CONNECTION``, then ``STATEMODES_STATE_PREVIOUS_CONNECTION``), and how
-long a server that timed out is refused (``STATEMODES_STATE_DOWN_INTERVAL``). The connection's own syntax is E006 (``stateserver.py``).
+long a server that timed out is refused (``STATEMODES_STATE_DOWN_INTERVAL``). The connection's
+own syntax is E006 (``stateserver.py``).
 """
 
 from __future__ import annotations

@@ -140,7 +140,8 @@ class StateServerProvider(SessionStateProvider):
     (STATEMODES_STATE_NETWORK_TIMEOUT), ``application`` (STATEMODES_APPLICATION_NAME), ``secret``
     (STATEMODES_STATE_SECRET), ``resolver`` (STATEMODES_PARTITION_RESOLVER), ``previous``
     (STATEMODES_STATE_PREVIOUS_CONNECTION), ``upcoming`` (STATEMODES_STATE_NEXT_CONNECTION),
-    ``down_interval`` (STATEMODES_STATE_DOWN_INTERVAL). The blocking clients' pools follow STATEMODES_MAX_CONNECTIONS, STATEMODES_CONNECTION_WAIT and
+    ``down_interval`` (STATEMODES_STATE_DOWN_INTERVAL). The blocking clients' pools follow
+    STATEMODES_MAX_CONNECTIONS, STATEMODES_CONNECTION_WAIT and
     STATEMODES_CONNECTION_IDLE_TIMEOUT; the asyncio client pipelines one connection per loop.
     """
 
